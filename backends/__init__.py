@@ -1,0 +1,1 @@
+"""Backends: one module per kind, all behind `backends.base.Backend`."""

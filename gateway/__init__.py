@@ -1,0 +1,1 @@
+"""vlm-gateway: the HTTP face (app factory, routes, protocol models, errors, settings)."""

@@ -1,0 +1,86 @@
+"""The app factory: everything is built here from typed settings and hung on `app.state`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from backends.base import Backend
+from backends.registry import BackendRegistry
+from gateway.backend_factory import build_backends
+from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
+from gateway.http import json_response
+from gateway.routes import chat, completions, health, models
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+BackendBuilder = Callable[[GatewaySettings, httpx.AsyncClient], list[Backend]]
+
+
+def create_app(settings: GatewaySettings, build: BackendBuilder = build_backends) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limits = httpx.Limits(
+            max_connections=settings.max_upstream_connections,
+            max_keepalive_connections=settings.max_upstream_connections,
+        )
+        async with httpx.AsyncClient(limits=limits) as client:
+            registry = BackendRegistry(build(settings, client))
+            app.state.registry = registry
+            for backend in registry.backends():
+                await backend.start()
+            try:
+                yield
+            finally:
+                for backend in registry.backends():
+                    await backend.stop()
+
+    app = FastAPI(
+        title="vlm-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.settings = settings
+    app.state.started_at = int(time.time())
+    for module in (chat, completions, models, health):
+        app.include_router(module.router)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """The only place errors become responses: one envelope, never FastAPI's own shapes."""
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_: Request, exc: GatewayError):
+        return _envelope(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        return _envelope(InvalidRequestError(first.get("msg", "Invalid request.")))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        if exc.status_code == 404:
+            return _envelope(NotFoundError(f"No route {request.method} {request.url.path}."))
+        error = GatewayError(str(exc.detail), status_code=exc.status_code,
+                             error_type="invalid_request_error")
+        return _envelope(error)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, exc: Exception):
+        log.exception("unhandled error", exc_info=exc)
+        return _envelope(GatewayError("The gateway failed to handle the request."))
+
+
+def _envelope(exc: GatewayError):
+    response = json_response(exc.envelope(), status_code=exc.status_code)
+    response.headers.update(exc.headers)
+    return response

@@ -1,0 +1,133 @@
+"""The one error shape every client sees: `{"error": {"message", "type", "param", "code"}}`.
+
+Backends and routes raise `GatewayError` subclasses; only the app's exception handlers (and
+the SSE writer, for errors after a stream began) turn them into bytes. No FastAPI import here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+
+class GatewayError(Exception):
+    status_code = 500
+    error_type = "internal_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        error_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        if status_code is not None:
+            self.status_code = status_code
+        if error_type is not None:
+            self.error_type = error_type
+        self.headers = headers or {}
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(GatewayError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    default_code = "context_length_exceeded"
+
+
+class NotFoundError(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+
+
+class ModelNotFoundError(NotFoundError):
+    default_code = "model_not_found"
+
+    def __init__(self, model: str, available: list[str]) -> None:
+        listing = ", ".join(sorted(available)) or "(none configured)"
+        super().__init__(
+            f"The model '{model}' does not exist. Available models: {listing}.", param="model"
+        )
+
+
+class ServiceUnavailableError(GatewayError):
+    """No ready backend for the model: answered at once, never queued behind a cold start."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "model_not_ready"
+
+
+class UpstreamError(GatewayError):
+    """The upstream refused the connection, broke it, or answered something unusable."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    default_code = "bad_gateway"
+
+
+class UpstreamTimeoutError(GatewayError):
+    status_code = 504
+    error_type = "upstream_error"
+    default_code = "upstream_timeout"
+
+
+def validation_error_to_gateway(exc: ValidationError, prefix: tuple = ()) -> InvalidRequestError:
+    """Turn pydantic's first error into a 400 whose `param` names the field, OpenAI style."""
+    first = exc.errors(include_url=False)[0]
+    loc = prefix + tuple(first.get("loc", ()))
+    param = loc_to_param(loc)
+    if first.get("type") == "json_invalid":
+        return InvalidRequestError(
+            "The request body is not valid JSON: " + first.get("msg", ""), param=None
+        )
+    message = first.get("msg", "Invalid value")
+    if first.get("type") == "missing":
+        message = f"Missing required parameter: '{param}'."
+    elif param:
+        message = f"Invalid value for '{param}': {message}."
+    return InvalidRequestError(message, param=param or None)
+
+
+# Labels pydantic puts in error locations that are not field names: the tag of a
+# discriminated-union member (right after a list index) and the member type of a plain union.
+_UNION_TAGS = frozenset({"system", "developer", "user", "assistant", "tool", "text", "image_url"})
+_TYPE_LABELS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def loc_to_param(loc: tuple) -> str:
+    """('messages', 0, 'user', 'content') -> 'messages[0].content'."""
+    parts: list[str] = []
+    previous: object = None
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            label = str(item)
+            is_tag = isinstance(previous, int) and label in _UNION_TAGS
+            is_type = parts and (label in _TYPE_LABELS or "[" in label or "-" in label)
+            if not (is_tag or is_type):
+                parts.append(("." if parts else "") + label)
+        previous = item
+    return "".join(parts)

@@ -1,0 +1,35 @@
+from fastapi import APIRouter, Request, Response
+
+from gateway.errors import ModelNotFoundError
+from gateway.http import json_response
+from gateway.protocol import Model, ModelList
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    registry = request.app.state.registry
+    data = [_card(request, name) for name in registry.names()]
+    return json_response(ModelList(data=data).model_dump(exclude_none=True))
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> Response:
+    registry = request.app.state.registry
+    if not registry.replicas(model_id):
+        raise ModelNotFoundError(model_id, registry.names())
+    return json_response(_card(request, model_id).model_dump(exclude_none=True))
+
+
+def _card(request: Request, name: str) -> Model:
+    replicas = request.app.state.registry.replicas(name)
+    return Model(
+        id=name,
+        created=request.app.state.started_at,
+        owned_by="vlm-gateway",
+        vlm_gateway={
+            "ready": any(b.status.ready for b in replicas),
+            "replicas": [b.describe() for b in replicas],
+        },
+    )
