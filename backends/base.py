@@ -73,15 +73,17 @@ class Backend(ABC):
         """
 
     async def completions(self, request: CompletionRequest) -> dict[str, Any]:
-        raise InvalidRequestError(
+        raise self._no_completions()
+
+    async def completions_stream(self, request: CompletionRequest) -> AsyncIterator[bytes]:
+        raise self._no_completions()
+
+    def _no_completions(self) -> InvalidRequestError:
+        return InvalidRequestError(
             f"The model '{self.name}' ({self.kind} backend) does not support /v1/completions; "
             "use /v1/chat/completions.",
             param="model",
         )
-
-    async def completions_stream(self, request: CompletionRequest) -> AsyncIterator[bytes]:
-        await self.completions(request)  # raises the same error as the non-streaming call
-        raise AssertionError("unreachable")
 
     def describe(self) -> dict[str, Any]:
         """What /ready and /v1/models report about this replica (our extension fields)."""

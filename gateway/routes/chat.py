@@ -12,4 +12,4 @@ async def create_chat_completion(request: Request) -> Response:
     backend = request.app.state.registry.pick(body.model)
     if body.stream:
         return await stream_tracked(backend, backend.chat_stream(body))
-    return await call_tracked(backend, backend.chat(body))
+    return await call_tracked(request, backend, backend.chat(body))

@@ -27,7 +27,8 @@ def gateway(upstream, tmp_path_factory):
 
     config = {"models": [
         entry("ok", "ok"), entry("e500", "fault-500"), entry("e400", "fault-400"),
-        entry("stall", "fault-stall", timeout=1), entry("drop", "fault-drop"),
+        entry("stall", "fault-stall", timeout=1), entry("stall-long", "fault-stall", timeout=30),
+        entry("drop", "fault-drop"),
         entry("badjson", "fault-badjson"), entry("slow", "slow-stream"),
     ]}
     with GatewayProcess(config, tmp_path_factory.mktemp("faults")) as process:
@@ -136,3 +137,14 @@ def test_down_upstream_gives_502_within_1s_then_503_at_once(tmp_path):
                 assert time.monotonic() < deadline, "model did not recover"
                 time.sleep(0.1)
             assert client.chat.completions.create(model="m", messages=HI).model == "m"
+
+
+def test_client_disconnect_abandons_a_non_streaming_upstream_request(gateway, upstream):
+    before = upstream.stall_disconnects
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(gateway.url + "/v1/chat/completions", timeout=0.3,
+                   json={"model": "stall-long", "messages": HI})
+    deadline = time.monotonic() + 3  # long before the gateway's own 30 s upstream timeout
+    while upstream.stall_disconnects == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert upstream.stall_disconnects == before + 1

@@ -133,6 +133,7 @@ class FakeUpstream:
         self.request_headers: list[dict[str, str]] = []
         self.request_paths: list[str] = []
         self.stream_disconnects = 0  # streams cut short because the client went away
+        self.stall_disconnects = 0  # stalled requests the client gave up on (closed)
         self._lock = threading.Lock()
         self._conns: dict[asyncio.Task, asyncio.StreamWriter] = {}
         self._cache: dict[tuple, bytes] = {}
@@ -291,6 +292,7 @@ class FakeUpstream:
         if mode == "fault-stall":
             try:  # ends early if the client gives up (its timeout) and closes
                 await asyncio.wait_for(reader.read(), STALL_SECONDS)
+                self.stall_disconnects += 1
             except asyncio.TimeoutError:
                 pass
             return False
