@@ -5,8 +5,10 @@ The models' words are noise: these tests assert shapes, counts, framing and rout
 
 import asyncio
 
+import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from tests.support.images import image_message, png_data_url
 from tests.support.processes import GatewayProcess
@@ -61,16 +63,21 @@ def test_stream_ends_with_usage_chunk_then_done(client):
     assert content[-1].choices[0].finish_reason == "length"
 
 
-def test_stream_ends_with_done_on_the_wire(gateway):
-    import httpx
+@pytest.mark.parametrize("model", ["llava", "blip2"])
+def test_wire_json_validates_strictly_against_the_sdk_types(gateway, model):
+    # The SDK parses leniently; strict validation of the raw bytes is the real oracle.
+    body = {"model": model, "messages": ask(), "max_tokens": 3, "temperature": 0}
+    raw = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=60).json()
+    assert ChatCompletion.model_validate(raw, strict=False).model == model
 
-    body = {"model": "blip2", "messages": ask(), "max_tokens": 3, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body |= {"stream": True, "stream_options": {"include_usage": True}}
     with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
-    assert '"choices":[]' in lines[-2] and '"usage":{' in lines[-2]
+    chunks = [ChatCompletionChunk.model_validate_json(line[6:]) for line in lines[:-1]]
+    assert all(chunk.model == model for chunk in chunks)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 3
 
 
 def test_n_2_gives_two_choices(client):
