@@ -15,9 +15,12 @@ from starlette.exceptions import HTTPException
 from backends.base import Backend
 from backends.registry import BackendRegistry
 from gateway.backend_factory import build_backends
+from gateway.batch.runner import BatchRunner
+from gateway.batch.store import Store
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.http import json_response
-from gateway.routes import chat, completions, health, models
+from gateway.routes import batches, chat, completions, files, health, models
+from gateway.security_setup import install_security, open_image_resolver
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -32,14 +35,23 @@ def create_app(settings: GatewaySettings, build: BackendBuilder = build_backends
             max_connections=settings.max_upstream_connections,
             max_keepalive_connections=settings.max_upstream_connections,
         )
-        async with httpx.AsyncClient(limits=limits) as client:
+        async with httpx.AsyncClient(limits=limits) as client, \
+                open_image_resolver(settings) as image_resolver:
+            app.state.image_resolver = image_resolver
             registry = BackendRegistry(build(settings, client))
             app.state.registry = registry
             for backend in registry.backends():
                 await backend.start()
+            store = app.state.batch_store = Store(settings.data_dir)
+            await store.open()
+            runner = app.state.batch_runner = BatchRunner(store, registry, settings.batch,
+                                                          image_resolver.resolve)
+            await runner.start()
             try:
                 yield
             finally:
+                await runner.stop()
+                await store.close()
                 for backend in registry.backends():
                     await backend.stop()
 
@@ -48,9 +60,10 @@ def create_app(settings: GatewaySettings, build: BackendBuilder = build_backends
     )
     app.state.settings = settings
     app.state.started_at = int(time.time())
-    for module in (chat, completions, models, health):
+    for module in (chat, completions, models, health, files, batches):
         app.include_router(module.router)
     _install_error_handlers(app)
+    install_security(app, settings)
     return app
 
 

@@ -5,12 +5,24 @@ from __future__ import annotations
 import httpx
 
 from backends.base import Backend
+from backends.blip2 import Blip2Backend
 from backends.openai_upstream import OpenAIUpstreamBackend
-from gateway.settings import GatewaySettings, OpenAIBackendSettings
+from gateway.managed_vllm import build_managed_vllm
+from gateway.settings import (
+    Blip2BackendSettings, GatewaySettings, OpenAIBackendSettings, VllmBackendSettings,
+)
+from launch.gpu_sharing import StartSequencer
 
 
 def build_backends(settings: GatewaySettings, client: httpx.AsyncClient) -> list[Backend]:
-    return [_build(entry, client) for entry in settings.models]
+    sequencer = StartSequencer()  # one per app: managed processes sharing a GPU start in turn
+    backends: list[Backend] = []
+    for entry in settings.models:
+        if isinstance(entry, VllmBackendSettings):  # one backend per replica process
+            backends += build_managed_vllm(settings, entry, client, sequencer)
+        else:
+            backends.append(_build(entry, client))
+    return backends
 
 
 def _build(entry, client: httpx.AsyncClient) -> Backend:
@@ -24,5 +36,16 @@ def _build(entry, client: httpx.AsyncClient) -> Backend:
             timeout=entry.timeout,
             connect_timeout=entry.connect_timeout,
             health_interval=entry.health_interval,
+        )
+    if isinstance(entry, Blip2BackendSettings):
+        return Blip2Backend(
+            entry.name,
+            entry.model,
+            device=entry.device,
+            dtype=entry.dtype,
+            max_batch_size=entry.max_batch_size,
+            batch_wait_ms=entry.batch_wait_ms,
+            context_length=entry.context_length,
+            default_max_tokens=entry.default_max_tokens,
         )
     raise TypeError(f"no backend for settings of type {type(entry).__name__}")

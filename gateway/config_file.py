@@ -39,11 +39,26 @@ def load_settings(
     for key in _ENV_KEYS:
         if ENV_PREFIX + key.upper() in environ:
             data[key] = environ[ENV_PREFIX + key.upper()]
+    _merge_env_api_keys(data, environ)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return GatewaySettings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([_describe(err, root, path) for err in exc.errors(include_url=False)])
+
+
+def _merge_env_api_keys(data: dict, environ: Mapping[str, str]) -> None:
+    """VLMGW_API_KEYS (comma-separated) adds to `security.api_keys`; VLMGW_API_KEYS_FILE sets
+    `security.api_keys_file`. Keys stay out of the YAML file and out of argv (ps shows argv)."""
+    keys = [k.strip() for k in environ.get(ENV_PREFIX + "API_KEYS", "").split(",") if k.strip()]
+    key_file = environ.get(ENV_PREFIX + "API_KEYS_FILE")
+    security = data.setdefault("security", {}) if (keys or key_file) else None
+    if not isinstance(security, dict):
+        return  # absent, or not a mapping: validation reports the latter
+    if keys:
+        security["api_keys"] = list(security.get("api_keys") or []) + keys
+    if key_file:
+        security["api_keys_file"] = key_file
 
 
 def _read_yaml(path: Path, environ: Mapping[str, str]) -> tuple[dict, yaml.Node | None]:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from gateway.settings import GatewaySettings, OpenAIBackendSettings
+from gateway.managed_vllm import describe_processes
+from gateway.settings import (
+    Blip2BackendSettings, GatewaySettings, OpenAIBackendSettings, VllmBackendSettings,
+)
 
 
 def describe_plan(settings: GatewaySettings) -> list[str]:
-    lines = [f"listen: http://{settings.host}:{settings.port}"]
+    lines = [f"listen: http://{settings.host}:{settings.port}",
+             f"batches: data in {settings.data_dir}, up to "
+             f"{settings.batch.concurrency_per_model} requests in flight per model (live first)"]
     names = settings.model_names()
     lines.append(f"models: {len(names)}" + ("" if names else " (none configured)"))
     for name in names:
@@ -14,6 +19,11 @@ def describe_plan(settings: GatewaySettings) -> list[str]:
         suffix = f" ({len(replicas)} replicas, least in-flight first)" if len(replicas) > 1 else ""
         lines.append(f"- {name}{suffix}")
         for index, entry in enumerate(replicas):
+            if isinstance(entry, VllmBackendSettings):
+                lines.append(f"    replica {index}: backend vllm, managed by the gateway "
+                             f"({entry.replicas} process(es), model {entry.model})")
+                lines.extend("      " + line for line in describe_processes(settings, entry))
+                continue
             lines.extend("    " + line for line in _describe_entry(index, entry))
     return lines
 
@@ -27,5 +37,12 @@ def _describe_entry(index: int, entry) -> list[str]:
             f"  api key: {'set' if entry.api_key else 'none'}",
             f"  timeout: {entry.timeout:g} s (connect {entry.connect_timeout:g} s), "
             f"health check every {entry.health_interval:g} s",
+        ]
+    if isinstance(entry, Blip2BackendSettings):
+        context = f"{entry.context_length} tokens" if entry.context_length else "the model's own"
+        return [
+            f"replica {index}: backend blip2, in this process -> {entry.model}",
+            f"  device: {entry.device}, dtype: {entry.dtype}, context: {context}",
+            f"  batches of up to {entry.max_batch_size}, gathered for {entry.batch_wait_ms:g} ms",
         ]
     raise TypeError(f"no plan for settings of type {type(entry).__name__}")

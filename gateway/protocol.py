@@ -139,6 +139,12 @@ class ChatCompletionRequest(BaseModel):
         """max_completion_tokens wins over the deprecated max_tokens, as in OpenAI's API."""
         return self.max_completion_tokens or self.max_tokens
 
+    # --- vlm-gateway extensions (not in OpenAI's API; SDK clients send them in extra_body) ---
+    # Prompted captioning: the last message is an assistant message whose text the model
+    # continues ("a photo of" -> " a cat on a sofa"). Same name and meaning as vLLM's extra
+    # parameter, so upstreams that are vLLM get it forwarded and honour it too.
+    continue_final_message: bool | None = None
+
 
 class CompletionRequest(BaseModel):
     """POST /v1/completions (legacy). Only what routing needs is modelled; the rest forwards."""
