@@ -1,18 +1,35 @@
 """One supervised OS process: argv list (no shell), its own process group, its own log file.
 
 Stopping signals the whole group (SIGTERM, a grace period, then SIGKILL), because `vllm serve`
-spawns EngineCore and worker children that must not outlive it.
+spawns EngineCore and worker children that must not outlive it. On Linux the leader also gets
+SIGTERM from the kernel if the gateway itself dies without stopping it (kill -9, OOM killer),
+and shuts its own children down as on a normal stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent_hook():
+    """A preexec_fn that asks Linux to SIGTERM the child when its parent dies, or None.
+
+    libc's prctl is looked up here, in the parent: the hook runs between fork and exec and
+    must do no more than one plain C call."""
+    if os.uname().sysname != "Linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 # Written to the log before each launch, so a reader can find where this launch's output starts.
@@ -42,6 +59,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **env_additions},
                 start_new_session=True,
+                preexec_fn=_terminate_with_parent_hook(),
             )
         finally:
             log_file.close()

@@ -119,7 +119,7 @@ def test_gateway_stop_leaves_no_process_alive(shared_gateway):
 
 @pytest.mark.vllm
 @pytest.mark.skipif(not VLLM_BIN.exists(), reason=f"{VLLM_BIN} not installed")
-def test_kill_9_mid_stream_ends_stream_then_503_then_restart(tiny_models, workdir):
+def test_kill_9_of_vllm_mid_stream_then_of_the_gateway(tiny_models, workdir):
     config = {"data_dir": str(workdir / "kill-data"), "models": [vllm_entry(
         "blip2", tiny_models["blip2"], VLLM_SMALL_ARGS, restart_backoff=0.5,
         liveness_interval=2)]}
@@ -148,6 +148,19 @@ def test_kill_9_mid_stream_ends_stream_then_503_then_restart(tiny_models, workdi
         assert report["restarts"] == 1 and report["pid"] != pid
         assert _caption(client, "blip2").choices
         assert "restart #1" in gateway.log()
+
+        # Now the gateway itself dies without a chance to stop anything: the kernel's
+        # parent-death signal makes vLLM shut its EngineCore down; nothing is left.
+        assert len(process_group_members(report["pid"])) > 1
+        gateway.proc.kill()
+        gateway.proc.wait(10)
+        deadline = time.monotonic() + 60
+        while process_group_members(report["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = process_group_members(report["pid"])
+        if left:  # do not leave a vLLM running behind a failed test
+            os.killpg(report["pid"], signal.SIGKILL)
+        assert left == []
 
 
 @pytest.mark.vllm

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
 import sys
 import time
 
 from launch.process import LAUNCH_MARKER, ManagedProcess, live_group_members, read_tail
+from tests.support.processes import REPO
 
 # A leader with a child that ignores SIGTERM, like a stubborn engine worker.
 STUBBORN_FAMILY = (
@@ -62,3 +66,34 @@ def test_read_tail_limits_lines_and_missing_file_is_empty(tmp_path):
     log.write_text("".join(f"line {n}\n" for n in range(1000)))
     assert read_tail(log, lines=3).splitlines() == ["line 997", "line 998", "line 999"]
     assert read_tail(tmp_path / "absent.log") == ""
+
+
+# A gateway stand-in: spawns a long sleeper through ManagedProcess, prints its PID, waits.
+SUPERVISOR = (
+    "import asyncio, sys\n"
+    "from pathlib import Path\n"
+    "from launch.process import ManagedProcess\n"
+    "async def main():\n"
+    "    child = await ManagedProcess.spawn([sys.executable, '-c', 'import time; time.sleep(60)'],"
+    " {}, Path(sys.argv[1]))\n"
+    "    print(child.pid, flush=True)\n"
+    "    await asyncio.sleep(60)\n"
+    "asyncio.run(main())\n"
+)
+
+
+def test_a_supervisor_killed_with_sigkill_leaves_no_child_behind(tmp_path):
+    supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(tmp_path / "c.log")],
+                                  stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        child_pid = int(supervisor.stdout.readline())
+        assert live_group_members(child_pid) == [child_pid]
+        os.kill(supervisor.pid, signal.SIGKILL)
+        supervisor.wait(10)
+        deadline = time.monotonic() + 5
+        while live_group_members(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live_group_members(child_pid) == []
+    finally:
+        supervisor.kill()
+        supervisor.wait(10)
