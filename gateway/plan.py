@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.images.resolve import limits_for
 from gateway.managed_vllm import describe_processes
 from gateway.settings import (
     Blip2BackendSettings, GatewaySettings, OpenAIBackendSettings, VllmBackendSettings,
@@ -18,6 +19,9 @@ def describe_plan(settings: GatewaySettings) -> list[str]:
         replicas = settings.entries_for(name)
         suffix = f" ({len(replicas)} replicas, least in-flight first)" if len(replicas) > 1 else ""
         lines.append(f"- {name}{suffix}")
+        limits = limits_for(settings.images, replicas[0])
+        lines.append(f"    images: at most {limits.max_images} per request, "
+                     f"{limits.max_bytes / 2**20:g} MiB and {limits.max_pixels:,} pixels each")
         for index, entry in enumerate(replicas):
             if isinstance(entry, VllmBackendSettings):
                 lines.append(f"    replica {index}: backend vllm, managed by the gateway "

@@ -35,6 +35,12 @@ class ImageLimits:
     max_side: int | None = None
     low_detail_side: int = 512
 
+    def describe(self) -> dict[str, int | None]:
+        """What a client may send, in the config's own key names (for /v1/models)."""
+        return {"max_images": self.max_images, "max_image_bytes": self.max_bytes,
+                "max_image_pixels": self.max_pixels, "min_image_side": self.min_side,
+                "max_image_side": self.max_side}
+
     def target_side(self, detail: str) -> int | None:
         sides = [self.max_side, self.low_detail_side if detail == "low" else None]
         return min((side for side in sides if side), default=None)

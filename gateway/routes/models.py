@@ -2,6 +2,7 @@ from fastapi import APIRouter, Request, Response
 
 from gateway.errors import ModelNotFoundError
 from gateway.http import json_response
+from gateway.images.resolve import limits_for
 from gateway.protocol import Model, ModelList
 
 router = APIRouter()
@@ -24,6 +25,8 @@ async def retrieve_model(model_id: str, request: Request) -> Response:
 
 def _card(request: Request, name: str) -> Model:
     replicas = request.app.state.registry.replicas(name)
+    settings = request.app.state.settings
+    entries = settings.entries_for(name)
     return Model(
         id=name,
         created=request.app.state.started_at,
@@ -31,5 +34,7 @@ def _card(request: Request, name: str) -> Model:
         vlm_gateway={
             "ready": any(b.status.ready for b in replicas),
             "replicas": [b.describe() for b in replicas],
+            # Said up front: a request over these gets a 400.
+            "images": limits_for(settings.images, entries[0]).describe() if entries else None,
         },
     )

@@ -81,3 +81,8 @@ def test_models_list_has_openai_shape(client):
     assert client.models.retrieve("cold").id == "cold"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
+
+
+def test_models_say_their_image_limits_up_front(client):
+    limits = client.models.retrieve("cold").model_extra["vlm_gateway"]["images"]
+    assert limits["max_images"] == 8 and limits["max_image_bytes"] == 20 * 1024 * 1024

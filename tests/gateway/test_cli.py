@@ -28,3 +28,16 @@ def test_check_config_exits_1_with_reasons(tmp_path):
     result = run_cli("check-config", str(path))
     assert result.returncode == 1
     assert f"{path}:2: models[0].base_url: required key is missing" in result.stderr
+
+
+def test_check_config_says_each_models_image_limit(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("models:\n"
+                    "  - {name: remote, backend: openai, base_url: 'http://127.0.0.1:8001/v1',"
+                    " images: {max_images: 3}}\n"
+                    "  - {name: captions, backend: blip2, model: /nowhere}\n")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    plan = result.stdout.splitlines()
+    assert plan[plan.index("- remote") + 1].startswith("    images: at most 3 per request")
+    assert plan[plan.index("- captions") + 1].startswith("    images: at most 1 per request")
