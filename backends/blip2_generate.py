@@ -63,16 +63,24 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+# One load at a time: replicas load in their own worker threads, and transformers 5 is not
+# thread-safe there. Its lazy module can fail with "cannot import name 'AutoProcessor'"
+# (vectorize-io/hindsight#994), and two concurrent from_pretrained calls can leave weights on
+# the meta device ("Cannot copy out of meta tensor"). Both seen here, about 1 start in 4.
+_LOAD_LOCK = threading.Lock()
+
+
 def load_blip2(model_ref: str, device: str, dtype: str, context_length: int | None) -> LoadedBlip2:
     """Load processor and model once. Raises with a readable reason on any failure."""
-    from transformers import AutoProcessor, Blip2ForConditionalGeneration
-
     torch_device = resolve_device(device)
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")
     torch_dtype = resolve_dtype(dtype, torch_device)
-    processor = AutoProcessor.from_pretrained(model_ref)
-    model = Blip2ForConditionalGeneration.from_pretrained(model_ref, dtype=torch_dtype)
+    with _LOAD_LOCK:
+        from transformers import AutoProcessor, Blip2ForConditionalGeneration
+
+        processor = AutoProcessor.from_pretrained(model_ref)
+        model = Blip2ForConditionalGeneration.from_pretrained(model_ref, dtype=torch_dtype)
     text_config = model.config.text_config
     if getattr(text_config, "is_encoder_decoder", False):
         raise RuntimeError("only BLIP-2 with a decoder-only language model (OPT) is supported")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 from pydantic import BaseModel
 
@@ -36,7 +36,7 @@ class OpenAIUpstreamBackend(Backend):
         self,
         name: str,
         base_url: str,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         *,
         upstream_model: str | None = None,
         api_key: str | None = None,
@@ -52,8 +52,8 @@ class OpenAIUpstreamBackend(Backend):
         self._headers = {"content-type": "application/json", "accept-encoding": "identity"}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
-        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
-        self._probe_timeout = httpx.Timeout(min(timeout, 5.0), connect=connect_timeout)
+        self._timeout = upstream_timeout(timeout, connect_timeout)
+        self._probe_timeout = upstream_timeout(min(timeout, 5.0), connect_timeout)
         self._health_interval = health_interval
         self._wake = asyncio.Event()
         self._watcher: asyncio.Task | None = None
@@ -81,12 +81,13 @@ class OpenAIUpstreamBackend(Backend):
     async def probe(self) -> None:
         """Ready when the upstream answers /models and lists the model we forward to."""
         try:
-            response = await self._client.get(
-                self.base_url + "/models", headers=self._headers, timeout=self._probe_timeout
-            )
-            response.raise_for_status()
-            listed = [entry["id"] for entry in response.json()["data"]]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            async with self._client.get(self.base_url + "/models", headers=self._headers,
+                                        timeout=self._probe_timeout) as response:
+                body = await response.read()
+            if response.status >= 400:
+                raise ValueError(f"status {response.status}")
+            listed = [entry["id"] for entry in orjson.loads(body)["data"]]
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
             self._mark_unavailable(f"upstream {self.base_url} not answering /models: {_why(exc)}")
             return
         wanted = self._configured_model or (listed[0] if listed else None)
@@ -121,16 +122,14 @@ class OpenAIUpstreamBackend(Backend):
 
     async def _forward(self, path: str, request: BaseModel) -> dict[str, Any]:
         with self._translate_errors():
-            response = await self._client.post(
-                self.base_url + path,
-                content=self._body(request),
-                headers=self._headers,
-                timeout=self._timeout,
-            )
-        if response.status_code >= 400:
-            raise upstream_status_error(response.status_code, response.content, response.headers)
+            async with self._client.post(self.base_url + path, data=self._body(request),
+                                         headers=self._headers,
+                                         timeout=self._timeout) as response:
+                body = await response.read()
+        if response.status >= 400:
+            raise upstream_status_error(response.status, body, response.headers)
         try:
-            data = orjson.loads(response.content)
+            data = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise UpstreamError(f"The upstream for '{self.name}' answered with invalid JSON.")
         if not isinstance(data, dict):
@@ -139,30 +138,26 @@ class OpenAIUpstreamBackend(Backend):
         return data
 
     async def _forward_stream(self, path: str, request: BaseModel) -> AsyncIterator[bytes]:
-        upstream_request = self._client.build_request(
-            "POST",
-            self.base_url + path,
-            content=self._body(request),
-            headers=self._headers,
-            timeout=self._timeout,
-        )
         with self._translate_errors():
-            response = await self._client.send(upstream_request, stream=True)
-        if response.status_code >= 400:
+            # Not `async with`: the response outlives this call; _relay releases it.
+            response = await self._client.post(self.base_url + path, data=self._body(request),
+                                               headers=self._headers, timeout=self._timeout)
+        if response.status >= 400:
             try:
                 with self._translate_errors():
-                    body = await response.aread()
+                    body = await response.read()
             finally:
-                await response.aclose()
-            raise upstream_status_error(response.status_code, body, response.headers)
+                response.release()
+            raise upstream_status_error(response.status, body, response.headers)
         return self._relay(response)
 
-    async def _relay(self, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         saw_done = False
         pending = b""
         try:
             with self._translate_errors():
-                async for chunk in response.aiter_bytes():
+                # iter_any: whatever bytes have arrived, at once; events are split here.
+                async for chunk in response.content.iter_any():
                     pending += chunk.replace(b"\r\n", b"\n")
                     *events, pending = pending.split(b"\n\n")
                     for event in events:
@@ -173,7 +168,9 @@ class OpenAIUpstreamBackend(Backend):
             if not saw_done:
                 raise UpstreamError(f"The upstream for '{self.name}' ended the stream early.")
         finally:
-            await response.aclose()
+            # Back to the pool when read to the end; an unfinished stream (client gone,
+            # error) closes the connection, which tells the upstream to stop generating.
+            response.release()
 
     def _rewrite_event(self, event: bytes) -> bytes | None:
         if not event.startswith(b"data:"):
@@ -198,20 +195,28 @@ class OpenAIUpstreamBackend(Backend):
     def _translate_errors(self):
         try:
             yield
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:  # aiohttp's connect and read timeouts subclass it
             raise UpstreamTimeoutError(
                 f"The upstream for '{self.name}' did not answer in time ({_why(exc)})."
             )
-        except httpx.ConnectError as exc:
+        except aiohttp.ClientConnectorError as exc:  # refused, DNS, unreachable: not up
             self._mark_unavailable(f"cannot connect to {self.base_url}: {_why(exc)}")
             self._wake.set()
             raise UpstreamError(f"The upstream for '{self.name}' is unreachable ({_why(exc)}).")
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:  # disconnected, payload cut short, protocol errors
             raise UpstreamError(f"The connection to the upstream for '{self.name}' failed "
                                 f"({_why(exc)}).")
 
 
-def upstream_status_error(status: int, body: bytes, headers: httpx.Headers) -> GatewayError:
+def upstream_timeout(timeout: float, connect_timeout: float) -> aiohttp.ClientTimeout:
+    """`timeout` is seconds without a byte from the upstream (also before the first one), not
+    a cap on the whole answer: a long stream that keeps sending is never cut. Waiting for a
+    pooled connection is bounded by `timeout`, a new connection by `connect_timeout`."""
+    return aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=connect_timeout,
+                                 sock_read=timeout)
+
+
+def upstream_status_error(status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
     """Upstream 4xx keep their status and words; 5xx become 502 (503 stays 503)."""
     message, error_type, param, code = _parse_error_body(body)
     if status < 500 or status == 503:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from backends.base import State
 from backends.openai_upstream import OpenAIUpstreamBackend
@@ -61,7 +61,7 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         self,
         name: str,
         command: VllmCommand,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         *,
         sequencer: StartSequencer,
         log_path: Path,
@@ -257,21 +257,21 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
     async def _liveness_problem(self) -> str | None:
         """A real 1-token chat (with a tiny image for vision models); None when it works."""
         try:
-            response = await self._client.post(
+            async with self._client.post(
                 self.base_url + "/chat/completions",
                 json=_probe_body(self.upstream_model or self.name, self._policy.probe_image),
-                timeout=self._policy.liveness_timeout,
-            )
-        except httpx.TimeoutException:
+                timeout=aiohttp.ClientTimeout(total=self._policy.liveness_timeout),
+            ) as response:
+                text = (await response.read())[:200].decode(errors="replace")
+        except TimeoutError:
             return f"no answer within {self._policy.liveness_timeout:g} s"
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             return str(exc) or type(exc).__name__
-        if response.status_code >= 500:
-            return f"status {response.status_code}: {response.text[:200]}"
-        if response.status_code >= 400:
+        if response.status >= 500:
+            return f"status {response.status}: {text}"
+        if response.status >= 400:
             log.warning("model %s: liveness probe refused (%d: %s); set probe_image: false "
-                        "for text-only models", self.name, response.status_code,
-                        response.text[:200])
+                        "for text-only models", self.name, response.status, text)
         return None
 
     @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import httpx
+import aiohttp
 
 from backends.base import Backend
 from backends.blip2 import Blip2Backend
@@ -14,7 +14,7 @@ from gateway.settings import (
 from launch.gpu_sharing import StartSequencer
 
 
-def build_backends(settings: GatewaySettings, client: httpx.AsyncClient) -> list[Backend]:
+def build_backends(settings: GatewaySettings, client: aiohttp.ClientSession) -> list[Backend]:
     sequencer = StartSequencer()  # one per app: managed processes sharing a GPU start in turn
     backends: list[Backend] = []
     for entry in settings.models:
@@ -25,7 +25,7 @@ def build_backends(settings: GatewaySettings, client: httpx.AsyncClient) -> list
     return backends
 
 
-def _build(entry, client: httpx.AsyncClient) -> Backend:
+def _build(entry, client: aiohttp.ClientSession) -> Backend:
     if isinstance(entry, OpenAIBackendSettings):
         return OpenAIUpstreamBackend(
             entry.name,

@@ -56,7 +56,8 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # httpx logs every upstream request at INFO: noise on a hot path, and slow.
+    # httpx (the image fetcher) logs every request at INFO: noise, and slow. aiohttp, the
+    # upstream client, logs nothing per request.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     uvicorn.run(
         create_app(settings),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from backends.vllm_managed import ManagedVllmBackend, Supervision
 from gateway.settings import GatewaySettings, VllmBackendSettings
@@ -89,7 +89,7 @@ def _safe(name: str) -> str:
 def build_managed_vllm(
     settings: GatewaySettings,
     entry: VllmBackendSettings,
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     sequencer: StartSequencer,
 ) -> list[ManagedVllmBackend]:
     # The entry's keys of the same names (startup_timeout, liveness_*, restart_*, ...).

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 
 from launch.process import ManagedProcess
 
@@ -25,7 +26,7 @@ class StartTimeout(Exception):
 
 
 async def wait_until_serving(
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     root_url: str,
     served_name: str,
     process: ManagedProcess,
@@ -47,9 +48,9 @@ async def wait_until_serving(
 
 
 async def _poll(
-    client: httpx.AsyncClient, root_url: str, served_name: str, process: ManagedProcess
+    client: aiohttp.ClientSession, root_url: str, served_name: str, process: ManagedProcess
 ) -> dict[str, Any]:
-    timeout = httpx.Timeout(5.0, connect=2.0)
+    timeout = aiohttp.ClientTimeout(total=5.0, connect=2.0)
     while True:
         if process.exited.done():
             raise ProcessExited(process.exited.result())
@@ -61,18 +62,19 @@ async def _poll(
 
 
 async def _served_card(
-    client: httpx.AsyncClient, root_url: str, served_name: str, timeout: httpx.Timeout
+    client: aiohttp.ClientSession, root_url: str, served_name: str, timeout: aiohttp.ClientTimeout
 ) -> dict[str, Any] | None:
     try:
-        health = await client.get(root_url + "/health", timeout=timeout)
-        if health.status_code != 200:
-            return None
-        models = await client.get(root_url + "/v1/models", timeout=timeout)
-        if models.status_code != 200:
-            return None
-        for card in models.json().get("data", []):
+        async with client.get(root_url + "/health", timeout=timeout) as health:
+            if health.status != 200:
+                return None
+        async with client.get(root_url + "/v1/models", timeout=timeout) as models:
+            if models.status != 200:
+                return None
+            listed = orjson.loads(await models.read())
+        for card in listed.get("data", []):
             if isinstance(card, dict) and card.get("id") == served_name:
                 return card
-    except (httpx.HTTPError, ValueError, AttributeError):
+    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
         return None
     return None

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import replace
 
+import aiohttp
 import httpx
 import openai
 import pytest
@@ -206,7 +207,7 @@ async def _until(predicate, deadline_s: float = 20) -> None:
 
 def _run(scenario) -> None:
     async def main():
-        async with httpx.AsyncClient() as client:
+        async with aiohttp.ClientSession() as client:
             await scenario(client)
     asyncio.run(main())
 

@@ -3,13 +3,14 @@ GPUs are validated, and each replica becomes one backend with its own log."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
+from gateway.app import upstream_session
 from gateway.backend_factory import build_backends
 from gateway.config_file import ConfigError, load_settings
 from gateway.settings import GatewaySettings
@@ -73,7 +74,12 @@ models:
 def test_replicas_become_backends_with_their_own_port_and_log(tmp_path):
     settings = GatewaySettings.model_validate({"data_dir": str(tmp_path), "models": [
         {"name": "blip2", "backend": "vllm", "model": "m", "replicas": 2, "port": 9100}]})
-    backends = build_backends(settings, httpx.AsyncClient())
+
+    async def build():  # the session needs a running loop; the backends are never started
+        async with upstream_session(settings) as client:
+            return build_backends(settings, client)
+
+    backends = asyncio.run(build())
     assert [b.name for b in backends] == ["blip2", "blip2"]
     assert [b.command.argv()[b.command.argv().index("--port") + 1] for b in backends] == [
         "9100", "9101"]

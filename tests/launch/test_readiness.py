@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 
-import httpx
+import aiohttp
 import pytest
 
 from launch.process import ManagedProcess
@@ -22,7 +22,7 @@ async def _wait(argv, tmp_path, deadline_s=20.0, served="m"):
         [*argv, "serve", "tiny", "--served-model-name", "m", "--port", str(port)],
         {"PYTHONPATH": str(REPO)}, tmp_path / "p.log")
     try:
-        async with httpx.AsyncClient() as client:
+        async with aiohttp.ClientSession() as client:
             return await wait_until_serving(client, f"http://127.0.0.1:{port}", served, process,
                                             deadline_s)
     finally:
