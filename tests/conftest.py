@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fake_upstream import FakeUpstream
 from tests.support.processes import VllmServer
 
 
@@ -39,3 +40,10 @@ def vllm_servers(tiny_models, workdir):
     finally:
         for server in servers.values():
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """The fault-injecting fake upstream (tests/support/fake_upstream.py), one per module."""
+    with FakeUpstream() as fake:
+        yield fake

@@ -14,12 +14,6 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def gateway(upstream, tmp_path_factory):
     def entry(name, mode, **extra):
         return {"name": name, "backend": "openai", "base_url": upstream.base_url,

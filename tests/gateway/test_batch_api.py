@@ -13,16 +13,9 @@ from openai.types import Batch, FileObject
 from openai.types.chat import ChatCompletion
 
 from tests.gateway.batch_support import chat_line, jsonl, result_lines, wait_final
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.processes import GatewayProcess
 
 MODELS = ("ok", "fault-400", "fault-stall")
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.images import png_bytes
 from tests.support.processes import REPO
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with FakeUpstream() as fake:
-        yield fake
 
 
 @pytest.fixture
