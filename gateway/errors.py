@@ -79,6 +79,18 @@ class ServiceUnavailableError(GatewayError):
     default_code = "model_not_ready"
 
 
+class PayloadTooLargeError(GatewayError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimitError(GatewayError):
+    status_code = 429
+    error_type = "rate_limit_exceeded"
+    default_code = "rate_limit_exceeded"
+
+
 class UpstreamError(GatewayError):
     """The upstream refused the connection, broke it, or answered something unusable."""
 

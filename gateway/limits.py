@@ -9,20 +9,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.auth import KEY_ID_SCOPE
-from gateway.errors import GatewayError
+from gateway.errors import PayloadTooLargeError, RateLimitError
 from gateway.middleware_reply import header, send_error
-
-
-class PayloadTooLargeError(GatewayError):
-    status_code = 413
-    error_type = "invalid_request_error"
-    default_code = "request_too_large"
-
-
-class RateLimitError(GatewayError):
-    status_code = 429
-    error_type = "rate_limit_exceeded"
-    default_code = "rate_limit_exceeded"
 
 
 class BodyLimitMiddleware:
