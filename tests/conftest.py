@@ -19,7 +19,7 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """{"blip2": dir, "llava": dir}: tiny random models, built in seconds with no download."""
-    from gateway.tiny_models import ensure_tiny_models
+    from vlm_gateway.cli.tiny_models import ensure_tiny_models
 
     return ensure_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from backends.base import Backend, State
-from backends.registry import BackendRegistry
-from gateway.errors import ModelNotFoundError, ServiceUnavailableError
+from vlm_gateway.backends.base import Backend, State
+from vlm_gateway.backends.registry import BackendRegistry
+from vlm_gateway.core.errors import ModelNotFoundError, ServiceUnavailableError
 
 
 class StubBackend(Backend):

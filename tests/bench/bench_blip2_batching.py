@@ -54,7 +54,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-blip2-"))
     model_dir = args.model
     if model_dir is None:
-        from gateway.tiny_models import ensure_tiny_models
+        from vlm_gateway.cli.tiny_models import ensure_tiny_models
 
         model_dir = ensure_tiny_models(workdir / "models")["blip2"]
     sides = {"batched (max_batch_size 16)": 16, "one at a time (max_batch_size 1)": 1}

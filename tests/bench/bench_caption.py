@@ -38,7 +38,7 @@ def make_images(folder: Path, count: int) -> None:
 def run_caption(url: str, model: str, images: Path, out: Path, concurrency: int) -> float:
     """images/s of one full run, as the command measures it (its own start-up excluded)."""
     out.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "gateway", "caption", str(images), "--model", model,
+    argv = [sys.executable, "-m", "vlm_gateway", "caption", str(images), "--model", model,
             "--out", str(out), "--url", url, "--concurrency", str(concurrency),
             "--max-tokens", "8", "--prompt", "What is in the picture?"]
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=True)
@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=32, help="vLLM's own batch size")
     args = parser.parse_args(argv)
 
-    from gateway.tiny_models import ensure_tiny_models
+    from vlm_gateway.cli.tiny_models import ensure_tiny_models
 
     work = Path(tempfile.mkdtemp(prefix="bench-caption-"))
     model_dir = ensure_tiny_models(work / "models")["blip2"]

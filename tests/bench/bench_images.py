@@ -24,11 +24,11 @@ import time
 import httpx
 from PIL import Image
 
-from gateway.images.decode import ImageLimits
-from gateway.images.fetch import ImageFetcher
-from gateway.images.resolve import ImageResolver, prepare_data_url
-from gateway.protocol import ChatCompletionRequest
-from gateway.settings import GatewaySettings
+from vlm_gateway.images.decode import ImageLimits
+from vlm_gateway.images.fetch import ImageFetcher
+from vlm_gateway.images.resolve import ImageResolver, prepare_data_url
+from vlm_gateway.core.protocol import ChatCompletionRequest
+from vlm_gateway.config.settings import GatewaySettings
 from tests.support.image_server import ImageServer
 
 MB = 1024 * 1024

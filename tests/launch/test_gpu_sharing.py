@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from launch.gpu_sharing import GpuClaim, StartSequencer, split_gpu_memory
+from vlm_gateway.launch.gpu_sharing import GpuClaim, StartSequencer, split_gpu_memory
 
 
 def test_declared_shares_are_kept_and_undeclared_split_the_rest():

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from launch.process import LAUNCH_MARKER, ManagedProcess, live_group_members, read_tail
+from vlm_gateway.launch.process import LAUNCH_MARKER, ManagedProcess, live_group_members, read_tail
 from tests.support.processes import REPO
 
 # A leader with a child that ignores SIGTERM, like a stubborn engine worker.
@@ -72,7 +72,7 @@ def test_read_tail_limits_lines_and_missing_file_is_empty(tmp_path):
 SUPERVISOR = (
     "import asyncio, sys\n"
     "from pathlib import Path\n"
-    "from launch.process import ManagedProcess\n"
+    "from vlm_gateway.launch.process import ManagedProcess\n"
     "async def main():\n"
     "    child = await ManagedProcess.spawn([sys.executable, '-c', 'import time; time.sleep(60)'],"
     " {}, Path(sys.argv[1]))\n"

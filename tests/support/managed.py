@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from launch.process import live_group_members as process_group_members  # noqa: F401
+from vlm_gateway.launch.process import live_group_members as process_group_members  # noqa: F401
 from tests.support.processes import VLLM_BIN, VLLM_ENV, GatewayProcess
 
 

@@ -92,7 +92,7 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait_ready: bool = True, deadline_s: float = 60) -> "GatewayProcess":
-        argv = [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
+        argv = [sys.executable, "-m", "vlm_gateway", "serve", "--config", str(self.config_path),
                 "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,

@@ -1,1 +1,0 @@
-"""Backends: one module per kind, all behind `backends.base.Backend`."""

@@ -1,0 +1,57 @@
+"""Validation failures become OpenAI-style 400s whose `param` names the field."""
+
+import pytest
+from pydantic import ValidationError
+
+from vlm_gateway.core.errors import (
+    ModelNotFoundError,
+    ServiceUnavailableError,
+    loc_to_param,
+    validation_error_to_gateway,
+)
+from vlm_gateway.core.protocol import ChatCompletionRequest
+
+
+@pytest.mark.parametrize("loc, param", [
+    (("messages",), "messages"),
+    (("messages", 0, "user", "content"), "messages[0].content"),
+    (("messages", 0, "user", "content", "str"), "messages[0].content"),
+    (("messages", 1, "user", "content", "list[...]", 0, "image_url", "image_url", "url"),
+     "messages[1].content[0].image_url.url"),
+    (("stop", "list[str]"), "stop"),
+    (("user",), "user"),
+])
+def test_loc_to_param(loc, param):
+    assert loc_to_param(loc) == param
+
+
+def first_error(body: str):
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate_json(body)
+    return validation_error_to_gateway(info.value)
+
+
+def test_missing_messages_names_the_field():
+    error = first_error('{"model": "m"}')
+    assert (error.status_code, error.param) == (400, "messages")
+    assert error.envelope()["error"]["type"] == "invalid_request_error"
+    assert "messages" in error.message
+
+
+def test_invalid_json_is_a_400_without_param():
+    error = first_error("{nope")
+    assert (error.status_code, error.param) == (400, None)
+    assert "not valid JSON" in error.message
+
+
+def test_bad_nested_value_names_the_path():
+    error = first_error('{"model": "m", "messages": [{"role": "user", "content": 5}]}')
+    assert error.param == "messages[0].content"
+
+
+def test_envelope_shape():
+    envelope = ModelNotFoundError("nope", ["b", "a"]).envelope()
+    assert envelope == {"error": {
+        "message": "The model 'nope' does not exist. Available models: a, b.",
+        "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}
+    assert ServiceUnavailableError("starting").status_code == 503

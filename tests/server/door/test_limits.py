@@ -1,0 +1,116 @@
+"""Body cap (413) and per-key rate limits (429 + Retry-After) on a real gateway process.
+Each test uses its own key, so the per-key buckets don't leak between tests."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import openai
+import pytest
+
+from vlm_gateway.server.door.limits import RateLimitMiddleware
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.processes import GatewayProcess
+
+KEYS = [f"sk-limits-{i}" for i in range(6)]
+MAX_BODY = 100_000
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    work = tmp_path_factory.mktemp("limits")
+    with FakeUpstream() as upstream:
+        config = {
+            "data_dir": str(work / "data"),
+            "security": {"api_keys": KEYS, "max_body_bytes": MAX_BODY,
+                         "requests_per_minute": 3, "max_in_flight_per_key": 1},
+            "models": [
+                {"name": "m", "backend": "openai", "base_url": upstream.base_url,
+                 "upstream_model": "ok"},
+                {"name": "slow", "backend": "openai", "base_url": upstream.base_url,
+                 "upstream_model": "slow-stream"},
+            ],
+        }
+        gateway = GatewayProcess(config, work).start()
+        try:
+            yield gateway
+        finally:
+            gateway.stop()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def test_a_body_over_the_cap_is_413_in_the_envelope(gateway):
+    big = [{"role": "user", "content": "x" * (MAX_BODY + 1)}]
+    response = httpx.post(gateway.url + "/v1/chat/completions", headers=auth(KEYS[0]),
+                          json={"model": "m", "messages": big})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_the_body_is_sent(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as conn:
+        conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     f"Authorization: Bearer {KEYS[4]}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {50 * MAX_BODY}\r\n\r\n{{".encode())
+        head = conn.recv(4096)  # answered although almost none of the body was sent
+    assert head.startswith(b"HTTP/1.1 413")
+
+
+def test_a_chunked_body_is_cut_off_at_the_cap(gateway):
+    def chunks():
+        yield b'{"model": "m", "messages": [{"role": "user", "content": "'
+        for _ in range(50):
+            yield b"x" * 10_000
+        yield b'"}]}'
+
+    response = httpx.post(gateway.url + "/v1/chat/completions", headers=auth(KEYS[5]),
+                          content=chunks())
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_requests_per_minute_give_429_with_retry_after(gateway):
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEYS[1], max_retries=0)
+    for _ in range(3):
+        client.models.list()
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="m", messages=HI)
+    assert caught.value.status_code == 429 and caught.value.code == "rate_limit_exceeded"
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+    # Another key has its own budget; health checks are never counted.
+    openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEYS[2], max_retries=0).models.list()
+    assert all(httpx.get(gateway.url + "/health").status_code == 200 for _ in range(5))
+
+
+def test_requests_in_flight_per_key_give_429(gateway):
+    body = {"model": "slow", "messages": HI, "stream": True}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", headers=auth(KEYS[3]),
+                      json=body, timeout=30) as first:
+        assert first.status_code == 200
+        second = httpx.post(gateway.url + "/v1/chat/completions", headers=auth(KEYS[3]),
+                            json={"model": "m", "messages": HI})
+        assert second.status_code == 429 and second.headers["retry-after"] == "1"
+        assert "in flight" in second.json()["error"]["message"]
+        first.read()
+    time.sleep(0.1)
+    third = httpx.post(gateway.url + "/v1/chat/completions", headers=auth(KEYS[3]),
+                       json={"model": "m", "messages": HI})
+    assert third.status_code == 200
+
+
+def test_retry_after_counts_the_seconds_until_a_token_is_back():
+    now = [0.0]
+    limiter = RateLimitMiddleware(None, requests_per_minute=6, max_in_flight=None,
+                                  clock=lambda: now[0])
+    bucket = limiter._bucket("key-a")
+    assert all(limiter._refusal(bucket) is None for _ in range(6))
+    refusal = limiter._refusal(bucket)
+    assert refusal.status_code == 429 and refusal.headers["retry-after"] == "10"
+    now[0] = 10.0
+    assert limiter._refusal(bucket) is None

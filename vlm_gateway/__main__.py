@@ -1,0 +1,3 @@
+from vlm_gateway.cli.main import main
+
+main()

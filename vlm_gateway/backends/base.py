@@ -1,0 +1,91 @@
+"""The one async interface every backend kind implements, and the readiness it reports.
+
+A backend serves one configured model entry (one replica). The app never knows which kind
+it talks to: it asks `state`, calls `chat` / `chat_stream` / `completions`, and turns the
+`GatewayError`s they raise into responses.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from vlm_gateway.core.errors import InvalidRequestError
+from vlm_gateway.core.protocol import ChatCompletionRequest, CompletionRequest
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    UNAVAILABLE = "unavailable"  # was ready or may become so: retried in the background
+    FAILED = "failed"  # gave up (bad config, exhausted restarts): needs a person
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Status:
+    state: State
+    reason: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+
+class Backend(ABC):
+    """One replica of one model. `name` is the model name clients send."""
+
+    kind: str = "abstract"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.in_flight = 0  # requests running now; the router picks the least busy replica
+        self._status = Status(State.STARTING)
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    def set_status(self, state: State, reason: str | None = None) -> None:
+        self._status = Status(state, reason)
+
+    async def start(self) -> None:
+        """Begin becoming ready. Must return promptly: slow work goes to a background task."""
+
+    async def stop(self) -> None:
+        """Release everything; after this returns no task or connection of ours is left."""
+        self.set_status(State.STOPPED)
+
+    @abstractmethod
+    async def chat(self, request: ChatCompletionRequest) -> dict[str, Any]:
+        """A complete `chat.completion` object whose `model` is `self.name`."""
+
+    @abstractmethod
+    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+        """Open the stream and return its SSE events, already framed (`data: ...\\n\\n`).
+
+        Errors known before the first event (bad request, upstream status) are raised by this
+        coroutine itself, so the caller can still answer with a plain JSON error; errors after
+        that are raised from the iterator and become an error event.
+        """
+
+    async def completions(self, request: CompletionRequest) -> dict[str, Any]:
+        raise self._no_completions()
+
+    async def completions_stream(self, request: CompletionRequest) -> AsyncIterator[bytes]:
+        raise self._no_completions()
+
+    def _no_completions(self) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"The model '{self.name}' ({self.kind} backend) does not support /v1/completions; "
+            "use /v1/chat/completions.",
+            param="model",
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What /ready and /v1/models report about this replica (our extension fields)."""
+        status = self.status
+        return {"backend": self.kind, "state": status.state.value, "reason": status.reason}

@@ -1,0 +1,255 @@
+"""Backend `openai`: a remote OpenAI-compatible upstream (a `vllm serve` anywhere).
+
+Requests are forwarded with `model` swapped for the upstream's name and answers come back
+with the client's name restored. Streams are relayed event by event as they arrive. The
+upstream's status is known before the gateway commits to a 200 stream, and every upstream
+response is closed, also when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from pydantic import BaseModel
+
+from vlm_gateway.backends.base import Backend, State
+from vlm_gateway.core.errors import GatewayError, UpstreamError, UpstreamTimeoutError
+from vlm_gateway.core.protocol import ChatCompletionRequest, CompletionRequest
+from vlm_gateway.core.sse import DONE, frame
+
+log = logging.getLogger(__name__)
+
+# Retry a lost upstream faster than the steady health interval, so it is back soon.
+_RETRY_INTERVAL = 1.0
+
+
+class OpenAIUpstreamBackend(Backend):
+    kind = "openai"
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        client: aiohttp.ClientSession,
+        *,
+        upstream_model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 600.0,
+        connect_timeout: float = 5.0,
+        health_interval: float = 5.0,
+    ) -> None:
+        super().__init__(name)
+        self.base_url = base_url.rstrip("/")
+        self.upstream_model = upstream_model
+        self._configured_model = upstream_model
+        self._client = client
+        self._headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._timeout = upstream_timeout(timeout, connect_timeout)
+        self._probe_timeout = upstream_timeout(min(timeout, 5.0), connect_timeout)
+        self._health_interval = health_interval
+        self._wake = asyncio.Event()
+        self._watcher: asyncio.Task | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._watcher = asyncio.create_task(self._watch(), name=f"watch-upstream-{self.name}")
+
+    async def stop(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await super().stop()
+
+    async def _watch(self) -> None:
+        while True:
+            await self.probe()
+            interval = self._health_interval if self.status.ready else _RETRY_INTERVAL
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(interval, self._health_interval))
+            self._wake.clear()
+
+    async def probe(self) -> None:
+        """Ready when the upstream answers /models and lists the model we forward to."""
+        try:
+            async with self._client.get(self.base_url + "/models", headers=self._headers,
+                                        timeout=self._probe_timeout) as response:
+                body = await response.read()
+            if response.status >= 400:
+                raise ValueError(f"status {response.status}")
+            listed = [entry["id"] for entry in orjson.loads(body)["data"]]
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            self._mark_unavailable(f"upstream {self.base_url} not answering /models: {_why(exc)}")
+            return
+        wanted = self._configured_model or (listed[0] if listed else None)
+        if wanted is None or wanted not in listed:
+            self._mark_unavailable(
+                f"upstream {self.base_url} does not list model {wanted!r} (it lists {listed})"
+            )
+            return
+        self.upstream_model = wanted
+        if not self.status.ready:
+            log.info("model %s: upstream %s ready (%s)", self.name, self.base_url, wanted)
+        self.set_status(State.READY)
+
+    def _mark_unavailable(self, reason: str) -> None:
+        if self.status.state is not State.UNAVAILABLE or self.status.reason != reason:
+            log.warning("model %s: %s", self.name, reason)
+        self.set_status(State.UNAVAILABLE, reason)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def chat(self, request: ChatCompletionRequest) -> dict[str, Any]:
+        return await self._forward("/chat/completions", request)
+
+    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+        return await self._forward_stream("/chat/completions", request)
+
+    async def completions(self, request: CompletionRequest) -> dict[str, Any]:
+        return await self._forward("/completions", request)
+
+    async def completions_stream(self, request: CompletionRequest) -> AsyncIterator[bytes]:
+        return await self._forward_stream("/completions", request)
+
+    async def _forward(self, path: str, request: BaseModel) -> dict[str, Any]:
+        with self._translate_errors():
+            async with self._client.post(self.base_url + path, data=self._body(request),
+                                         headers=self._headers,
+                                         timeout=self._timeout) as response:
+                body = await response.read()
+        if response.status >= 400:
+            raise upstream_status_error(response.status, body, response.headers)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"The upstream for '{self.name}' answered with invalid JSON.")
+        if not isinstance(data, dict):
+            raise UpstreamError(f"The upstream for '{self.name}' answered with a non-object.")
+        data["model"] = self.name
+        return data
+
+    async def _forward_stream(self, path: str, request: BaseModel) -> AsyncIterator[bytes]:
+        with self._translate_errors():
+            # Not `async with`: the response outlives this call; _relay releases it.
+            response = await self._client.post(self.base_url + path, data=self._body(request),
+                                               headers=self._headers, timeout=self._timeout)
+        if response.status >= 400:
+            try:
+                with self._translate_errors():
+                    body = await response.read()
+            finally:
+                response.release()
+            raise upstream_status_error(response.status, body, response.headers)
+        return self._relay(response)
+
+    async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        saw_done = False
+        pending = b""
+        try:
+            with self._translate_errors():
+                # iter_any: whatever bytes have arrived, at once; events are split here.
+                async for chunk in response.content.iter_any():
+                    pending += chunk.replace(b"\r\n", b"\n")
+                    *events, pending = pending.split(b"\n\n")
+                    for event in events:
+                        out = self._rewrite_event(event)
+                        saw_done = saw_done or out is DONE
+                        if out:
+                            yield out
+            if not saw_done:
+                raise UpstreamError(f"The upstream for '{self.name}' ended the stream early.")
+        finally:
+            # Back to the pool when read to the end; an unfinished stream (client gone,
+            # error) closes the connection, which tells the upstream to stop generating.
+            response.release()
+
+    def _rewrite_event(self, event: bytes) -> bytes | None:
+        if not event.startswith(b"data:"):
+            return None  # comments and keep-alives: nothing for the client
+        payload = event[5:].strip()
+        if payload == b"[DONE]":
+            return DONE
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"The upstream for '{self.name}' sent an invalid stream event.")
+        if isinstance(data, dict) and "model" in data:
+            data["model"] = self.name
+        return frame(data)
+
+    def _body(self, request: BaseModel) -> bytes:
+        payload = request.model_dump(mode="json", exclude_unset=True)
+        payload["model"] = self.upstream_model
+        return orjson.dumps(payload)
+
+    @contextlib.contextmanager
+    def _translate_errors(self):
+        try:
+            yield
+        except TimeoutError as exc:  # aiohttp's connect and read timeouts subclass it
+            raise UpstreamTimeoutError(
+                f"The upstream for '{self.name}' did not answer in time ({_why(exc)})."
+            )
+        except aiohttp.ClientConnectorError as exc:  # refused, DNS, unreachable: not up
+            self._mark_unavailable(f"cannot connect to {self.base_url}: {_why(exc)}")
+            self._wake.set()
+            raise UpstreamError(f"The upstream for '{self.name}' is unreachable ({_why(exc)}).")
+        except aiohttp.ClientError as exc:  # disconnected, payload cut short, protocol errors
+            raise UpstreamError(f"The connection to the upstream for '{self.name}' failed "
+                                f"({_why(exc)}).")
+
+
+def upstream_timeout(timeout: float, connect_timeout: float) -> aiohttp.ClientTimeout:
+    """`timeout` is seconds without a byte from the upstream (also before the first one), not
+    a cap on the whole answer: a long stream that keeps sending is never cut. Waiting for a
+    pooled connection is bounded by `timeout`, a new connection by `connect_timeout`."""
+    return aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=connect_timeout,
+                                 sock_read=timeout)
+
+
+def upstream_status_error(status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
+    """Upstream 4xx keep their status and words; 5xx become 502 (503 stays 503)."""
+    message, error_type, param, code = _parse_error_body(body)
+    if status < 500 or status == 503:
+        retry_after = headers.get("retry-after")
+        return GatewayError(
+            message or f"The upstream answered {status}.",
+            status_code=status,
+            error_type=error_type or ("invalid_request_error" if status < 500 else "service_unavailable"),
+            param=param,
+            code=code,
+            headers={"retry-after": retry_after} if retry_after else None,
+        )
+    return UpstreamError(f"The upstream failed with status {status}: {message or 'no message'}")
+
+
+def _parse_error_body(body: bytes) -> tuple[str | None, str | None, str | None, str | None]:
+    """Both OpenAI's `{"error": {...}}` and vLLM's older flat `{"message", "type", ...}`."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return (body[:500].decode(errors="replace").strip() or None), None, None, None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        data = data["error"]
+    if not isinstance(data, dict):
+        return None, None, None, None
+    code = data.get("code")
+
+    def text(key: str) -> str | None:
+        value = data.get(key)
+        return value if isinstance(value, str) else None
+
+    return text("message"), text("type"), text("param"), code if isinstance(code, str) else None
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,103 @@
+"""Settings -> the managed `vllm serve` processes: one command per replica, with its share of
+a GPU and its log file. Used by the backend factory (to run them) and the plan (to print them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
+from pathlib import Path
+
+import aiohttp
+
+from vlm_gateway.backends.vllm.backend import ManagedVllmBackend, Supervision
+from vlm_gateway.config.settings import GatewaySettings, VllmBackendSettings
+from vlm_gateway.launch.gpu_sharing import StartSequencer
+from vlm_gateway.launch.vllm_command import VllmCommand, first_max_model_len
+
+
+@dataclass(frozen=True)
+class PlannedProcess:
+    replica: int
+    command: VllmCommand
+    log_path: Path
+
+
+def planned_processes(settings: GatewaySettings, entry: VllmBackendSettings) -> list[PlannedProcess]:
+    shares = settings.vllm_gpu_shares()
+    log_dir = Path(entry.log_dir or Path(settings.data_dir) / "logs")
+    max_model_len = first_max_model_len(entry.max_model_len, entry.max_model_len_cap, entry.model)
+    processes = []
+    for replica in range(entry.replicas):
+        command = VllmCommand(
+            command=tuple(entry.command),
+            model=entry.model,
+            served_name=entry.name,
+            port=entry.port + replica if entry.port else None,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=shares.get((entry.name, replica)),
+            gpus=tuple(entry.gpus) if entry.gpus is not None else None,
+            chat_template=entry.chat_template,
+            enable_prefix_caching=entry.enable_prefix_caching,
+            extra_args=tuple(entry.extra_args),
+            env=tuple(entry.env.items()),
+        )
+        log_path = log_dir / f"vllm-{_safe(entry.name)}-{replica}.log"
+        processes.append(PlannedProcess(replica, command, log_path))
+    return processes
+
+
+def describe_processes(settings: GatewaySettings, entry: VllmBackendSettings) -> list[str]:
+    """check-config's lines for one vllm entry: each process's exact argv and env additions."""
+    lines = []
+    for process in planned_processes(settings, entry):
+        command = process.command
+        lines.append(f"process {process.replica}: vllm serve, log {process.log_path}")
+        lines.append("  argv: " + _quoted(command.argv()))
+        env = command.env_additions()
+        lines.append("  env additions: " + (
+            " ".join(f"{key}={value}" for key, value in env.items()) if env else "(none)"))
+        lines.append("  max_model_len: " + _describe_max_model_len(entry, command))
+        lines.append("  gpu_memory_utilization: " + (
+            f"{command.gpu_memory_utilization:g}" if command.gpu_memory_utilization
+            else "(vLLM default)") + (f" on GPU {list(entry.gpus)}" if entry.gpus else ""))
+    lines.append(f"  startup timeout {entry.startup_timeout:g} s; liveness every "
+                 f"{entry.liveness_interval:g} s ({'image' if entry.probe_image else 'text'} "
+                 f"1-token chat); restart backoff {entry.restart_backoff:g} s .. "
+                 f"{entry.restart_backoff_max:g} s")
+    return lines
+
+
+def _describe_max_model_len(entry: VllmBackendSettings, command: VllmCommand) -> str:
+    if entry.max_model_len == "auto":
+        start = command.max_model_len or "vLLM's derived maximum"
+        return f"auto: start at {start}, lowered to vLLM's estimate if the KV cache cannot hold it"
+    if entry.max_model_len is None:
+        return "(vLLM default: the model's maximum)"
+    return str(entry.max_model_len)
+
+
+def _quoted(argv: list[str]) -> str:
+    import shlex
+
+    return " ".join(arg if arg == "<free port>" else shlex.quote(arg) for arg in argv)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def build_managed_vllm(
+    settings: GatewaySettings,
+    entry: VllmBackendSettings,
+    client: aiohttp.ClientSession,
+    sequencer: StartSequencer,
+) -> list[ManagedVllmBackend]:
+    # The entry's keys of the same names (startup_timeout, liveness_*, restart_*, ...).
+    keys = {field.name for field in dataclass_fields(Supervision)}
+    supervision = Supervision(**entry.model_dump(include=keys))
+    return [
+        ManagedVllmBackend(entry.name, process.command, client, sequencer=sequencer,
+                           log_path=process.log_path, max_model_len=entry.max_model_len,
+                           supervision=supervision, timeout=entry.timeout)
+        for process in planned_processes(settings, entry)
+    ]

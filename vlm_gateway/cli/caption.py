@@ -1,0 +1,308 @@
+"""`vlm-gateway caption`: caption every image under some paths into a JSONL file, resumably.
+
+Two ways to reach the model, one client: with `--url` plain concurrent chat requests go to a
+running gateway (or any OpenAI-compatible server); without it the gateway app itself is built
+in-process from `--config` (its lifespan starts the backends) and the same requests go through
+it over an in-memory ASGI transport, so routing, image checks and errors are the gateway's own.
+
+Why plain requests and not the Batch API for `--url`: each caption is written to `--out` the
+moment it arrives (a kill loses nothing but the requests in flight), nothing has to be
+uploaded first (10,000 base64 images would be a large input file), and the concurrency is the
+user's knob. The Batch API is there for clients that want the gateway to hold the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import mimetypes
+import os
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import orjson
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+DEFAULT_PROMPT = "Describe this image in one sentence."
+_READY_POLL_S = 0.5
+_RETRIES = 2
+
+
+class CaptionError(Exception):
+    """The run cannot start (bad path, unknown model, unreachable gateway): exit non-zero."""
+
+
+@dataclass
+class CaptionJob:
+    sources: list[str]
+    model: str
+    out: Path
+    prompt: str = DEFAULT_PROMPT
+    concurrency: int = 32
+    max_tokens: int = 64
+    api_key: str | None = None
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    skipped: int = 0  # already captioned by an earlier run
+    captioned: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+
+# -- what to caption -----------------------------------------------------------------------------
+
+
+def collect_images(paths: Iterable[Path]) -> list[str]:
+    """Folders (recursive, image extensions), image files, and list files (one path or URL a
+    line; relative paths are relative to the list file; '#' starts a comment)."""
+    found: dict[str, None] = {}
+    for path in paths:
+        if path.is_dir():
+            for item in sorted(path.rglob("*")):
+                if item.suffix.lower() in IMAGE_EXTENSIONS and item.is_file():
+                    found[str(item)] = None
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            found[str(path)] = None  # listed even if unreadable: that becomes an error line
+        elif path.is_file():
+            for entry in _list_file(path):
+                found[entry] = None
+        else:
+            raise CaptionError(f"{path}: no such file or folder")
+    return list(found)
+
+
+def _list_file(path: Path) -> list[str]:
+    entries = []
+    for line in path.read_text(errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        is_url = line.startswith(("http://", "https://", "data:"))
+        entries.append(line if is_url or os.path.isabs(line) else str(path.parent / line))
+    return entries
+
+
+def resume(out: Path) -> set[str]:
+    """Images `out` already has a caption for. Error lines and a line cut short by a crash are
+    dropped from the file (atomically), so those images are tried again and each image ends
+    up with exactly one line."""
+    if not out.exists():
+        return set()
+    kept, done = [], set()
+    for raw in out.read_bytes().splitlines():
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("error") is None and "image" in record:
+            kept.append(raw)
+            done.add(record["image"])
+    partial = out.with_name(out.name + ".resume")
+    partial.write_bytes(b"".join(line + b"\n" for line in kept))
+    os.replace(partial, out)
+    return done
+
+
+# -- the requests --------------------------------------------------------------------------------
+
+
+async def image_url(source: str) -> str:
+    """A URL as is; a local file as a data URL (read in a worker thread)."""
+    if source.startswith(("http://", "https://", "data:")):
+        return source
+    data = await asyncio.to_thread(Path(source).read_bytes)
+    mime = mimetypes.guess_type(source)[0] or "application/octet-stream"
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def chat_body(job: CaptionJob, url: str) -> dict[str, Any]:
+    content = [{"type": "image_url", "image_url": {"url": url}}]
+    if job.prompt:
+        content.append({"type": "text", "text": job.prompt})
+    return {"model": job.model, "max_tokens": job.max_tokens,
+            "messages": [{"role": "user", "content": content}]}
+
+
+async def _post(client: httpx.AsyncClient, body: dict) -> httpx.Response:
+    """One chat request; a dropped connection or a 502/503/504 is retried twice, since a long
+    run meets a few of them (the server restarting a keep-alive connection, a replica that
+    is momentarily down)."""
+    for attempt in range(_RETRIES + 1):
+        last = attempt == _RETRIES
+        try:
+            response = await client.post("/v1/chat/completions", json=body)
+        except httpx.TransportError:
+            if last:
+                raise
+        else:
+            if response.status_code not in (502, 503, 504) or last:
+                return response
+        await asyncio.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+async def caption_one(client: httpx.AsyncClient, job: CaptionJob, source: str) -> dict:
+    record: dict[str, Any] = {"image": source, "caption": None, "model": job.model, "error": None}
+    try:
+        response = await _post(client, chat_body(job, await image_url(source)))
+        reply = response.json()
+        if response.status_code != 200:
+            error = reply.get("error") if isinstance(reply, dict) else None
+            message = error.get("message") if isinstance(error, dict) else str(reply)[:500]
+            record["error"] = f"HTTP {response.status_code}: {message}"
+        else:
+            record["caption"] = reply["choices"][0]["message"]["content"]
+    except OSError as exc:
+        record["error"] = f"cannot read the image: {exc.strerror or exc}"
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        record["error"] = f"request failed: {type(exc).__name__}: {exc}"
+    return record
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """One line on stderr: done/total, images/s, ETA, errors. Redrawn a few times a second on
+    a terminal, logged every 10 s otherwise."""
+
+    total: int
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    done: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _drawn: float = 0.0
+
+    def step(self, failed: bool) -> None:
+        self.done += 1
+        self.errors += failed
+        now = time.monotonic()
+        interval = 0.2 if self.stream.isatty() else 10.0
+        if now - self._drawn >= interval or self.done == self.total:
+            self._drawn = now
+            self.draw(final=self.done == self.total)
+
+    def draw(self, final: bool = False) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate else 0.0
+        line = (f"{self.done}/{self.total} images | {rate:.1f} images/s | "
+                f"ETA {_clock(left)} | {self.errors} errors")
+        end = "\n" if final or not self.stream.isatty() else ""
+        self.stream.write(("\r" if self.stream.isatty() else "") + line + end)
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+async def caption_all(client: httpx.AsyncClient, job: CaptionJob,
+                      progress_stream: TextIO | None = None) -> Summary:
+    images = job.sources
+    done = await asyncio.to_thread(resume, job.out)
+    todo = [source for source in images if source not in done]
+    summary = Summary(total=len(images), skipped=len(images) - len(todo))
+    progress = Progress(len(todo), **({"stream": progress_stream} if progress_stream else {}))
+    pending = iter(todo)
+    started = time.monotonic()
+    with open(job.out, "ab") as out:
+
+        async def worker() -> None:
+            for source in pending:  # a shared iterator: each image is taken by one worker
+                record = await caption_one(client, job, source)
+                # A short line into the page cache: flushing it per image is what makes a kill
+                # lose nothing, and costs microseconds, so it stays on the loop.
+                out.write(orjson.dumps(record) + b"\n")
+                out.flush()
+                failed = record["error"] is not None
+                summary.errors += failed
+                summary.captioned += not failed
+                progress.step(failed)
+
+        await asyncio.gather(*(worker() for _ in range(max(1, min(job.concurrency, len(todo))))))
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+@contextlib.asynccontextmanager
+async def remote_client(url: str, job: CaptionJob) -> AsyncIterator[httpx.AsyncClient]:
+    base = url.rstrip("/").removesuffix("/v1")
+    headers = {"authorization": f"Bearer {job.api_key}"} if job.api_key else {}
+    limits = httpx.Limits(max_connections=job.concurrency,
+                          max_keepalive_connections=job.concurrency)
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits,
+                                 timeout=httpx.Timeout(600, connect=10)) as client:
+        try:
+            listing = (await client.get("/v1/models")).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise CaptionError(f"cannot reach {base}/v1/models: {exc}") from None
+        names = [m.get("id") for m in listing.get("data", [])] if isinstance(listing, dict) else []
+        if job.model not in names:
+            raise CaptionError(f"{base} does not serve the model {job.model!r} "
+                               f"(it serves: {', '.join(map(str, names)) or 'nothing'})")
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def in_process_client(settings, job: CaptionJob,
+                            ready_timeout: float) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway app from `settings`, started in this process and reached in memory."""
+    from vlm_gateway.server.app import create_app
+
+    if job.model not in settings.model_names():
+        raise CaptionError(f"the config has no model {job.model!r} "
+                           f"(it has: {', '.join(settings.model_names()) or 'none'})")
+    # A scratch data dir: the app must not resume (and so run twice) the batches of a
+    # gateway server that shares the configured one.
+    scratch = tempfile.TemporaryDirectory(prefix="vlm-gateway-caption-")
+    app = create_app(settings.model_copy(update={"data_dir": scratch.name}))
+    with scratch:
+        async with app.router.lifespan_context(app):
+            await _wait_ready(app.state.registry, job.model, ready_timeout)
+            headers = {"authorization": f"Bearer {job.api_key}"} if job.api_key else {}
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://in-process",
+                                         headers=headers, timeout=None) as client:
+                yield client
+
+
+async def _wait_ready(registry, model: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        replicas = registry.replicas(model)
+        if any(b.status.ready for b in replicas):
+            return
+        states = "; ".join(f"{b.status.state.value}"
+                           + (f" ({b.status.reason})" if b.status.reason else "")
+                           for b in replicas)
+        if all(b.status.state.value in ("failed", "stopped") for b in replicas):
+            raise CaptionError(f"the model {model!r} failed to start: {states}")
+        if time.monotonic() > deadline:
+            raise CaptionError(f"the model {model!r} was not ready after {timeout:g} s: {states}")
+        if not announced:
+            print(f"waiting for the model {model!r} to be ready ({states}); up to {timeout:g} s",
+                  file=sys.stderr, flush=True)
+            announced = True
+        await asyncio.sleep(_READY_POLL_S)
+
+
+async def run_caption(job: CaptionJob, url: str | None = None, settings=None,
+                      ready_timeout: float = 900.0) -> Summary:
+    opener = remote_client(url, job) if url else in_process_client(settings, job, ready_timeout)
+    async with opener as client:
+        return await caption_all(client, job)

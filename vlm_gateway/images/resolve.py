@@ -1,0 +1,178 @@
+"""Resolve every image part of a chat request to a data URL before any backend sees it.
+
+data: URLs are validated and forwarded byte for byte when nothing must change (the declared
+MIME type is corrected to the sniffed one); http(s) URLs are fetched by the SSRF-safe fetcher;
+file: URLs are read only under the configured local media directory. Backends therefore never
+fetch anything from the network or the disk on a client's behalf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import os
+from pathlib import Path
+from urllib.parse import unquote
+
+from vlm_gateway.images.decode import ImageLimits, PreparedImage, prepare_image
+from vlm_gateway.core.image_errors import (
+    BlockedImageURLError,
+    ImageError,
+    InvalidImageURLError,
+    ImageTooLargeError,
+    TooManyImagesError,
+    shorten,
+)
+from vlm_gateway.images.fetch import ImageFetcher
+from vlm_gateway.images.urls import parse_http_url, scheme_of
+from vlm_gateway.core.protocol import ChatCompletionContentPartImage, ChatCompletionRequest
+from vlm_gateway.images.settings import ImageSettings
+from vlm_gateway.config.settings import GatewaySettings
+
+# Backend kinds whose models take fewer images than the default, unless configured.
+_KIND_MAX_IMAGES = {"blip2": 1}
+
+
+def limits_for(images: ImageSettings, entry) -> ImageLimits:
+    """The gateway-wide `images:` defaults with the model entry's `images:` overrides."""
+    override = getattr(entry, "images", None)
+    fields = override.model_dump(exclude_none=True) if override is not None else {}
+    return ImageLimits(
+        max_images=fields.get("max_images",
+                              _KIND_MAX_IMAGES.get(entry.backend, images.max_images)),
+        max_bytes=fields.get("max_image_bytes", images.max_image_bytes),
+        max_pixels=fields.get("max_image_pixels", images.max_image_pixels),
+        min_side=fields.get("min_image_side", images.min_image_side),
+        max_side=fields.get("max_image_side", images.max_image_side),
+        low_detail_side=images.low_detail_side,
+    )
+
+
+def image_parts(request: ChatCompletionRequest) -> list[tuple[str, ChatCompletionContentPartImage]]:
+    """(param, part) for every image part, in order; param names it OpenAI-style."""
+    found = []
+    for i, message in enumerate(request.messages):
+        content = getattr(message, "content", None)
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if isinstance(part, ChatCompletionContentPartImage):
+                    found.append((f"messages[{i}].content[{j}].image_url", part))
+    return found
+
+
+class ImageResolver:
+    def __init__(self, settings: GatewaySettings, fetcher: ImageFetcher) -> None:
+        self._settings = settings
+        self._fetcher = fetcher
+        self._media_dir = _real_dir(settings.images.local_media_dir)
+
+    async def resolve(self, request: ChatCompletionRequest) -> None:
+        """Rewrite the request's image URLs in place; raise a 400 naming the first bad one."""
+        entries = self._settings.entries_for(request.model)
+        parts = image_parts(request)
+        if not entries or not parts:
+            return  # an unknown model is the router's 404 to give
+        limits = limits_for(self._settings.images, entries[0])
+        if len(parts) > limits.max_images:
+            raise TooManyImagesError(
+                f"The model '{request.model}' accepts at most {limits.max_images} image(s) per "
+                f"request; this request has {len(parts)}.", param="messages")
+        results = await asyncio.gather(
+            *(self._resolve_part(param, part, limits) for param, part in parts),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _resolve_part(self, param: str, part: ChatCompletionContentPartImage,
+                            limits: ImageLimits) -> None:
+        url, detail = part.image_url.url, part.image_url.detail
+        what = f"The image in {param}"
+        try:
+            scheme = scheme_of(url)
+            if scheme == "data":
+                part.image_url.url = await asyncio.to_thread(
+                    prepare_data_url, url, detail, limits, what)
+                return
+            if scheme in ("http", "https"):
+                fetched = await self._fetcher.fetch(parse_http_url(url), limits.max_bytes)
+                data = fetched.data
+            elif scheme == "file":
+                data = await asyncio.to_thread(self._read_local, url, limits.max_bytes)
+            else:
+                raise InvalidImageURLError(
+                    f"Unsupported image URL '{shorten(url)}': use a data: URL or an http(s) URL.")
+            prepared = await asyncio.to_thread(prepare_image, data, detail, limits, what)
+            part.image_url.url = to_data_url(prepared, data)
+        except ImageError as exc:
+            exc.param = exc.param or param + ".url"
+            raise
+
+    def _read_local(self, url: str, max_bytes: int) -> bytes:
+        if self._media_dir is None:
+            raise BlockedImageURLError(
+                "file: image URLs are refused: no local media directory is configured "
+                "(images.local_media_dir).")
+        path = local_media_path(url, self._media_dir)
+        if path.stat().st_size > max_bytes:
+            raise ImageTooLargeError(f"The file '{shorten(url)}' is larger than the limit of "
+                                     f"{max_bytes} bytes.")
+        return path.read_bytes()
+
+
+def prepare_data_url(url: str, detail: str, limits: ImageLimits, what: str) -> str:
+    """The data URL to forward: the same string when nothing must change."""
+    header, comma, payload = url.partition(",")
+    media_type, _, params = header[5:].partition(";")
+    if not comma or "base64" not in params.lower().split(";"):
+        raise InvalidImageURLError(f"{what} is a data URL without ';base64,'.")
+    media_type = media_type.strip().lower()
+    if media_type and not media_type.startswith("image/") \
+            and media_type != "application/octet-stream":
+        raise InvalidImageURLError(f"{what} is a data URL of type '{media_type[:40]}', "
+                                   "not an image type.")
+    if len(payload) > (limits.max_bytes + 2) // 3 * 4 + 4:
+        raise ImageTooLargeError(f"{what} is larger than the limit of {limits.max_bytes} bytes.")
+    try:
+        data = binascii.a2b_base64(payload, strict_mode=True)  # faster than b64decode(validate)
+    except (binascii.Error, ValueError):
+        raise ImageError(f"{what} is not valid base64.", code="invalid_base64") from None
+    prepared = prepare_image(data, detail, limits, what)
+    if prepared.data is None and media_type == prepared.mime:
+        return url
+    return to_data_url(prepared, data, payload if prepared.data is None else None)
+
+
+def to_data_url(prepared: PreparedImage, original: bytes, original_b64: str | None = None) -> str:
+    if prepared.data is None and original_b64 is not None:
+        return f"data:{prepared.mime};base64,{original_b64}"
+    data = original if prepared.data is None else prepared.data
+    return f"data:{prepared.mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def local_media_path(url: str, media_dir: Path) -> Path:
+    """The file a file: URL names, only if it lies under media_dir once symlinks and '..'
+    are resolved."""
+    rest = url[5:]
+    if rest.startswith("//"):
+        host, slash, path = rest[2:].partition("/")
+        if host not in ("", "localhost"):
+            raise InvalidImageURLError(f"Invalid file URL '{shorten(url)}': remote hosts are "
+                                       "not allowed.")
+        rest = slash + path
+    if "?" in rest or "#" in rest or "\\" in rest:
+        raise InvalidImageURLError(f"Invalid file URL '{shorten(url)}'.")
+    decoded = unquote(rest)
+    if "\x00" in decoded or not decoded.startswith("/"):
+        raise InvalidImageURLError(f"Invalid file URL '{shorten(url)}'.")
+    real = Path(os.path.realpath(decoded))
+    if not real.is_relative_to(media_dir) or not real.is_file():
+        raise BlockedImageURLError(f"The file URL '{shorten(url)}' was refused: it is not a "
+                                   "file under the local media directory.")
+    return real
+
+
+def _real_dir(path: Path | None) -> Path | None:
+    return Path(os.path.realpath(path)) if path is not None else None

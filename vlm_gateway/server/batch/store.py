@@ -1,0 +1,329 @@
+"""The embedded store: metadata in SQLite (WAL, synchronous=FULL: a commit survives kill -9
+and power loss), file bytes on disk under `data_dir/files/`. No server to run.
+
+Every public method is a coroutine that runs its SQLite work in a worker thread, serialised by
+one lock (one connection; SQLite allows a single writer anyway). Per-request results go
+through `add_result`, which commits whatever has queued up meanwhile in one transaction
+(group commit), so thousands of results a second cost a handful of fsyncs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from vlm_gateway.server.batch.protocol import ACTIVE_STATUSES, Batch, BatchRequestCounts, FileObject
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    status TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    batch_id TEXT NOT NULL,
+    custom_id TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    line BLOB NOT NULL,
+    PRIMARY KEY (batch_id, custom_id)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One finished request: `line` is its output-file line (JSON, no newline)."""
+
+    batch_id: str
+    custom_id: str
+    ok: bool
+    model: str
+    line: bytes
+
+
+def new_id(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex[:24]
+
+
+def _threaded(method):
+    """Run a sync method in a worker thread, under the store's lock."""
+
+    @functools.wraps(method)
+    async def wrapper(self: "Store", *args, **kwargs):
+        def locked():
+            with self._lock:
+                return method(self, *args, **kwargs)
+
+        return await asyncio.to_thread(locked)
+
+    return wrapper
+
+
+class Store:
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.files_dir = self.data_dir / "files"
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._pending: list[tuple[ResultRow, asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @_threaded
+    def open(self) -> None:
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.files_dir.glob("*.part"):  # uploads cut short by a crash
+            leftover.unlink(missing_ok=True)
+        db = sqlite3.connect(self.data_dir / "vlm-gateway.sqlite3", check_same_thread=False,
+                             isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._close_db()
+
+    @_threaded
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def upload_path(self) -> Path:
+        """Where an upload is written before `add_file` adopts it."""
+        return self.files_dir / f"{uuid.uuid4().hex}.part"
+
+    def file_path(self, file_id: str) -> Path:
+        return self.files_dir / file_id
+
+    @_threaded
+    def add_file(self, upload: Path, filename: str, purpose: str) -> FileObject:
+        file = FileObject(id=new_id("file-"), bytes=upload.stat().st_size,
+                          created_at=int(time.time()), filename=filename, purpose=purpose)
+        _fsync(upload)
+        os.replace(upload, self.file_path(file.id))
+        self._db.execute("INSERT INTO files (id, doc) VALUES (?, ?)",
+                         (file.id, file.model_dump_json()))
+        return file
+
+    @_threaded
+    def get_file(self, file_id: str) -> FileObject | None:
+        row = self._db.execute("SELECT doc FROM files WHERE id = ?", (file_id,)).fetchone()
+        return FileObject.model_validate_json(row[0]) if row else None
+
+    @_threaded
+    def list_files(self, after: str | None, limit: int, ascending: bool,
+                   purpose: str | None) -> tuple[list[FileObject], bool]:
+        docs, more = self._page("files", after, limit, ascending)
+        files = [FileObject.model_validate_json(doc) for doc in docs]
+        return [f for f in files if purpose is None or f.purpose == purpose], more
+
+    @_threaded
+    def delete_file(self, file_id: str) -> bool:
+        deleted = self._db.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount
+        self.file_path(file_id).unlink(missing_ok=True)
+        return bool(deleted)
+
+    @_threaded
+    def file_in_use(self, file_id: str) -> bool:
+        """True while an unfinished batch reads this file as its input."""
+        marks = ",".join("?" * len(ACTIVE_STATUSES))
+        rows = self._db.execute(f"SELECT doc FROM batches WHERE status IN ({marks})",
+                                ACTIVE_STATUSES).fetchall()
+        return any(orjson.loads(doc)["input_file_id"] == file_id for (doc,) in rows)
+
+    # -- batches -------------------------------------------------------------------------------
+
+    @_threaded
+    def add_batch(self, batch: Batch) -> None:
+        self._db.execute("INSERT INTO batches (id, status, doc) VALUES (?, ?, ?)",
+                         (batch.id, batch.status, batch.model_dump_json()))
+
+    @_threaded
+    def get_batch(self, batch_id: str) -> Batch | None:
+        return self._get_batch(batch_id)
+
+    @_threaded
+    def list_batches(self, after: str | None, limit: int) -> tuple[list[Batch], bool]:
+        docs, more = self._page("batches", after, limit, ascending=False)
+        return [self._with_counts(Batch.model_validate_json(doc)) for doc in docs], more
+
+    @_threaded
+    def active_batch_ids(self) -> list[str]:
+        marks = ",".join("?" * len(ACTIVE_STATUSES))
+        rows = self._db.execute(f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY seq",
+                                ACTIVE_STATUSES).fetchall()
+        return [batch_id for (batch_id,) in rows]
+
+    @_threaded
+    def update_batch(self, batch_id: str, **changes) -> Batch:
+        """Set fields on a batch (e.g. status and its timestamp) in one commit."""
+        return self._update(batch_id, **changes)
+
+    @_threaded
+    def counts_by_status(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT status, count(*) FROM batches GROUP BY status")
+        return dict(rows.fetchall())
+
+    # -- results -------------------------------------------------------------------------------
+
+    async def add_result(self, row: ResultRow) -> None:
+        """Return once `row` is committed. A custom_id already stored is kept, never doubled."""
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((row, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_results())
+        await future
+
+    async def _flush_results(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._insert_results([row for row, _ in batch])
+            except Exception as exc:  # disk full, ...: every waiter learns it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    @_threaded
+    def _insert_results(self, rows: list[ResultRow]) -> None:
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO results (batch_id, custom_id, ok, model, line) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(r.batch_id, r.custom_id, int(r.ok), r.model, r.line) for r in rows])
+
+    @_threaded
+    def done_custom_ids(self, batch_id: str) -> set[str]:
+        rows = self._db.execute("SELECT custom_id FROM results WHERE batch_id = ?", (batch_id,))
+        return {custom_id for (custom_id,) in rows}
+
+    @_threaded
+    def requests_done_by_model(self) -> dict[str, dict[str, int]]:
+        done: dict[str, dict[str, int]] = {}
+        rows = self._db.execute("SELECT model, ok, count(*) FROM results GROUP BY model, ok")
+        for model, ok, count in rows:
+            done.setdefault(model, {"completed": 0, "failed": 0})
+            done[model]["completed" if ok else "failed"] += count
+        return done
+
+    @_threaded
+    def finish_batch(self, batch_id: str, extra_errors: list[bytes], **changes) -> Batch:
+        """Write the output and error files from the stored results, then set the final
+        status (and `changes`) in the same commit. Safe to repeat after a crash: file ids
+        are derived from the batch id, so a second run replaces the first's files."""
+        batch = self._get_batch(batch_id)
+        file_ids = {}
+        for ok, kind in ((1, "output"), (0, "error")):
+            rows = self._db.execute(
+                "SELECT line FROM results WHERE batch_id = ? AND ok = ?", (batch_id, ok))
+            lines = itertools.chain((line for (line,) in rows), [] if ok else extra_errors)
+            file = self._write_result_file(batch, kind, lines)
+            if file is not None:
+                file_ids[f"{kind}_file_id"] = file
+        with self._transaction():
+            for file in file_ids.values():
+                self._db.execute("INSERT OR REPLACE INTO files (id, doc) VALUES (?, ?)",
+                                 (file.id, file.model_dump_json()))
+            return self._update(batch_id, **{k: f.id for k, f in file_ids.items()}, **changes)
+
+    def _write_result_file(self, batch: Batch, kind: str,
+                           lines: Iterable[bytes]) -> FileObject | None:
+        """Stream `lines` into the batch's output or error file; None when there are none."""
+        file_id = f"file-{batch.id.removeprefix('batch_')}-{kind}"
+        part = self.files_dir / f"{file_id}.part"
+        with open(part, "wb") as out:
+            for line in lines:
+                out.write(line + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+            empty = out.tell() == 0
+        if empty:
+            part.unlink()
+            return None
+        os.replace(part, self.file_path(file_id))
+        return FileObject(id=file_id, bytes=self.file_path(file_id).stat().st_size,
+                          created_at=int(time.time()), filename=f"{batch.id}_{kind}.jsonl",
+                          purpose="batch_output")
+
+    # -- helpers (called with the lock held) ----------------------------------------------------
+
+    def _get_batch(self, batch_id: str) -> Batch | None:
+        row = self._db.execute("SELECT doc FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        return self._with_counts(Batch.model_validate_json(row[0])) if row else None
+
+    def _with_counts(self, batch: Batch) -> Batch:
+        rows = self._db.execute(
+            "SELECT ok, count(*) FROM results WHERE batch_id = ? GROUP BY ok", (batch.id,))
+        by_ok = dict(rows.fetchall())
+        batch.request_counts = BatchRequestCounts(
+            total=batch.request_counts.total, completed=by_ok.get(1, 0), failed=by_ok.get(0, 0))
+        return batch
+
+    def _update(self, batch_id: str, **changes) -> Batch:
+        batch = self._get_batch(batch_id)
+        if batch is None:
+            raise KeyError(batch_id)
+        batch = batch.model_copy(update=changes)
+        self._db.execute("UPDATE batches SET status = ?, doc = ? WHERE id = ?",
+                         (batch.status, batch.model_dump_json(), batch_id))
+        return batch
+
+    def _page(self, table: str, after: str | None, limit: int,
+              ascending: bool) -> tuple[list[str], bool]:
+        order, cmp = ("ASC", ">") if ascending else ("DESC", "<")
+        where, args = "", []
+        if after:
+            where = f"WHERE seq {cmp} (SELECT seq FROM {table} WHERE id = ?)"
+            args.append(after)
+        rows = self._db.execute(f"SELECT doc FROM {table} {where} ORDER BY seq {order} LIMIT ?",
+                                (*args, limit + 1)).fetchall()
+        return [doc for (doc,) in rows[:limit]], len(rows) > limit
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+

@@ -1,0 +1,46 @@
+"""Wiring for the door: the middleware stack and the image resolver, built from settings."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from vlm_gateway.server.door.auth import APIKeyMiddleware, configured_key_digests
+from vlm_gateway.images.fetch import ImageFetcher
+from vlm_gateway.images.resolve import ImageResolver
+from vlm_gateway.server.door.limits import BodyLimitMiddleware, RateLimitMiddleware
+from vlm_gateway.server.door.log_redaction import install_log_redaction
+from vlm_gateway.config.settings import GatewaySettings
+
+
+def install_security(app: FastAPI, settings: GatewaySettings) -> None:
+    """Outermost first: API key, then per-key rate limits, then the body cap. Starlette puts
+    the last added middleware outermost, hence the reverse order here."""
+    security = settings.security
+    # Batch input files have their own, larger limit (batch.max_file_bytes).
+    upload_limit = max(security.max_body_bytes, settings.batch.max_file_bytes + 1024 * 1024)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=security.max_body_bytes,
+                       path_limits={"/v1/files": upload_limit})
+    if security.requests_per_minute or security.max_in_flight_per_key:
+        app.add_middleware(RateLimitMiddleware,
+                           requests_per_minute=security.requests_per_minute,
+                           max_in_flight=security.max_in_flight_per_key,
+                           public_paths=security.public_paths)
+    digests = configured_key_digests(security)
+    if digests:
+        app.add_middleware(APIKeyMiddleware, key_digests=digests,
+                           public_paths=security.public_paths)
+
+
+@contextlib.asynccontextmanager
+async def open_image_resolver(settings: GatewaySettings) -> AsyncIterator[ImageResolver]:
+    """The resolver and its fetcher's own HTTP client (never the upstream pool: that one may
+    dial private addresses), for the app's lifetime."""
+    install_log_redaction()
+    fetcher = ImageFetcher(settings.images)
+    try:
+        yield ImageResolver(settings, fetcher)
+    finally:
+        await fetcher.aclose()

@@ -1,0 +1,80 @@
+"""/v1/batches: create, retrieve, list, cancel. The work itself is the BatchRunner's."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Query, Request, Response
+
+from vlm_gateway.server.batch.protocol import (
+    ACTIVE_STATUSES,
+    Batch,
+    BatchCreateRequest,
+    ListPage,
+    window_seconds,
+)
+from vlm_gateway.server.batch.store import Store, new_id
+from vlm_gateway.core.errors import GatewayError, InvalidRequestError, NotFoundError
+from vlm_gateway.server.route_helpers import json_response, parse_body
+
+router = APIRouter()
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.batch_store
+
+
+async def _existing(store: Store, batch_id: str) -> Batch:
+    batch = await store.get_batch(batch_id)
+    if batch is None:
+        raise NotFoundError(f"No batch found with id '{batch_id}'.", param="batch_id")
+    return batch
+
+
+@router.post("/v1/batches")
+async def create_batch(request: Request) -> Response:
+    body = await parse_body(request, BatchCreateRequest)
+    store = _store(request)
+    file = await store.get_file(body.input_file_id)
+    if file is None:
+        raise NotFoundError(f"No such File object: {body.input_file_id}",
+                            param="input_file_id")
+    if file.purpose != "batch":
+        raise InvalidRequestError(f"The file {file.id} has purpose {file.purpose!r}; batches "
+                                  "need a file uploaded with purpose 'batch'.",
+                                  param="input_file_id")
+    now = int(time.time())
+    batch = Batch(id=new_id("batch_"), completion_window=body.completion_window,
+                  created_at=now, endpoint=body.endpoint, input_file_id=file.id,
+                  status="validating", metadata=body.metadata,
+                  expires_at=now + window_seconds(body.completion_window))
+    await store.add_batch(batch)
+    request.app.state.batch_runner.submit(batch.id)
+    return json_response(batch.model_dump())
+
+
+@router.get("/v1/batches")
+async def list_batches(request: Request, after: str | None = None,
+                       limit: int = Query(20, ge=1, le=100)) -> Response:
+    batches, more = await _store(request).list_batches(after, limit)
+    page = ListPage(data=[b.model_dump() for b in batches], has_more=more,
+                    first_id=batches[0].id if batches else None,
+                    last_id=batches[-1].id if batches else None)
+    return json_response(page.model_dump())
+
+
+@router.get("/v1/batches/{batch_id}")
+async def retrieve_batch(request: Request, batch_id: str) -> Response:
+    return json_response((await _existing(_store(request), batch_id)).model_dump())
+
+
+@router.post("/v1/batches/{batch_id}/cancel")
+async def cancel_batch(request: Request, batch_id: str) -> Response:
+    batch = await _existing(_store(request), batch_id)
+    if batch.status in ("cancelling", "cancelled"):
+        return json_response(batch.model_dump())
+    if batch.status not in ACTIVE_STATUSES or batch.status == "finalizing":
+        raise GatewayError(f"Cannot cancel a batch with status '{batch.status}'.",
+                           status_code=409, error_type="invalid_request_error")
+    batch = await request.app.state.batch_runner.cancel(batch_id)
+    return json_response(batch.model_dump())

@@ -1,0 +1,87 @@
+"""/v1/files: uploads for the Batch API, and the output files batches write."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
+
+from vlm_gateway.server.batch.multipart import receive_upload
+from vlm_gateway.server.batch.protocol import FileDeleted, FileObject, ListPage
+from vlm_gateway.server.batch.store import Store
+from vlm_gateway.core.errors import GatewayError, InvalidRequestError, NotFoundError
+from vlm_gateway.server.route_helpers import json_response
+
+router = APIRouter()
+
+_PURPOSES = ("batch",)
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.batch_store
+
+
+async def _existing(store: Store, file_id: str) -> FileObject:
+    file = await store.get_file(file_id)
+    if file is None:
+        raise NotFoundError(f"No such File object: {file_id}", param="file_id")
+    return file
+
+
+@router.post("/v1/files")
+async def create_file(request: Request) -> Response:
+    store = _store(request)
+    dest = store.upload_path()
+    try:
+        upload = await receive_upload(request, store.upload_path(), dest,
+                                      request.app.state.settings.batch.max_file_bytes)
+        purpose = upload.fields.get("purpose")
+        if purpose not in _PURPOSES:
+            raise InvalidRequestError(
+                f"'purpose' must be one of {', '.join(_PURPOSES)}; got {purpose!r}.",
+                param="purpose")
+        file = await store.add_file(dest, upload.filename, purpose)
+    finally:
+        dest.unlink(missing_ok=True)  # gone already unless the upload was refused
+    return json_response(file.model_dump())
+
+
+@router.get("/v1/files")
+async def list_files(
+    request: Request,
+    after: str | None = None,
+    limit: int = Query(10000, ge=1, le=10000),
+    order: Literal["asc", "desc"] = "desc",
+    purpose: str | None = None,
+) -> Response:
+    files, more = await _store(request).list_files(after, limit, order == "asc", purpose)
+    page = ListPage(data=[f.model_dump() for f in files], has_more=more,
+                    first_id=files[0].id if files else None,
+                    last_id=files[-1].id if files else None)
+    return json_response(page.model_dump())
+
+
+@router.get("/v1/files/{file_id}")
+async def retrieve_file(request: Request, file_id: str) -> Response:
+    return json_response((await _existing(_store(request), file_id)).model_dump())
+
+
+@router.get("/v1/files/{file_id}/content")
+async def file_content(request: Request, file_id: str) -> Response:
+    store = _store(request)
+    file = await _existing(store, file_id)
+    return FileResponse(store.file_path(file_id), media_type="application/octet-stream",
+                        filename=file.filename)
+
+
+@router.delete("/v1/files/{file_id}")
+async def delete_file(request: Request, file_id: str) -> Response:
+    store = _store(request)
+    await _existing(store, file_id)
+    if await store.file_in_use(file_id):
+        raise GatewayError(f"The file {file_id} is the input of a batch that is still "
+                           "running; cancel the batch first.", status_code=409,
+                           error_type="invalid_request_error", param="file_id")
+    await store.delete_file(file_id)
+    return json_response(FileDeleted(id=file_id).model_dump())
