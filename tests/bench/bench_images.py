@@ -28,8 +28,8 @@ from vlm_gateway.images.decode import ImageLimits
 from vlm_gateway.images.fetch import ImageFetcher
 from vlm_gateway.images.resolve import ImageResolver, prepare_data_url
 from vlm_gateway.core.protocol import ChatCompletionRequest
-from vlm_gateway.config.settings import GatewaySettings
 from tests.support.image_server import ImageServer
+from vlm_gateway.backends.kinds import settings_model
 
 MB = 1024 * 1024
 
@@ -90,7 +90,7 @@ def bench_pass_through(rounds: int) -> None:
 async def bench_fetch(rounds: int) -> None:
     data = photo_like(MB, "JPEG")
     inline = "data:image/jpeg;base64," + base64.b64encode(data).decode()
-    settings = GatewaySettings.model_validate({
+    settings = settings_model().model_validate({
         "images": {"allowed_networks": ["127.0.0.1/32"], "cache_ttl": 0},  # no cache: real fetches
         "models": [{"name": "m", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"}]})
 
@@ -100,7 +100,7 @@ async def bench_fetch(rounds: int) -> None:
 
     with ImageServer({"/photo.jpg": data}) as server:
         fetcher = ImageFetcher(settings.images)
-        resolver = ImageResolver(settings, fetcher)
+        resolver = ImageResolver(settings.images, settings.image_limits, fetcher)
         async with httpx.AsyncClient(trust_env=False) as bare:
             samples = {"bare httpx GET": [], "data URL resolved": [], "http URL resolved": []}
             for round_index in range(rounds + 3):

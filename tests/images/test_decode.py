@@ -11,10 +11,10 @@ import zlib
 import pytest
 from PIL import Image
 
-from vlm_gateway.images.decode import ImageLimits, decode_image, prepare_image
-from vlm_gateway.core.image_errors import ImageError
-from vlm_gateway.images.resolve import prepare_data_url
 from tests.support.images import data_url, png_bytes
+from vlm_gateway.core.image_errors import ImageError
+from vlm_gateway.images.decode import ImageLimits, decode_image, prepare_image
+from vlm_gateway.images.resolve import prepare_data_url
 
 LIMITS = ImageLimits()
 
@@ -27,12 +27,19 @@ def encode(image: Image.Image, fmt: str, **params) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height pixels, in a few dozen bytes."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(
-            ">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def refused(data: bytes, detail: str = "auto", limits: ImageLimits = LIMITS) -> ImageError:
@@ -49,6 +56,7 @@ def prepared_image(data: bytes, detail: str = "auto", limits: ImageLimits = LIMI
 
 
 # -- refused ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("width,height", [(50_000, 50_000), (10_000, 10_000)])
@@ -75,12 +83,15 @@ def test_a_truncated_png_is_refused():
     assert "truncated" in refused(png[: len(png) // 2]).message
 
 
-@pytest.mark.parametrize("data", [
-    b"<svg xmlns='http://www.w3.org/2000/svg'/>",
-    encode(Image.new("RGB", (16, 16)), "BMP"),
-    encode(Image.new("RGB", (16, 16)), "TIFF"),
-    b"\xff\xd8\xff" + b"\0" * 100 + b"\xff\xd9",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+        encode(Image.new("RGB", (16, 16)), "BMP"),
+        encode(Image.new("RGB", (16, 16)), "TIFF"),
+        b"\xff\xd8\xff" + b"\0" * 100 + b"\xff\xd9",
+    ],
+)
 def test_other_formats_and_garbage_are_refused_without_decoder_text(data):
     message = refused(data).message
     assert "0x" not in message and "PIL" not in message and "Traceback" not in message
@@ -94,17 +105,26 @@ def test_a_corrupt_body_behind_a_valid_header_gives_our_words_only():
 
 
 def test_too_many_bytes_are_refused():
-    assert "limit is 100 bytes" in refused(png_bytes(30, 30), limits=ImageLimits(max_bytes=100)).message
+    assert (
+        "limit is 100 bytes"
+        in refused(png_bytes(30, 30), limits=ImageLimits(max_bytes=100)).message
+    )
 
 
 # -- passed through, byte for byte -------------------------------------------------------------
 
-@pytest.mark.parametrize("mode,fmt", [("RGB", "PNG"), ("RGB", "JPEG"), ("L", "PNG"),
-                                      ("RGBA", "PNG"), ("RGB", "WEBP")])
+
+@pytest.mark.parametrize(
+    "mode,fmt", [("RGB", "PNG"), ("RGB", "JPEG"), ("L", "PNG"), ("RGBA", "PNG"), ("RGB", "WEBP")]
+)
 def test_ordinary_images_pass_through_undecoded(mode, fmt):
     data = encode(Image.new(mode, (40, 30)), fmt)
     prepared = prepare_image(data, "auto", LIMITS)
-    assert prepared.data is None and prepared.format == fmt and (prepared.width, prepared.height) == (40, 30)
+    assert (
+        prepared.data is None
+        and prepared.format == fmt
+        and (prepared.width, prepared.height) == (40, 30)
+    )
 
 
 def test_data_after_the_trailer_is_checked_by_decoding_and_still_passes_through():
@@ -125,19 +145,23 @@ def test_a_wrong_declared_mime_is_corrected_and_the_payload_kept():
     assert out == f"data:image/jpeg;base64,{payload}"
 
 
-@pytest.mark.parametrize("url,why", [
-    ("data:image/png;base64,iVBORw0KGgo!!!", "not valid base64"),
-    ("data:image/png;base64,iVBORw0KGgo", "not valid base64"),
-    ("data:image/png,rawbytes", "without ';base64,'"),
-    ("data:text/html;base64,PGgxPmhpPC9oMT4=", "not an image type"),
-])
+@pytest.mark.parametrize(
+    "url,why",
+    [
+        ("data:image/png;base64,iVBORw0KGgo!!!", "not valid base64"),
+        ("data:image/png;base64,iVBORw0KGgo", "not valid base64"),
+        ("data:image/png,rawbytes", "without ';base64,'"),
+        ("data:text/html;base64,PGgxPmhpPC9oMT4=", "not an image type"),
+    ],
+)
 def test_bad_data_urls_are_refused(url, why):
     with pytest.raises(ImageError) as caught:
         prepare_data_url(url, "auto", LIMITS, "The image")
     assert why in caught.value.message
 
 
-# -- decoded and re-encoded, only when something must change -----------------------------------------
+# -- decoded and re-encoded, only when something must change ---------------------------------------
+
 
 def test_an_animated_gif_becomes_its_first_frame():
     frames = [Image.new("RGB", (32, 32), color) for color in ("red", "lime", "blue")]
@@ -164,8 +188,9 @@ def test_exif_orientation_is_applied(fmt):
     assert image.getexif().get(0x0112, 1) == 1
 
 
-@pytest.mark.parametrize("mode,expected", [("P", "RGB"), ("LA", "RGBA"), ("I;16", "L"),
-                                           ("1", "RGB")])
+@pytest.mark.parametrize(
+    "mode,expected", [("P", "RGB"), ("LA", "RGBA"), ("I;16", "L"), ("1", "RGB")]
+)
 def test_odd_modes_are_converted(mode, expected):
     source = Image.new(mode, (32, 32))
     if mode == "I;16":

@@ -15,12 +15,12 @@ import time
 import httpcore
 import pytest
 
-from vlm_gateway.core.image_errors import ImageError
-from vlm_gateway.images.fetch import ImageFetcher
-from vlm_gateway.images.urls import parse_http_url
-from vlm_gateway.images.settings import ImageSettings
 from tests.support.image_server import ImageServer
 from tests.support.images import png_bytes
+from vlm_gateway.core.image_errors import ImageError
+from vlm_gateway.images.fetch import ImageFetcher
+from vlm_gateway.images.settings import ImageSettings
+from vlm_gateway.images.urls import parse_http_url
 
 PNG = png_bytes(32, 32)
 LOOPBACK_ONLY = {"allowed_networks": ["127.0.0.1/32"]}
@@ -50,8 +50,7 @@ class LoopbackOnly(httpcore.AsyncNetworkBackend):
         self.inner = httpcore.AnyIOBackend()
         self.dialled: list[str] = []
 
-    async def connect_tcp(self, host, port, timeout=None, local_address=None,
-                          socket_options=None):
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         self.dialled.append(host)
         assert host == "127.0.0.1", f"the fetcher tried to dial {host}"
         return await self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
@@ -60,8 +59,14 @@ class LoopbackOnly(httpcore.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
-def fetch(url: str, resolver: FakeResolver | None = None, max_bytes: int = 1 << 20,
-          network: LoopbackOnly | None = None, repeat: int = 1, **settings) -> bytes:
+def fetch(
+    url: str,
+    resolver: FakeResolver | None = None,
+    max_bytes: int = 1 << 20,
+    network: LoopbackOnly | None = None,
+    repeat: int = 1,
+    **settings,
+) -> bytes:
     network = network or LoopbackOnly()
 
     async def run() -> bytes:
@@ -93,30 +98,52 @@ def server():
 # -- blocked ranges: DNS answers checked before any connection --------------------------------
 
 BLOCKED_ANSWERS = [
-    ("127.0.0.1", "loopback"), ("10.1.2.3", "private"), ("172.16.0.1", "private"),
-    ("192.168.1.1", "private"), ("169.254.169.254", "metadata"), ("169.254.7.7", "link-local"),
-    ("100.64.0.1", "CGNAT"), ("224.0.0.1", "multicast"), ("240.0.0.1", "reserved"),
-    ("255.255.255.255", "reserved"), ("0.0.0.0", "unspecified"), ("::1", "loopback"),
-    ("::", "unspecified"), ("fc00::1", "unique-local"), ("fd12:3456::1", "unique-local"),
-    ("fe80::1", "link-local"), ("ff02::1", "multicast"), ("::ffff:127.0.0.1", "IPv4-mapped"),
-    ("::ffff:8.8.8.8", "IPv4-mapped"), ("::127.0.0.1", "IPv4-compatible"),
-    ("64:ff9b::a00:1", "private"), ("2002:a00:1::", "private"), ("2001:db8::1", "documentation"),
+    ("127.0.0.1", "loopback"),
+    ("10.1.2.3", "private"),
+    ("172.16.0.1", "private"),
+    ("192.168.1.1", "private"),
+    ("169.254.169.254", "metadata"),
+    ("169.254.7.7", "link-local"),
+    ("100.64.0.1", "CGNAT"),
+    ("224.0.0.1", "multicast"),
+    ("240.0.0.1", "reserved"),
+    ("255.255.255.255", "reserved"),
+    ("0.0.0.0", "unspecified"),
+    ("::1", "loopback"),
+    ("::", "unspecified"),
+    ("fc00::1", "unique-local"),
+    ("fd12:3456::1", "unique-local"),
+    ("fe80::1", "link-local"),
+    ("ff02::1", "multicast"),
+    ("::ffff:127.0.0.1", "IPv4-mapped"),
+    ("::ffff:8.8.8.8", "IPv4-mapped"),
+    ("::127.0.0.1", "IPv4-compatible"),
+    ("64:ff9b::a00:1", "private"),
+    ("2002:a00:1::", "private"),
+    ("2001:db8::1", "documentation"),
 ]
 
 
 @pytest.mark.parametrize("address,reason", BLOCKED_ANSWERS)
 def test_a_name_resolving_to_a_blocked_range_is_refused_before_connecting(address, reason):
-    message, network = refused("http://images.test/cat.png",
-                               FakeResolver({"images.test": [address]}))
+    message, network = refused(
+        "http://images.test/cat.png", FakeResolver({"images.test": [address]})
+    )
     assert reason in message and address in message
     assert network.dialled == []
 
 
-@pytest.mark.parametrize("url,reason", [
-    ("http://127.0.0.1/x.png", "loopback"), ("http://169.254.169.254/latest/meta-data/", "metadata"),
-    ("http://[::1]/x.png", "loopback"), ("http://[::ffff:10.0.0.1]/x.png", "IPv4-mapped"),
-    ("http://10.0.0.1:8080/x.png", "private"), ("http://0.0.0.0/x.png", "unspecified"),
-])
+@pytest.mark.parametrize(
+    "url,reason",
+    [
+        ("http://127.0.0.1/x.png", "loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "metadata"),
+        ("http://[::1]/x.png", "loopback"),
+        ("http://[::ffff:10.0.0.1]/x.png", "IPv4-mapped"),
+        ("http://10.0.0.1:8080/x.png", "private"),
+        ("http://0.0.0.0/x.png", "unspecified"),
+    ],
+)
 def test_literal_internal_addresses_are_refused_without_dns(url, reason):
     resolver = FakeResolver({})
     message, network = refused(url, resolver)
@@ -140,8 +167,9 @@ def test_dns_is_resolved_once_and_the_checked_address_is_dialled(server):
     dials the checked address and never asks DNS again; Host stays the name."""
     resolver = FakeResolver({"rebind.test": [["127.0.0.1"], ["10.0.0.1"]]})
     network = LoopbackOnly()
-    data = fetch(f"http://rebind.test:{server.port}/cat.png", resolver, network=network,
-                 **LOOPBACK_ONLY)
+    data = fetch(
+        f"http://rebind.test:{server.port}/cat.png", resolver, network=network, **LOOPBACK_ONLY
+    )
     assert data == PNG
     assert resolver.calls == ["rebind.test"] and network.dialled == ["127.0.0.1"]
     assert server.hosts[-1] == f"rebind.test:{server.port}"
@@ -154,9 +182,28 @@ def tls_files(tmp_path_factory):
         pytest.skip("openssl is needed to make a test certificate")
     work = tmp_path_factory.mktemp("tls")
     cert, key = work / "cert.pem", work / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=images.test", "-addext", "subjectAltName=DNS:images.test",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=images.test",
+            "-addext",
+            "subjectAltName=DNS:images.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -184,22 +231,34 @@ def test_https_dials_the_checked_address_with_the_names_sni_and_certificate(tls_
 
 # -- redirects ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("target,reason", [
-    ("http://10.0.0.1/secret", "private"),
-    ("http://169.254.169.254/latest/meta-data/", "metadata"),
-    ("http://internal.test/admin", "private"),
-    ("http://[::1]:8080/", "loopback"),
-])
-def test_a_redirect_to_an_internal_address_is_refused_before_connecting_to_it(server, target,
-                                                                              reason):
+
+@pytest.mark.parametrize(
+    "target,reason",
+    [
+        ("http://10.0.0.1/secret", "private"),
+        ("http://169.254.169.254/latest/meta-data/", "metadata"),
+        ("http://internal.test/admin", "private"),
+        ("http://[::1]:8080/", "loopback"),
+    ],
+)
+def test_a_redirect_to_an_internal_address_is_refused_before_connecting_to_it(
+    server, target, reason
+):
     resolver = FakeResolver({"internal.test": ["192.168.0.10"]})
     message, network = refused(server.url(f"/redirect?to={target}"), resolver, **LOOPBACK_ONLY)
     assert reason in message
     assert set(network.dialled) == {"127.0.0.1"}  # only the loopback test server
 
 
-@pytest.mark.parametrize("target", ["file:///etc/passwd", "gopher://127.0.0.1/x",
-                                    "http://user:pw@127.0.0.1/x", "http://2130706433/x"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "file:///etc/passwd",
+        "gopher://127.0.0.1/x",
+        "http://user:pw@127.0.0.1/x",
+        "http://2130706433/x",
+    ],
+)
 def test_a_redirect_to_a_forbidden_url_form_is_refused(server, target):
     message, _ = refused(server.url(f"/redirect?to={target}"), **LOOPBACK_ONLY)
     assert "Invalid image URL" in message
@@ -219,6 +278,7 @@ def test_at_most_five_redirects_are_followed(server):
 
 
 # -- deadline, byte cap, user agent, opt-ins ------------------------------------------------------
+
 
 def test_the_total_deadline_bounds_a_stalled_server(server):
     started = time.monotonic()
@@ -253,13 +313,17 @@ def test_allow_private_networks_admits_the_loopback_server(server):
 
 def test_allow_private_networks_still_refuses_metadata_and_multicast():
     for address in ("169.254.169.254", "224.0.0.1", "0.0.0.0"):
-        refused("http://x.test/", FakeResolver({"x.test": [address]}),
-                allow_private_networks=True)
+        refused("http://x.test/", FakeResolver({"x.test": [address]}), allow_private_networks=True)
 
 
 def test_the_domain_allowlist_admits_only_listed_hosts(server):
-    resolver = FakeResolver({"images.test": ["127.0.0.1"], "cdn.images.test": ["127.0.0.1"],
-                             "other.test": ["127.0.0.1"]})
+    resolver = FakeResolver(
+        {
+            "images.test": ["127.0.0.1"],
+            "cdn.images.test": ["127.0.0.1"],
+            "other.test": ["127.0.0.1"],
+        }
+    )
     allow = {"allowed_domains": ["*.images.test"], **LOOPBACK_ONLY}
     assert fetch(f"http://cdn.images.test:{server.port}/cat.png", resolver, **allow) == PNG
     assert fetch(f"http://images.test:{server.port}/cat.png", resolver, **allow) == PNG
@@ -281,6 +345,7 @@ def test_an_internationalized_host_is_resolved_as_its_idna_form():
 
 
 # -- the cache ------------------------------------------------------------------------------------
+
 
 def test_identical_urls_within_the_window_are_fetched_once(server):
     server.files["/once.png"] = PNG

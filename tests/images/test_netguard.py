@@ -16,8 +16,15 @@ def test_private_ranges_pass_only_with_the_opt_in():
 
 
 def test_the_opt_in_never_admits_metadata_multicast_unspecified_or_mapped():
-    for address in ("169.254.169.254", "fd00:ec2::254", "224.0.0.1", "0.0.0.0", "::",
-                    "::ffff:127.0.0.1", "ff02::1"):
+    for address in (
+        "169.254.169.254",
+        "fd00:ec2::254",
+        "224.0.0.1",
+        "0.0.0.0",
+        "::",
+        "::ffff:127.0.0.1",
+        "ff02::1",
+    ):
         assert PRIVATE_OK.refusal(address) is not None, address
 
 

@@ -10,17 +10,18 @@ import pytest
 
 from vlm_gateway.core.image_errors import ImageError
 from vlm_gateway.images.fetch import ImageFetcher
-from vlm_gateway.images.resolve import ImageResolver, limits_for
+from vlm_gateway.images.resolve import ImageResolver
 from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.config.settings import GatewaySettings
 from tests.support.image_server import ImageServer
 from tests.support.images import image_message, png_bytes, png_data_url
+from vlm_gateway.backends.kinds import settings_model
 
 PNG = png_bytes(32, 32)
 
 
 def settings(**images) -> GatewaySettings:
-    return GatewaySettings.model_validate({
+    return settings_model().model_validate({
         "images": images,
         "models": [
             {"name": "wide", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
@@ -41,7 +42,7 @@ def resolve(config: GatewaySettings, body: ChatCompletionRequest) -> ChatComplet
     async def run() -> None:
         fetcher = ImageFetcher(config.images)
         try:
-            await ImageResolver(config, fetcher).resolve(body)
+            await ImageResolver(config.images, config.image_limits, fetcher).resolve(body)
         finally:
             await fetcher.aclose()
 
@@ -58,20 +59,6 @@ def refusal(config: GatewaySettings, body: ChatCompletionRequest) -> ImageError:
         resolve(config, body)
     assert caught.value.status_code == 400
     return caught.value
-
-
-def test_per_model_overrides_inherit_the_gateway_defaults():
-    config = settings(max_image_bytes=1000)
-    wide, one = (limits_for(config.images, entry) for entry in config.models)
-    assert (wide.max_images, wide.max_bytes, wide.max_side) == (8, 1000, None)
-    assert (one.max_images, one.max_bytes, one.max_side) == (1, 1000, 64)
-
-
-def test_blip2_models_take_one_image_unless_configured():
-    config = GatewaySettings.model_validate({"models": [
-        {"name": "b", "backend": "blip2", "model": "/m"},
-        {"name": "b2", "backend": "blip2", "model": "/m", "images": {"max_images": 2}}]})
-    assert [limits_for(config.images, entry).max_images for entry in config.models] == [1, 2]
 
 
 def test_too_many_images_names_the_models_limit():

@@ -10,17 +10,20 @@ from vlm_gateway.launch.gpu_sharing import GpuClaim, StartSequencer, split_gpu_m
 
 
 def test_declared_shares_are_kept_and_undeclared_split_the_rest():
-    shares = split_gpu_memory([
-        GpuClaim(("blip2", 0), (0,), 0.4),
-        GpuClaim(("llava", 0), (0,), None),
-        GpuClaim(("llava", 1), (0,), None),
-    ])
+    shares = split_gpu_memory(
+        [
+            GpuClaim(("blip2", 0), (0,), 0.4),
+            GpuClaim(("llava", 0), (0,), None),
+            GpuClaim(("llava", 1), (0,), None),
+        ]
+    )
     assert shares == {("blip2", 0): 0.4, ("llava", 0): 0.275, ("llava", 1): 0.275}
 
 
 def test_a_process_alone_on_its_gpu_or_unpinned_keeps_vllms_default():
-    shares = split_gpu_memory([GpuClaim("a", (0,), None), GpuClaim("b", (1,), 0.8),
-                               GpuClaim("c", None, None)])
+    shares = split_gpu_memory(
+        [GpuClaim("a", (0,), None), GpuClaim("b", (1,), 0.8), GpuClaim("c", None, None)]
+    )
     assert shares == {"a": None, "b": 0.8, "c": None}
 
 

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 
-from vlm_gateway.launch.process import LAUNCH_MARKER, ManagedProcess, live_group_members, read_tail
 from tests.support.processes import REPO
+from vlm_gateway.launch.process import LAUNCH_MARKER, ManagedProcess, live_group_members, read_tail
 
 # A leader with a child that ignores SIGTERM, like a stubborn engine worker.
 STUBBORN_FAMILY = (
@@ -24,7 +24,8 @@ STUBBORN_FAMILY = (
 def test_stop_terminates_the_whole_group_and_kills_what_ignores_sigterm(tmp_path):
     async def scenario():
         process = await ManagedProcess.spawn(
-            [sys.executable, "-c", STUBBORN_FAMILY], {}, tmp_path / "family.log")
+            [sys.executable, "-c", STUBBORN_FAMILY], {}, tmp_path / "family.log"
+        )
         deadline = time.monotonic() + 10
         while len(live_group_members(process.pid)) < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -83,8 +84,12 @@ SUPERVISOR = (
 
 
 def test_a_supervisor_killed_with_sigkill_leaves_no_child_behind(tmp_path):
-    supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(tmp_path / "c.log")],
-                                  stdout=subprocess.PIPE, text=True, cwd=REPO)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, str(tmp_path / "c.log")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         child_pid = int(supervisor.stdout.readline())
         assert live_group_members(child_pid) == [child_pid]

@@ -9,9 +9,9 @@ import time
 import aiohttp
 import pytest
 
+from tests.support.processes import REPO, free_port
 from vlm_gateway.launch.process import ManagedProcess
 from vlm_gateway.launch.readiness import ProcessExited, StartTimeout, wait_until_serving
-from tests.support.processes import REPO, free_port
 
 FAKE_VLLM = [sys.executable, "-m", "tests.support.fake_vllm"]
 
@@ -20,11 +20,14 @@ async def _wait(argv, tmp_path, deadline_s=20.0, served="m"):
     port = free_port()
     process = await ManagedProcess.spawn(
         [*argv, "serve", "tiny", "--served-model-name", "m", "--port", str(port)],
-        {"PYTHONPATH": str(REPO)}, tmp_path / "p.log")
+        {"PYTHONPATH": str(REPO)},
+        tmp_path / "p.log",
+    )
     try:
         async with aiohttp.ClientSession() as client:
-            return await wait_until_serving(client, f"http://127.0.0.1:{port}", served, process,
-                                            deadline_s)
+            return await wait_until_serving(
+                client, f"http://127.0.0.1:{port}", served, process, deadline_s
+            )
     finally:
         await process.stop(2)
 

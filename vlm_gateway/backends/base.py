@@ -1,4 +1,5 @@
-"""The one async interface every backend kind implements, and the readiness it reports.
+"""The one async interface every backend kind implements, the readiness it reports, and the
+shape in which a kind registers itself (`BackendKind`).
 
 A backend serves one configured model entry (one replica). The app never knows which kind
 it talks to: it asks `state`, calls `chat` / `chat_stream` / `completions`, and turns the
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+import aiohttp
 
 from vlm_gateway.core.errors import InvalidRequestError
+from vlm_gateway.config.settings import GatewaySettings, ModelEntry
 from vlm_gateway.core.protocol import ChatCompletionRequest, CompletionRequest
+from vlm_gateway.launch.gpu_sharing import StartSequencer
 
 
 class State(enum.Enum):
@@ -89,3 +94,30 @@ class Backend(ABC):
         """What /ready and /v1/models report about this replica (our extension fields)."""
         status = self.status
         return {"backend": self.kind, "state": status.state.value, "reason": status.reason}
+
+
+EntryT = TypeVar("EntryT", bound=ModelEntry)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a kind's builder may use besides its own entry: shared by every backend."""
+
+    settings: GatewaySettings
+    client: aiohttp.ClientSession  # the app's one pooled HTTP client
+    sequencer: StartSequencer  # processes sharing a GPU start one after another
+
+
+@dataclass(frozen=True)
+class BackendKind(Generic[EntryT]):
+    """A backend kind as the registry (vlm_gateway/backends/kinds.py) knows it: the settings
+    class of its `models:` entries and the builder that turns one entry into backends (one per
+    replica)."""
+
+    settings: type[EntryT]
+    builder: Callable[[EntryT, BuildContext], list[Backend]]
+
+    def build(self, entry: ModelEntry, context: BuildContext) -> list[Backend]:
+        if not isinstance(entry, self.settings):
+            raise TypeError(f"{type(entry).__name__} is not a {self.settings.__name__}")
+        return self.builder(entry, context)

@@ -1,51 +1,53 @@
-"""Settings entries -> backend objects. The one place that knows every backend kind."""
+"""The registry of backend kinds: the one place that lists them.
+
+Adding a kind: a folder vlm_gateway/backends/<kind>/ whose `__init__.py` defines
+`KIND = BackendKind(settings=..., builder=...)`, plus one line in `KINDS` below
+(docs/architecture.md)."""
 
 from __future__ import annotations
 
-import aiohttp
+import functools
+import operator
+from typing import Annotated, Any
 
-from vlm_gateway.backends.base import Backend
-from vlm_gateway.backends.blip2.backend import Blip2Backend
-from vlm_gateway.backends.openai_upstream.backend import OpenAIUpstreamBackend
-from vlm_gateway.backends.vllm.processes import build_managed_vllm
-from vlm_gateway.config.settings import (
-    Blip2BackendSettings, GatewaySettings, OpenAIBackendSettings, VllmBackendSettings,
-)
+import aiohttp
+from pydantic import Field, create_model
+
+from vlm_gateway.backends import blip2, openai_upstream, vllm
+from vlm_gateway.backends.base import Backend, BackendKind, BuildContext
+from vlm_gateway.config.settings import GatewaySettings, ModelEntry
 from vlm_gateway.launch.gpu_sharing import StartSequencer
+
+KINDS: tuple[BackendKind[Any], ...] = (
+    openai_upstream.KIND,
+    vllm.KIND,
+    blip2.KIND,
+)
+
+
+@functools.cache
+def settings_model() -> type[GatewaySettings]:
+    """`GatewaySettings` whose `models:` entries are validated as the registered kinds'
+    settings, chosen by their `backend:` key. Load configuration through this class."""
+    entry_types = functools.reduce(operator.or_, (kind.settings for kind in KINDS))
+    entry = Annotated[entry_types, Field(discriminator="backend")]
+    return create_model(
+        "GatewaySettings",
+        __base__=GatewaySettings,
+        __module__=__name__,
+        models=(list[entry], Field(default_factory=list)),  # type: ignore[valid-type]
+    )
 
 
 def build_backends(settings: GatewaySettings, client: aiohttp.ClientSession) -> list[Backend]:
-    sequencer = StartSequencer()  # one per app: managed processes sharing a GPU start in turn
-    backends: list[Backend] = []
-    for entry in settings.models:
-        if isinstance(entry, VllmBackendSettings):  # one backend per replica process
-            backends += build_managed_vllm(settings, entry, client, sequencer)
-        else:
-            backends.append(_build(entry, client))
-    return backends
+    """Every configured entry -> its backends (one per replica), in config order."""
+    # One sequencer per app: managed processes sharing a GPU start in turn.
+    context = BuildContext(settings, client, StartSequencer())
+    return [backend for entry in settings.models for backend in _kind_of(entry).build(entry, context)]
 
 
-def _build(entry, client: aiohttp.ClientSession) -> Backend:
-    if isinstance(entry, OpenAIBackendSettings):
-        return OpenAIUpstreamBackend(
-            entry.name,
-            entry.base_url,
-            client,
-            upstream_model=entry.upstream_model,
-            api_key=entry.api_key.get_secret_value() if entry.api_key else None,
-            timeout=entry.timeout,
-            connect_timeout=entry.connect_timeout,
-            health_interval=entry.health_interval,
-        )
-    if isinstance(entry, Blip2BackendSettings):
-        return Blip2Backend(
-            entry.name,
-            entry.model,
-            device=entry.device,
-            dtype=entry.dtype,
-            max_batch_size=entry.max_batch_size,
-            batch_wait_ms=entry.batch_wait_ms,
-            context_length=entry.context_length,
-            default_max_tokens=entry.default_max_tokens,
-        )
-    raise TypeError(f"no backend for settings of type {type(entry).__name__}")
+def _kind_of(entry: ModelEntry) -> BackendKind[Any]:
+    for kind in KINDS:
+        if isinstance(entry, kind.settings):
+            return kind
+    raise TypeError(f"no backend kind is registered for {type(entry).__name__}")

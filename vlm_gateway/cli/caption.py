@@ -262,6 +262,7 @@ async def in_process_client(settings, job: CaptionJob,
                             ready_timeout: float) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway app from `settings`, started in this process and reached in memory."""
     from vlm_gateway.server.app import create_app
+    from vlm_gateway.server.state import state_of
 
     if job.model not in settings.model_names():
         raise CaptionError(f"the config has no model {job.model!r} "
@@ -272,7 +273,7 @@ async def in_process_client(settings, job: CaptionJob,
     app = create_app(settings.model_copy(update={"data_dir": scratch.name}))
     with scratch:
         async with app.router.lifespan_context(app):
-            await _wait_ready(app.state.registry, job.model, ready_timeout)
+            await _wait_ready(state_of(app).registry, job.model, ready_timeout)
             headers = {"authorization": f"Bearer {job.api_key}"} if job.api_key else {}
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://in-process",

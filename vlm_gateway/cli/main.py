@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from vlm_gateway.cli.caption import DEFAULT_PROMPT
+from vlm_gateway.backends.kinds import settings_model
 from vlm_gateway.config.loading import ConfigError, load_settings
 from vlm_gateway.config.plan import describe_plan
 from vlm_gateway.config.settings import GatewaySettings
@@ -23,7 +24,7 @@ ConfigOption = Annotated[
 
 def _load_or_exit(config: Path | None, **overrides) -> GatewaySettings:
     try:
-        return load_settings(config, overrides)
+        return load_settings(settings_model(), config, overrides)
     except ConfigError as exc:
         typer.echo(f"Invalid configuration ({len(exc.reasons)} problem(s)):", err=True)
         for reason in exc.reasons:

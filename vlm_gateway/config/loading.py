@@ -30,10 +30,13 @@ class ConfigError(Exception):
 
 
 def load_settings(
+    schema: type[GatewaySettings],
     path: str | Path | None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> GatewaySettings:
+    """`schema` is `vlm_gateway.backends.kinds.settings_model()`: it knows every backend kind's
+    `models:` entries, which this layer does not."""
     environ = os.environ if environ is None else environ
     data, root = _read_yaml(Path(path), environ) if path else ({}, None)
     for key in _ENV_KEYS:
@@ -42,7 +45,7 @@ def load_settings(
     _merge_env_api_keys(data, environ)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return GatewaySettings.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([_describe(err, root, path) for err in exc.errors(include_url=False)])
 

@@ -56,6 +56,12 @@ class ContextLengthExceededError(InvalidRequestError):
     default_code = "context_length_exceeded"
 
 
+class InvalidAPIKeyError(GatewayError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
 class NotFoundError(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
@@ -69,6 +75,13 @@ class ModelNotFoundError(NotFoundError):
         super().__init__(
             f"The model '{model}' does not exist. Available models: {listing}.", param="model"
         )
+
+
+class ConflictError(GatewayError):
+    """The object exists but its state forbids the change (a running batch's input file)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
 
 
 class ServiceUnavailableError(GatewayError):

@@ -157,57 +157,8 @@ class CompletionRequest(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Responses (what backends that generate in-process build; upstream JSON is passed through)
+# Responses built by the gateway itself (chat replies are built by backends or passed through)
 # ---------------------------------------------------------------------------------------------
-
-
-class CompletionUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class ChatCompletionMessage(BaseModel):
-    content: str | None
-    refusal: str | None = None
-    role: Literal["assistant"] = "assistant"
-
-
-class Choice(BaseModel):
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
-    index: int
-    logprobs: None = None
-    message: ChatCompletionMessage
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    choices: list[Choice]
-    created: int
-    model: str
-    object: Literal["chat.completion"] = "chat.completion"
-    usage: CompletionUsage | None = None
-
-
-class ChoiceDelta(BaseModel):
-    content: str | None = None
-    role: Literal["assistant"] | None = None
-
-
-class ChunkChoice(BaseModel):
-    delta: ChoiceDelta
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None = None
-    index: int
-    logprobs: None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    choices: list[ChunkChoice]
-    created: int
-    model: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    usage: CompletionUsage | None = None
 
 
 class Model(BaseModel):

@@ -5,22 +5,25 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
 
 
-class ByteLRU:
-    def __init__(self, max_bytes: int, ttl: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+class ByteLRU(Generic[V]):
+    def __init__(
+        self, max_bytes: int, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.max_bytes = max_bytes
         self.ttl = ttl
         self.size = 0
         self._clock = clock
-        self._items: OrderedDict[str, tuple[float, int, Any]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[float, int, V]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: str) -> Any | None:
+    def get(self, key: str) -> V | None:
         item = self._items.get(key)
         if item is None:
             return None
@@ -31,7 +34,7 @@ class ByteLRU:
         self._items.move_to_end(key)
         return value
 
-    def put(self, key: str, value: Any, size: int) -> None:
+    def put(self, key: str, value: V, size: int) -> None:
         if size > self.max_bytes or self.ttl <= 0:
             return  # would evict everything else and still not fit
         if key in self._items:

@@ -37,9 +37,13 @@ class ImageLimits:
 
     def describe(self) -> dict[str, int | None]:
         """What a client may send, in the config's own key names (for /v1/models)."""
-        return {"max_images": self.max_images, "max_image_bytes": self.max_bytes,
-                "max_image_pixels": self.max_pixels, "min_image_side": self.min_side,
-                "max_image_side": self.max_side}
+        return {
+            "max_images": self.max_images,
+            "max_image_bytes": self.max_bytes,
+            "max_image_pixels": self.max_pixels,
+            "min_image_side": self.min_side,
+            "max_image_side": self.max_side,
+        }
 
     def target_side(self, detail: str) -> int | None:
         sides = [self.max_side, self.low_detail_side if detail == "low" else None]
@@ -70,8 +74,9 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def prepare_image(data: bytes, detail: str, limits: ImageLimits, what: str = "The image"
-                  ) -> PreparedImage:
+def prepare_image(
+    data: bytes, detail: str, limits: ImageLimits, what: str = "The image"
+) -> PreparedImage:
     """Validate `data`; re-encode only if the model must not see it as it is."""
     image_format = _check_bytes(data, limits, what)
     with _open(data, image_format, what) as image:
@@ -81,12 +86,13 @@ def prepare_image(data: bytes, detail: str, limits: ImageLimits, what: str = "Th
         if not _needs_change(image, image_format, width, height, limits.target_side(detail)):
             return PreparedImage(image_format, None, width, height)
         converted = _normalized(image, what, limits.target_side(detail))
-        out_format = "JPEG" if image_format in ("JPEG", "WEBP") and converted.mode != "RGBA" \
-            else "PNG"
+        out_format = (
+            "JPEG" if image_format in ("JPEG", "WEBP") and converted.mode != "RGBA" else "PNG"
+        )
         return PreparedImage(out_format, _encode(converted, out_format), *converted.size)
 
 
-def decode_image(data: bytes, limits: ImageLimits, what: str = "The image") -> "Image.Image":
+def decode_image(data: bytes, limits: ImageLimits, what: str = "The image") -> Image.Image:
     """A fully loaded RGB image, for backends that run the model in-process."""
     image_format = _check_bytes(data, limits, what)
     with _open(data, image_format, what) as image:
@@ -100,7 +106,8 @@ def _check_bytes(data: bytes, limits: ImageLimits, what: str) -> str:
         raise ImageError(f"{what} is empty (0 bytes).")
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(
-            f"{what} is {len(data)} bytes; the limit is {limits.max_bytes} bytes.")
+            f"{what} is {len(data)} bytes; the limit is {limits.max_bytes} bytes."
+        )
     image_format = sniff_format(data)
     if image_format is None:
         raise ImageError(f"{what} is not a JPEG, PNG, WEBP or GIF file.")
@@ -116,11 +123,12 @@ def _ends_with_trailer(data: bytes, image_format: str) -> bool:
     if image_format == "PNG":
         return b"IEND" in data[-64:]
     if image_format == "WEBP":
-        return len(data) >= 8 + struct.unpack("<I", data[4:8])[0]
+        riff_size: int = struct.unpack("<I", data[4:8])[0]
+        return len(data) >= 8 + riff_size
     return b";" in data[-16:]  # GIF trailer
 
 
-def _open(data: bytes, image_format: str, what: str) -> "Image.Image":
+def _open(data: bytes, image_format: str, what: str) -> Image.Image:
     from PIL import Image
 
     try:
@@ -128,30 +136,35 @@ def _open(data: bytes, image_format: str, what: str) -> "Image.Image":
     except Image.DecompressionBombError:
         raise ImageTooLargeError(f"{what} has too many pixels (a decompression bomb?).") from None
     except Exception:
-        raise ImageError(f"{what} could not be read as {image_format}; it may be truncated or "
-                         "corrupt.") from None
+        raise ImageError(
+            f"{what} could not be read as {image_format}; it may be truncated or corrupt."
+        ) from None
 
 
-def _load_or_refuse(image: "Image.Image", image_format: str, what: str) -> None:
+def _load_or_refuse(image: Image.Image, image_format: str, what: str) -> None:
     try:
         image.load()
     except Exception:
         raise ImageError(f"{what} is truncated or corrupt ({image_format}).") from None
 
 
-def _check_size(image: "Image.Image", limits: ImageLimits, what: str) -> tuple[int, int]:
+def _check_size(image: Image.Image, limits: ImageLimits, what: str) -> tuple[int, int]:
     width, height = image.size
     if width * height > limits.max_pixels:
-        raise ImageTooLargeError(f"{what} is {width}x{height} pixels; the limit is "
-                                 f"{limits.max_pixels} pixels.")
+        raise ImageTooLargeError(
+            f"{what} is {width}x{height} pixels; the limit is {limits.max_pixels} pixels."
+        )
     if min(width, height) < limits.min_side:
-        raise ImageError(f"{what} is {width}x{height} pixels; each side must be at least "
-                         f"{limits.min_side} pixels.")
+        raise ImageError(
+            f"{what} is {width}x{height} pixels; each side must be at least "
+            f"{limits.min_side} pixels."
+        )
     return width, height
 
 
-def _needs_change(image: "Image.Image", image_format: str, width: int, height: int,
-                  target_side: int | None) -> bool:
+def _needs_change(
+    image: Image.Image, image_format: str, width: int, height: int, target_side: int | None
+) -> bool:
     if image_format == "GIF" or image.mode not in _PASS_THROUGH_MODES:
         return True
     if target_side is not None and max(width, height) > target_side:
@@ -162,7 +175,8 @@ def _needs_change(image: "Image.Image", image_format: str, width: int, height: i
         return True  # unreadable EXIF: decoding and re-encoding drops it
 
 
-def _orientation(image: "Image.Image") -> int:
+def _orientation(image: Image.Image) -> object:
+    """The EXIF orientation tag as the file has it (normally an int 1-8, but unchecked)."""
     from PIL import Image
 
     if image.format != "PNG":
@@ -177,7 +191,7 @@ def _orientation(image: "Image.Image") -> int:
     return exif.get(_ORIENTATION_TAG, 1)
 
 
-def _normalized(image: "Image.Image", what: str, target_side: int | None) -> "Image.Image":
+def _normalized(image: Image.Image, what: str, target_side: int | None) -> Image.Image:
     """First frame, EXIF orientation applied, RGB/RGBA/L, longest side at most target_side."""
     from PIL import Image, ImageOps
 
@@ -189,12 +203,11 @@ def _normalized(image: "Image.Image", what: str, target_side: int | None) -> "Im
         if target_side is not None and max(image.size) > target_side:
             image.thumbnail((target_side, target_side), Image.Resampling.LANCZOS)
     except Exception:
-        raise ImageError(f"{what} could not be decoded; it may be truncated or corrupt.") \
-            from None
+        raise ImageError(f"{what} could not be decoded; it may be truncated or corrupt.") from None
     return image
 
 
-def _convert_mode(image: "Image.Image") -> "Image.Image":
+def _convert_mode(image: Image.Image) -> Image.Image:
     if image.mode in _PASS_THROUGH_MODES:
         return image
     if image.mode.startswith("I;16") or image.mode == "I":
@@ -204,7 +217,7 @@ def _convert_mode(image: "Image.Image") -> "Image.Image":
     return image.convert("RGBA" if has_alpha else "RGB")
 
 
-def _encode(image: "Image.Image", image_format: str) -> bytes:
+def _encode(image: Image.Image, image_format: str) -> bytes:
     out = io.BytesIO()
     if image_format == "JPEG":
         image.save(out, format="JPEG", quality=92)

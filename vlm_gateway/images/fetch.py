@@ -24,16 +24,16 @@ from urllib.parse import urljoin
 import httpcore
 import httpx
 
-from vlm_gateway.images.cache import ByteLRU
 from vlm_gateway.core.image_errors import (
     BlockedImageURLError,
     ImageFetchError,
     ImageTooLargeError,
     shorten,
 )
+from vlm_gateway.images.cache import ByteLRU
 from vlm_gateway.images.netguard import AddressPolicy
-from vlm_gateway.images.urls import HttpURL, parse_http_url
 from vlm_gateway.images.settings import ImageSettings
+from vlm_gateway.images.urls import HttpURL, parse_http_url
 
 log = logging.getLogger(__name__)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -61,8 +61,12 @@ class _Refused(Exception):
 
 
 class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, policy: AddressPolicy, resolver: Resolver,
-                 inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        resolver: Resolver,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
         self._policy = policy
         self._resolver = resolver
         self._inner = inner or httpcore.AnyIOBackend()
@@ -83,13 +87,23 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
                 raise _Refused(host, f"it resolves to {reason} ({address})")
         return answers[0]
 
-    async def connect_tcp(self, host, port, timeout=None, local_address=None,
-                          socket_options=None):
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         address = await self.checked_address(host, port)
-        return await self._inner.connect_tcp(address, port, timeout, local_address,
-                                             socket_options)
+        return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
 
-    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         raise _Refused(path, "unix sockets are never dialled")
 
     async def sleep(self, seconds: float) -> None:
@@ -119,9 +133,13 @@ class FetchedImage:
 class ImageFetcher:
     """One per app (built in the lifespan, closed with it)."""
 
-    def __init__(self, settings: ImageSettings, resolver: Resolver | None = None,
-                 network_backend: httpcore.AsyncNetworkBackend | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        settings: ImageSettings,
+        resolver: Resolver | None = None,
+        network_backend: httpcore.AsyncNetworkBackend | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._settings = settings
         policy = AddressPolicy.build(settings.allow_private_networks, settings.allowed_networks)
         backend = GuardedNetworkBackend(policy, resolver or SystemResolver(), network_backend)
@@ -129,11 +147,14 @@ class ImageFetcher:
             transport=_GuardedTransport(backend, ssl_context),
             trust_env=False,  # an environment proxy would dial for us, unchecked
             follow_redirects=False,
-            headers={"user-agent": settings.user_agent, "accept": "image/*",
-                     "accept-encoding": "identity"},
+            headers={
+                "user-agent": settings.user_agent,
+                "accept": "image/*",
+                "accept-encoding": "identity",
+            },
             timeout=settings.fetch_timeout,
         )
-        self._cache = ByteLRU(settings.cache_bytes, settings.cache_ttl)
+        self._cache: ByteLRU[FetchedImage] = ByteLRU(settings.cache_bytes, settings.cache_ttl)
         self._in_flight: dict[tuple[str, int], asyncio.Future[FetchedImage]] = {}
 
     async def aclose(self) -> None:
@@ -153,7 +174,7 @@ class ImageFetcher:
             raise _too_large(url, max_bytes)
         return image
 
-    def _settle(self, key: tuple[str, int], task: asyncio.Future) -> None:
+    def _settle(self, key: tuple[str, int], task: asyncio.Future[FetchedImage]) -> None:
         self._in_flight.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved: the waiters may all have gone away
@@ -180,12 +201,16 @@ class ImageFetcher:
                         url = parse_http_url(urljoin(url.url, location))
                         continue
                     if response.status_code != 200:
-                        raise ImageFetchError(f"Fetching the image '{shorten(url.url)}' failed: "
-                                              f"the server answered HTTP {response.status_code}.")
+                        raise ImageFetchError(
+                            f"Fetching the image '{shorten(url.url)}' failed: "
+                            f"the server answered HTTP {response.status_code}."
+                        )
                     data = await _read_capped(response, url, max_bytes)
                     return FetchedImage(data, response.headers.get("content-type"))
-        raise ImageFetchError(f"Fetching the image '{shorten(url.url)}' failed: more than "
-                              f"{self._settings.max_redirects} redirects.")
+        raise ImageFetchError(
+            f"Fetching the image '{shorten(url.url)}' failed: more than "
+            f"{self._settings.max_redirects} redirects."
+        )
 
     def _check_domain(self, url: HttpURL) -> None:
         allowed = self._settings.allowed_domains
@@ -242,8 +267,10 @@ def _translate_errors(url: HttpURL) -> Iterator[None]:
     except httpx.ConnectError:
         raise ImageFetchError(f"Fetching the image '{where}' failed: could not connect.") from None
     except httpx.HTTPError:
-        raise ImageFetchError(f"Fetching the image '{where}' failed: the connection broke or "
-                              "the answer was not valid HTTP.") from None
+        raise ImageFetchError(
+            f"Fetching the image '{where}' failed: the connection broke or "
+            "the answer was not valid HTTP."
+        ) from None
 
 
 def _is_ip(host: str) -> bool:

@@ -51,7 +51,7 @@ class AddressPolicy:
     allowed_networks: tuple[IPNetwork, ...] = field(default_factory=tuple)
 
     @classmethod
-    def build(cls, allow_private: bool, networks: Iterable[str] = ()) -> "AddressPolicy":
+    def build(cls, allow_private: bool, networks: Iterable[str] = ()) -> AddressPolicy:
         parsed = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in networks)
         return cls(allow_private, parsed)
 

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import os
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -28,26 +29,10 @@ from vlm_gateway.images.fetch import ImageFetcher
 from vlm_gateway.images.urls import parse_http_url, scheme_of
 from vlm_gateway.core.protocol import ChatCompletionContentPartImage, ChatCompletionRequest
 from vlm_gateway.images.settings import ImageSettings
-from vlm_gateway.config.settings import GatewaySettings
 
-# Backend kinds whose models take fewer images than the default, unless configured.
-_KIND_MAX_IMAGES = {"blip2": 1}
-
-
-def limits_for(images: ImageSettings, entry) -> ImageLimits:
-    """The gateway-wide `images:` defaults with the model entry's `images:` overrides."""
-    override = getattr(entry, "images", None)
-    fields = override.model_dump(exclude_none=True) if override is not None else {}
-    return ImageLimits(
-        max_images=fields.get("max_images",
-                              _KIND_MAX_IMAGES.get(entry.backend, images.max_images)),
-        max_bytes=fields.get("max_image_bytes", images.max_image_bytes),
-        max_pixels=fields.get("max_image_pixels", images.max_image_pixels),
-        min_side=fields.get("min_image_side", images.min_image_side),
-        max_side=fields.get("max_image_side", images.max_image_side),
-        low_detail_side=images.low_detail_side,
-    )
-
+# Model name -> its image limits (None: no such model). The config layer provides it: this
+# layer knows no model entries and no backend kinds.
+LimitsOf = Callable[[str], ImageLimits | None]
 
 def image_parts(request: ChatCompletionRequest) -> list[tuple[str, ChatCompletionContentPartImage]]:
     """(param, part) for every image part, in order; param names it OpenAI-style."""
@@ -62,18 +47,17 @@ def image_parts(request: ChatCompletionRequest) -> list[tuple[str, ChatCompletio
 
 
 class ImageResolver:
-    def __init__(self, settings: GatewaySettings, fetcher: ImageFetcher) -> None:
-        self._settings = settings
+    def __init__(self, images: ImageSettings, limits_of: LimitsOf, fetcher: ImageFetcher) -> None:
+        self._limits_of = limits_of
         self._fetcher = fetcher
-        self._media_dir = _real_dir(settings.images.local_media_dir)
+        self._media_dir = _real_dir(images.local_media_dir)
 
     async def resolve(self, request: ChatCompletionRequest) -> None:
         """Rewrite the request's image URLs in place; raise a 400 naming the first bad one."""
-        entries = self._settings.entries_for(request.model)
+        limits = self._limits_of(request.model)
         parts = image_parts(request)
-        if not entries or not parts:
+        if limits is None or not parts:
             return  # an unknown model is the router's 404 to give
-        limits = limits_for(self._settings.images, entries[0])
         if len(parts) > limits.max_images:
             raise TooManyImagesError(
                 f"The model '{request.model}' accepts at most {limits.max_images} image(s) per "

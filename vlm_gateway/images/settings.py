@@ -1,8 +1,6 @@
-"""Settings for what comes in through the door: image handling (`images:`), API keys and
-request limits (`security:`), and the per-model image overrides (`models[].images:`).
-
-Kept apart from gateway/settings.py so the per-backend classes there stay small; every default
-here is the documented one (README "Security settings", docs/security.md)."""
+"""Image settings: the gateway-wide `images:` section and the per-model `models[].images:`
+overrides, and the limits they add up to for one model. Every default here is the documented
+one (README "Security settings", docs/security.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +8,9 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vlm_gateway.images.decode import ImageLimits
 
 MB = 1024 * 1024
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -62,25 +62,17 @@ class ImageSettings(_Section):
         return [domain.strip().lower().rstrip(".") for domain in value]
 
 
-class SecuritySettings(_Section):
-    api_keys: list[SecretStr] = Field(default_factory=list)
-    api_keys_file: Path | None = None
-    public_paths: list[str] = Field(default_factory=lambda: ["/health", "/ready", "/metrics"])
-    max_body_bytes: PositiveInt = 64 * MB
-    requests_per_minute: PositiveInt | None = None
-    max_in_flight_per_key: PositiveInt | None = None
-
-    @field_validator("api_keys_file")
-    @classmethod
-    def _readable(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"{value} is not a readable file")
-        return value
-
-    @field_validator("public_paths")
-    @classmethod
-    def _absolute_paths(cls, value: list[str]) -> list[str]:
-        for path in value:
-            if not path.startswith("/"):
-                raise ValueError(f"{path!r} must start with '/' (paths are matched exactly)")
-        return value
+def limits_for(
+    images: ImageSettings, overrides: ModelImageLimits | None, kind_max_images: int | None
+) -> ImageLimits:
+    """One model's limits: the `images:` defaults, lowered to what its backend kind accepts
+    (`kind_max_images`, e.g. 1 for BLIP-2), then its own `images:` overrides."""
+    fields = overrides.model_dump(exclude_none=True) if overrides is not None else {}
+    return ImageLimits(
+        max_images=fields.get("max_images", kind_max_images or images.max_images),
+        max_bytes=fields.get("max_image_bytes", images.max_image_bytes),
+        max_pixels=fields.get("max_image_pixels", images.max_image_pixels),
+        min_side=fields.get("min_image_side", images.min_image_side),
+        max_side=fields.get("max_image_side", images.max_image_side),
+        low_detail_side=images.low_detail_side,
+    )

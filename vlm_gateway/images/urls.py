@@ -52,7 +52,7 @@ def parse_http_url(url: str) -> HttpURL:
     scheme = scheme_of(url)
     if scheme not in _DEFAULT_PORTS:
         raise _bad(url, "only http and https URLs are fetched")
-    rest = url[len(scheme) + 1:]
+    rest = url[len(scheme) + 1 :]
     if not rest.startswith("//"):
         raise _bad(url, "expected '//' after the scheme")
     rest = rest[2:]

@@ -43,8 +43,11 @@ def split_gpu_memory(claims: Iterable[GpuClaim]) -> dict[Hashable, float | None]
             continue
         left = MAX_SHARED_UTILIZATION - declared
         if left < 0.05:
-            raise ValueError(_over(gpu, sharing, declared) + "; nothing is left for "
-                             + ", ".join(_label(c.owner) for c in undeclared))
+            raise ValueError(
+                _over(gpu, sharing, declared)
+                + "; nothing is left for "
+                + ", ".join(_label(c.owner) for c in undeclared)
+            )
         even = round(left / len(undeclared), 3)
         for claim in undeclared:
             current = shares[claim.owner]
@@ -54,8 +57,10 @@ def split_gpu_memory(claims: Iterable[GpuClaim]) -> dict[Hashable, float | None]
 
 def _over(gpu: int, sharing: list[GpuClaim], declared: float) -> str:
     parts = ", ".join(f"{_label(c.owner)}={c.utilization}" for c in sharing if c.utilization)
-    return (f"GPU {gpu}: gpu_memory_utilization of the processes sharing it sums to "
-            f"{declared:.2f} ({parts}), more than {MAX_SHARED_UTILIZATION}")
+    return (
+        f"GPU {gpu}: gpu_memory_utilization of the processes sharing it sums to "
+        f"{declared:.2f} ({parts}), more than {MAX_SHARED_UTILIZATION}"
+    )
 
 
 def _label(owner: Hashable) -> str:

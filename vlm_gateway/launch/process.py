@@ -11,17 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import io
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _terminate_with_parent_hook():
+def _terminate_with_parent_hook() -> Callable[[], object] | None:
     """A preexec_fn that asks Linux to SIGTERM the child when its parent dies, or None.
 
     libc's prctl is looked up here, in the parent: the hook runs between fork and exec and
@@ -70,7 +70,7 @@ class ManagedProcess:
         return self._process.returncode
 
     @property
-    def exited(self) -> asyncio.Future:
+    def exited(self) -> asyncio.Future[int]:
         """Done (with the exit code) as soon as the leader process exits."""
         return self._exited
 
@@ -112,9 +112,10 @@ def read_tail(path: Path, lines: int = 20, max_chars: int = 3000) -> str:
     return tail[-max_chars:]
 
 
-def _open_log(log_path: Path, argv: Sequence[str]):
+def _open_log(log_path: Path, argv: Sequence[str]) -> io.BufferedWriter:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_file = open(log_path, "ab")
+    # Left open on purpose: the caller hands it to the child as stdout, then closes it.
+    log_file = open(log_path, "ab")  # noqa: SIM115
     log_file.write(f"\n{LAUNCH_MARKER} {' '.join(argv)}\n".encode())
     log_file.flush()
     return log_file
@@ -143,7 +144,9 @@ def live_group_members(pgid: int) -> list[int]:
 async def _wait_group_gone(pgid: int, timeout_s: float) -> None:
     """Children exit a moment after SIGKILL; wait for that so 'stopped' means gone."""
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while (await asyncio.to_thread(live_group_members, pgid)
-           and asyncio.get_running_loop().time() < deadline):
+    while (
+        await asyncio.to_thread(live_group_members, pgid)
+        and asyncio.get_running_loop().time() < deadline
+    ):
         _signal_group(pgid, signal.SIGKILL)
         await asyncio.sleep(0.05)

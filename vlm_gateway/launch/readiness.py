@@ -36,15 +36,11 @@ async def wait_until_serving(
 
     Raises ProcessExited the moment the process exits, StartTimeout at the deadline."""
     try:
-        return await asyncio.wait_for(
-            _poll(client, root_url, served_name, process), deadline_s
-        )
+        return await asyncio.wait_for(_poll(client, root_url, served_name, process), deadline_s)
     except TimeoutError:
         if process.exited.done():
             raise ProcessExited(process.exited.result()) from None
-        raise StartTimeout(
-            f"not ready within the startup deadline of {deadline_s:g} s"
-        ) from None
+        raise StartTimeout(f"not ready within the startup deadline of {deadline_s:g} s") from None
 
 
 async def _poll(

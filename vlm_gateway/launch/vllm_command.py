@@ -33,8 +33,17 @@ class VllmCommand:
 
     def argv(self, port: int | None = None) -> list[str]:
         port = port if port is not None else self.port
-        argv = [*self.command, "serve", self.model, "--served-model-name", self.served_name,
-                "--host", self.host, "--port", str(port) if port is not None else "<free port>"]
+        argv = [
+            *self.command,
+            "serve",
+            self.model,
+            "--served-model-name",
+            self.served_name,
+            "--host",
+            self.host,
+            "--port",
+            str(port) if port is not None else "<free port>",
+        ]
         if self.max_model_len is not None:
             argv += ["--max-model-len", str(self.max_model_len)]
         if self.gpu_memory_utilization is not None:
@@ -74,8 +83,9 @@ def model_max_len(model: str) -> int | None:
     for section in (config.get("text_config"), config):
         if isinstance(section, dict):
             for key in _LENGTH_KEYS:
-                if isinstance(section.get(key), int) and section[key] > 0:
-                    return section[key]
+                value = section.get(key)
+                if isinstance(value, int) and value > 0:
+                    return value
     return None
 
 

@@ -1,4 +1,5 @@
-"""The app factory: everything is built here from typed settings and hung on `app.state`."""
+"""The app factory: everything is built here from typed settings and handed to the routes as
+one typed `GatewayState` (vlm_gateway/server/state.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from vlm_gateway.server.route_helpers import json_response
 from vlm_gateway.server.routes import batches, chat, completions, files, health, models
 from vlm_gateway.server.door.install import install_security, open_image_resolver
 from vlm_gateway.config.settings import GatewaySettings
+from vlm_gateway.server.state import GatewayState
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +31,24 @@ BackendBuilder = Callable[[GatewaySettings, aiohttp.ClientSession], list[Backend
 
 
 def create_app(settings: GatewaySettings, build: BackendBuilder = build_backends) -> FastAPI:
+    started_at = int(time.time())
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with upstream_session(settings) as client, \
-                open_image_resolver(settings) as image_resolver:
-            app.state.image_resolver = image_resolver
+        async with (
+            upstream_session(settings) as client,
+            open_image_resolver(settings) as image_resolver,
+        ):
             registry = BackendRegistry(build(settings, client))
-            app.state.registry = registry
             for backend in registry.backends():
                 await backend.start()
-            store = app.state.batch_store = Store(settings.data_dir)
+            store = Store(settings.data_dir)
             await store.open()
-            runner = app.state.batch_runner = BatchRunner(store, registry, settings.batch,
-                                                          image_resolver.resolve)
+            runner = BatchRunner(store, registry, settings.batch, image_resolver.resolve)
             await runner.start()
+            app.state.gateway = GatewayState(
+                settings, started_at, registry, image_resolver, store, runner
+            )
             try:
                 yield
             finally:
@@ -54,8 +60,6 @@ def create_app(settings: GatewaySettings, build: BackendBuilder = build_backends
     app = FastAPI(
         title="vlm-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
-    app.state.settings = settings
-    app.state.started_at = int(time.time())
     for module in (chat, completions, models, health, files, batches):
         app.include_router(module.router)
     _install_error_handlers(app)

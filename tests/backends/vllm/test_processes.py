@@ -13,7 +13,7 @@ import pytest
 from vlm_gateway.server.app import upstream_session
 from vlm_gateway.backends.kinds import build_backends
 from vlm_gateway.config.loading import ConfigError, load_settings
-from vlm_gateway.config.settings import GatewaySettings
+from vlm_gateway.backends.kinds import settings_model
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((REPO / "examples").glob("vllm-*.yaml"))
@@ -55,7 +55,7 @@ models:
   - {name: b, backend: vllm, model: m, gpus: [0], gpu_memory_utilization: 0.5}
 """)
     with pytest.raises(ConfigError) as caught:
-        load_settings(path)
+        load_settings(settings_model(), path)
     assert "GPU 0" in str(caught.value) and "1.10" in str(caught.value)
 
 
@@ -66,13 +66,13 @@ models:
   - {name: b, backend: vllm, model: m, extra_args: ["--port=9000"]}
 """)
     with pytest.raises(ConfigError) as caught:
-        load_settings(path)
+        load_settings(settings_model(), path)
     text = str(caught.value)
     assert "--max-model-len is set by the gateway" in text and "--port is set by" in text
 
 
 def test_replicas_become_backends_with_their_own_port_and_log(tmp_path):
-    settings = GatewaySettings.model_validate({"data_dir": str(tmp_path), "models": [
+    settings = settings_model().model_validate({"data_dir": str(tmp_path), "models": [
         {"name": "blip2", "backend": "vllm", "model": "m", "replicas": 2, "port": 9100}]})
 
     async def build():  # the session needs a running loop; the backends are never started

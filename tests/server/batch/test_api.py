@@ -3,8 +3,9 @@ fake upstream (tests/support/fake_upstream.py) for fast, fault-injecting backend
 
 from __future__ import annotations
 
+import asyncio
 import io
-import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -13,19 +14,66 @@ from openai.types import Batch, FileObject
 from openai.types.chat import ChatCompletion
 
 from tests.server.batch.batch_support import chat_line, jsonl, result_lines, wait_final
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.polling import wait_until
 from tests.support.processes import GatewayProcess
 
 MODELS = ("ok", "fault-400", "fault-stall")
+SLOTS = 4  # batch.concurrency_per_model
+LIVE = "live"  # the one message GatedUpstream answers at once
+
+
+class GatedUpstream(FakeUpstream):
+    """Holds every chat request until release(its last message), except those whose message
+    is LIVE, which are answered at once ("hello"). For each request it notes how many others
+    it found held when it arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[str] = []
+        self.held_on_arrival: dict[str, int] = {}
+        self._gates: dict[str, asyncio.Event] = {}
+
+    async def _dispatch(self, req: dict, chat: bool, http11: bool, keep: bool,
+                        reader, writer) -> bool:
+        tag = req["messages"][-1]["content"]
+        if tag != LIVE:
+            gate = self._gates.setdefault(tag, asyncio.Event())
+            with self._lock:
+                self.held_on_arrival[tag] = len(self.held)
+                self.held.append(tag)
+            try:
+                await gate.wait()
+            finally:
+                with self._lock:
+                    self.held.remove(tag)
+        return await super()._dispatch(req, chat, http11, keep, reader, writer)
+
+    def holding(self, prefix: str = "") -> list[str]:
+        with self._lock:
+            return sorted(tag for tag in self.held if tag.startswith(prefix))
+
+    def release(self, *tags: str) -> None:
+        for tag in tags:
+            self._loop.call_soon_threadsafe(self._gates.setdefault(tag, asyncio.Event()).set)
 
 
 @pytest.fixture(scope="module")
-def gateway(upstream, tmp_path_factory):
+def gated():
+    with GatedUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream, gated, tmp_path_factory):
     work = tmp_path_factory.mktemp("batch-api")
     config = {
         "data_dir": str(work / "data"),
-        "batch": {"concurrency_per_model": 4, "max_file_bytes": 65536},
+        "batch": {"concurrency_per_model": SLOTS, "max_file_bytes": 65536},
         "models": [{"name": name, "backend": "openai", "base_url": upstream.base_url,
-                    "upstream_model": name, "timeout": 20} for name in MODELS],
+                    "upstream_model": name, "timeout": 20} for name in MODELS]
+                  + [{"name": "held", "backend": "openai", "base_url": gated.base_url,
+                      "upstream_model": "ok", "timeout": 60}],
     }
     with GatewayProcess(config, work) as proc:
         yield proc
@@ -133,10 +181,8 @@ def test_cancel_keeps_what_is_done(client):
                                                        for i in range(6)])
     batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
-    deadline = time.monotonic() + 20
-    while client.batches.retrieve(batch.id).request_counts.completed < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 1,
+               "the fast request done")
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at
     batch = wait_final(client, batch.id, deadline_s=10)
@@ -159,16 +205,41 @@ def test_expired_window_keeps_partial_output(client):
     assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("slow", "batch_expired")]
 
 
-def test_live_request_is_served_while_a_batch_runs(client):
-    file = upload(client, [chat_line(f"s-{i}", "fault-stall") for i in range(8)])
-    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
-    time.sleep(0.5)  # the batch now holds every one of the model's slots
-    reply = client.chat.completions.create(model="ok", messages=[{"role": "user",
-                                                                   "content": "hi"}])
+def test_live_request_is_served_while_a_batch_runs(client, gated):
+    """Live first: a batch holding every slot of a model doesn't delay a live request to it,
+    and a batch request only starts where live requests leave a slot free."""
+    lines = [chat_line(f"b-{i}", "held", content=f"b-{i}") for i in range(SLOTS + 2)]
+    batch = client.batches.create(input_file_id=upload(client, lines).id,
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+    first = [f"b-{i}" for i in range(SLOTS)]
+    wait_until(lambda: gated.holding("b-") == first, "the batch holding every slot")
+
+    live = [{"role": "user", "content": LIVE}]
+    reply = client.chat.completions.create(model="held", messages=live, timeout=30)
     assert reply.choices[0].message.content == "hello"
+    assert gated.holding("b-") == first  # answered while the whole batch was still stalled
+
+    # A live request in flight when a batch request ends takes that slot: the batch must not
+    # start another until the live request is done.
+    held_live = [{"role": "user", "content": "live-held"}]
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(client.chat.completions.create, model="held",
+                                messages=held_live, timeout=30)
+        wait_until(lambda: gated.holding("live"), "the live request reaching the upstream")
+        gated.release("b-0")
+        wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed == 1,
+                   "b-0 recorded as done")
+        gated.release("live-held")
+        assert in_flight.result().choices[0].message.content == "hello"
+    refilled = [f"b-{i}" for i in range(1, SLOTS + 1)]
+    wait_until(lambda: gated.holding("b-") == refilled, "the batch taking the freed slot")
+    crowded = {tag: n for tag, n in gated.held_on_arrival.items()
+               if tag.startswith("b-") and n >= SLOTS}
+    assert not crowded, f"batch requests started with every slot taken: {crowded}"
+
     client.batches.cancel(batch.id)
     assert wait_final(client, batch.id, deadline_s=10).status == "cancelled"
+    gated.release(*(f"b-{i}" for i in range(SLOTS + 2)))
 
 
 def test_completions_endpoint_batch(client):

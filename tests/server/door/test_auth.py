@@ -128,11 +128,12 @@ def test_keys_never_reach_the_log(gateway):
 
 
 def test_key_settings_are_checked_when_the_config_loads(tmp_path):
+    from vlm_gateway.backends.kinds import settings_model
     from vlm_gateway.config.loading import ConfigError, load_settings
 
-    settings = load_settings(None, environ={"VLMGW_API_KEYS": " a-key ,, b-key "})
+    settings = load_settings(settings_model(), None, environ={"VLMGW_API_KEYS": " a-key ,, b-key "})
     assert [key.get_secret_value() for key in settings.security.api_keys] == ["a-key", "b-key"]
     assert "a-key" not in repr(settings)
     with pytest.raises(ConfigError) as caught:
-        load_settings(None, environ={"VLMGW_API_KEYS_FILE": str(tmp_path / "missing")})
+        load_settings(settings_model(), None, environ={"VLMGW_API_KEYS_FILE": str(tmp_path / "missing")})
     assert "security.api_keys_file" in caught.value.reasons[0]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -299,7 +298,3 @@ def _sample(logits: torch.Tensor, spec: RowSpec, generator: torch.Generator) -> 
         sorted_probs[before >= spec.top_p] = 0.0  # keeps at least the most likely token
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=generator)[0]
-
-
-def is_local_model(model_ref: str) -> bool:
-    return Path(model_ref).expanduser().is_dir()

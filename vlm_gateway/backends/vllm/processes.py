@@ -1,18 +1,20 @@
-"""Settings -> the managed `vllm serve` processes: one command per replica, with its share of
-a GPU and its log file. Used by the backend factory (to run them) and the plan (to print them)."""
+"""A `vllm` entry -> its `vllm serve` processes: one command per replica, with its share of
+a GPU and its log file. Used by the builder (to run them) and the plan (to print them)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from vlm_gateway.backends.vllm.backend import ManagedVllmBackend, Supervision
-from vlm_gateway.config.settings import GatewaySettings, VllmBackendSettings
-from vlm_gateway.launch.gpu_sharing import StartSequencer
+from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.launch.vllm_command import VllmCommand, first_max_model_len
+
+if TYPE_CHECKING:  # the settings module imports this one for its plan lines
+    from vlm_gateway.backends.base import BuildContext
+    from vlm_gateway.backends.vllm.settings import VllmBackendSettings
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class PlannedProcess:
 
 
 def planned_processes(settings: GatewaySettings, entry: VllmBackendSettings) -> list[PlannedProcess]:
-    shares = settings.vllm_gpu_shares()
+    shares = settings.gpu_shares()
     log_dir = Path(entry.log_dir or Path(settings.data_dir) / "logs")
     max_model_len = first_max_model_len(entry.max_model_len, entry.max_model_len_cap, entry.model)
     processes = []
@@ -87,17 +89,21 @@ def _safe(name: str) -> str:
 
 
 def build_managed_vllm(
-    settings: GatewaySettings,
-    entry: VllmBackendSettings,
-    client: aiohttp.ClientSession,
-    sequencer: StartSequencer,
+    entry: VllmBackendSettings, context: BuildContext
 ) -> list[ManagedVllmBackend]:
     # The entry's keys of the same names (startup_timeout, liveness_*, restart_*, ...).
     keys = {field.name for field in dataclass_fields(Supervision)}
     supervision = Supervision(**entry.model_dump(include=keys))
     return [
-        ManagedVllmBackend(entry.name, process.command, client, sequencer=sequencer,
-                           log_path=process.log_path, max_model_len=entry.max_model_len,
-                           supervision=supervision, timeout=entry.timeout)
-        for process in planned_processes(settings, entry)
+        ManagedVllmBackend(
+            entry.name,
+            process.command,
+            context.client,
+            sequencer=context.sequencer,
+            log_path=process.log_path,
+            max_model_len=entry.max_model_len,
+            supervision=supervision,
+            timeout=entry.timeout,
+        )
+        for process in planned_processes(context.settings, entry)
     ]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from vlm_gateway.core.errors import GatewayError, InvalidRequestError
+from vlm_gateway.core.errors import InvalidRequestError, PayloadTooLargeError
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 _DISPOSITION = re.compile(rb'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -32,10 +32,9 @@ class Upload:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-def _too_large(max_bytes: int) -> GatewayError:
-    return GatewayError(f"The file is larger than the limit of {max_bytes} bytes.",
-                        status_code=413, error_type="invalid_request_error", param="file",
-                        code="file_too_large")
+def _too_large(max_bytes: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"The file is larger than the limit of {max_bytes} bytes.",
+                                param="file", code="file_too_large")
 
 
 async def receive_upload(request: Request, spool: Path, dest: Path, max_bytes: int) -> Upload:

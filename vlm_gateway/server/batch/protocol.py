@@ -13,7 +13,6 @@ BatchStatus = Literal[
     "cancelled",
 ]
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
-BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 # OpenAI accepts only "24h"; shorter windows (e.g. "90s", "30m") are our extension.
 _WINDOW = re.compile(r"^(\d+)([smh])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}

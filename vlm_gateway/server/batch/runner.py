@@ -101,14 +101,6 @@ class BatchRunner:
         self._track(batch_id, self._cancel_then_finish(batch_id, running))
         return batch
 
-    async def metrics(self) -> dict[str, Any]:
-        """Batches by status and requests done per model, for the metrics endpoint."""
-        return {
-            "batches_by_status": await self._store.counts_by_status(),
-            "requests_done_by_model": await self._store.requests_done_by_model(),
-            "requests_in_flight_by_model": dict(+self._slots.active),
-        }
-
     # -- one batch ---------------------------------------------------------------------------
 
     def _track(self, batch_id: str, work) -> None:

@@ -184,11 +184,6 @@ class Store:
         """Set fields on a batch (e.g. status and its timestamp) in one commit."""
         return self._update(batch_id, **changes)
 
-    @_threaded
-    def counts_by_status(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT status, count(*) FROM batches GROUP BY status")
-        return dict(rows.fetchall())
-
     # -- results -------------------------------------------------------------------------------
 
     async def add_result(self, row: ResultRow) -> None:
@@ -225,15 +220,6 @@ class Store:
     def done_custom_ids(self, batch_id: str) -> set[str]:
         rows = self._db.execute("SELECT custom_id FROM results WHERE batch_id = ?", (batch_id,))
         return {custom_id for (custom_id,) in rows}
-
-    @_threaded
-    def requests_done_by_model(self) -> dict[str, dict[str, int]]:
-        done: dict[str, dict[str, int]] = {}
-        rows = self._db.execute("SELECT model, ok, count(*) FROM results GROUP BY model, ok")
-        for model, ok, count in rows:
-            done.setdefault(model, {"completed": 0, "failed": 0})
-            done[model]["completed" if ok else "failed"] += count
-        return done
 
     @_threaded
     def finish_batch(self, batch_id: str, extra_errors: list[bytes], **changes) -> Batch:

@@ -15,21 +15,15 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from vlm_gateway.core.errors import GatewayError
+from vlm_gateway.core.errors import InvalidAPIKeyError
 from vlm_gateway.server.door.reply import header, send_error
-from vlm_gateway.images.settings import SecuritySettings
+from vlm_gateway.config.security import SecuritySettings
 
 log = logging.getLogger(__name__)
 
 # Where the middleware leaves the caller's identity for the rate limiter (a digest prefix,
 # never the key).
 KEY_ID_SCOPE = "vlmgw.api_key_id"
-
-
-class InvalidAPIKeyError(GatewayError):
-    status_code = 401
-    error_type = "invalid_request_error"
-    default_code = "invalid_api_key"
 
 
 def configured_key_digests(security: SecuritySettings) -> list[bytes]:

@@ -41,6 +41,6 @@ async def open_image_resolver(settings: GatewaySettings) -> AsyncIterator[ImageR
     install_log_redaction()
     fetcher = ImageFetcher(settings.images)
     try:
-        yield ImageResolver(settings, fetcher)
+        yield ImageResolver(settings.images, settings.image_limits, fetcher)
     finally:
         await fetcher.aclose()

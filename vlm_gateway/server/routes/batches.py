@@ -14,14 +14,15 @@ from vlm_gateway.server.batch.protocol import (
     window_seconds,
 )
 from vlm_gateway.server.batch.store import Store, new_id
-from vlm_gateway.core.errors import GatewayError, InvalidRequestError, NotFoundError
+from vlm_gateway.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from vlm_gateway.server.route_helpers import json_response, parse_body
+from vlm_gateway.server.state import gateway_state
 
 router = APIRouter()
 
 
 def _store(request: Request) -> Store:
-    return request.app.state.batch_store
+    return gateway_state(request).batch_store
 
 
 async def _existing(store: Store, batch_id: str) -> Batch:
@@ -49,7 +50,7 @@ async def create_batch(request: Request) -> Response:
                   status="validating", metadata=body.metadata,
                   expires_at=now + window_seconds(body.completion_window))
     await store.add_batch(batch)
-    request.app.state.batch_runner.submit(batch.id)
+    gateway_state(request).batch_runner.submit(batch.id)
     return json_response(batch.model_dump())
 
 
@@ -74,7 +75,6 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
     if batch.status in ("cancelling", "cancelled"):
         return json_response(batch.model_dump())
     if batch.status not in ACTIVE_STATUSES or batch.status == "finalizing":
-        raise GatewayError(f"Cannot cancel a batch with status '{batch.status}'.",
-                           status_code=409, error_type="invalid_request_error")
-    batch = await request.app.state.batch_runner.cancel(batch_id)
+        raise ConflictError(f"Cannot cancel a batch with status '{batch.status}'.")
+    batch = await gateway_state(request).batch_runner.cancel(batch_id)
     return json_response(batch.model_dump())

@@ -10,8 +10,9 @@ from fastapi.responses import FileResponse
 from vlm_gateway.server.batch.multipart import receive_upload
 from vlm_gateway.server.batch.protocol import FileDeleted, FileObject, ListPage
 from vlm_gateway.server.batch.store import Store
-from vlm_gateway.core.errors import GatewayError, InvalidRequestError, NotFoundError
+from vlm_gateway.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from vlm_gateway.server.route_helpers import json_response
+from vlm_gateway.server.state import gateway_state
 
 router = APIRouter()
 
@@ -19,7 +20,7 @@ _PURPOSES = ("batch",)
 
 
 def _store(request: Request) -> Store:
-    return request.app.state.batch_store
+    return gateway_state(request).batch_store
 
 
 async def _existing(store: Store, file_id: str) -> FileObject:
@@ -35,7 +36,7 @@ async def create_file(request: Request) -> Response:
     dest = store.upload_path()
     try:
         upload = await receive_upload(request, store.upload_path(), dest,
-                                      request.app.state.settings.batch.max_file_bytes)
+                                      gateway_state(request).settings.batch.max_file_bytes)
         purpose = upload.fields.get("purpose")
         if purpose not in _PURPOSES:
             raise InvalidRequestError(
@@ -80,8 +81,7 @@ async def delete_file(request: Request, file_id: str) -> Response:
     store = _store(request)
     await _existing(store, file_id)
     if await store.file_in_use(file_id):
-        raise GatewayError(f"The file {file_id} is the input of a batch that is still "
-                           "running; cancel the batch first.", status_code=409,
-                           error_type="invalid_request_error", param="file_id")
+        raise ConflictError(f"The file {file_id} is the input of a batch that is still "
+                            "running; cancel the batch first.", param="file_id")
     await store.delete_file(file_id)
     return json_response(FileDeleted(id=file_id).model_dump())

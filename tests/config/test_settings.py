@@ -1,0 +1,35 @@
+"""Settings built from a config: each model's image limits (defaults, its kind's limit, its own
+overrides)."""
+
+from __future__ import annotations
+
+from vlm_gateway.backends.kinds import settings_model
+
+
+def settings(**images):
+    return settings_model().model_validate({
+        "images": images,
+        "models": [
+            {"name": "wide", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
+            {"name": "one", "backend": "openai", "base_url": "http://127.0.0.1:9/v1",
+             "images": {"max_images": 1, "max_image_side": 64}},
+        ],
+    })
+
+
+def test_per_model_overrides_inherit_the_gateway_defaults():
+    config = settings(max_image_bytes=1000)
+    wide, one = (entry.image_limits(config.images) for entry in config.models)
+    assert (wide.max_images, wide.max_bytes, wide.max_side) == (8, 1000, None)
+    assert (one.max_images, one.max_bytes, one.max_side) == (1, 1000, 64)
+
+
+def test_blip2_models_take_one_image_unless_configured():
+    config = settings_model().model_validate({"models": [
+        {"name": "b", "backend": "blip2", "model": "/m"},
+        {"name": "b2", "backend": "blip2", "model": "/m", "images": {"max_images": 2}}]})
+    assert [entry.image_limits(config.images).max_images for entry in config.models] == [1, 2]
+
+
+def test_an_unknown_model_has_no_limits():
+    assert settings().image_limits("absent") is None

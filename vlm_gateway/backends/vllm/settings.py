@@ -1,0 +1,68 @@
+"""`backend: vllm` entries: `vllm serve` launched and supervised by the gateway."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from vlm_gateway.backends.vllm.processes import describe_processes
+from vlm_gateway.config.settings import GatewaySettings, ModelEntry
+from vlm_gateway.launch.gpu_sharing import GpuClaim
+from vlm_gateway.launch.vllm_command import GATEWAY_OWNED_FLAGS
+
+
+class VllmBackendSettings(ModelEntry):
+    """`vllm serve` launched and supervised by the gateway (docs/managed-vllm.md)."""
+
+    backend: Literal["vllm"]
+    model: Annotated[str, Field(min_length=1)]  # hub id or local directory
+    command: Annotated[list[str], Field(min_length=1)] = ["vllm"]
+    max_model_len: Literal["auto"] | Annotated[int, Field(gt=0)] | None = None
+    max_model_len_cap: Annotated[int, Field(gt=0)] | None = None  # for `auto`
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    gpus: list[Annotated[int, Field(ge=0)]] | None = None
+    chat_template: str | None = None
+    enable_prefix_caching: bool = True
+    replicas: Annotated[int, Field(ge=1)] = 1
+    port: Annotated[int, Field(gt=0, le=65535)] | None = None  # replica i gets port + i
+    startup_timeout: Annotated[float, Field(gt=0)] = 900.0
+    extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    log_dir: str | None = None  # default: <data_dir>/logs
+    timeout: Annotated[float, Field(gt=0)] = 600.0
+    liveness_interval: Annotated[float, Field(gt=0)] = 10.0
+    liveness_timeout: Annotated[float, Field(gt=0)] = 30.0
+    liveness_failures: Annotated[int, Field(ge=1)] = 3
+    probe_image: bool = True  # liveness chat carries a tiny image (vision models)
+    restart_backoff: Annotated[float, Field(gt=0)] = 1.0
+    restart_backoff_max: Annotated[float, Field(gt=0)] = 60.0
+    max_restarts: Annotated[int, Field(ge=0)] = 10  # failed restarts in a row, then `failed`
+    stop_grace: Annotated[float, Field(gt=0)] = 10.0
+
+    @model_validator(mode="after")
+    def _no_flags_the_gateway_sets(self) -> VllmBackendSettings:
+        owned = set(GATEWAY_OWNED_FLAGS) | ({"--max-model-len"} if self.max_model_len else set())
+        for arg in self.extra_args:
+            flag = arg.split("=", 1)[0]
+            if flag in owned:
+                raise ValueError(
+                    f"extra_args: {flag} is set by the gateway; "
+                    "use the entry's own key (name, port, max_model_len) instead"
+                )
+        return self
+
+    def gpu_claims(self) -> list[GpuClaim]:
+        """One claim per replica process, for splitting shared GPUs (launch.gpu_sharing)."""
+        gpus = tuple(self.gpus) if self.gpus is not None else None
+        return [
+            GpuClaim((self.name, index), gpus, self.gpu_memory_utilization)
+            for index in range(self.replicas)
+        ]
+
+    def plan_lines(self, index: int, settings: GatewaySettings) -> list[str]:
+        header = (
+            f"replica {index}: backend vllm, managed by the gateway "
+            f"({self.replicas} process(es), model {self.model})"
+        )
+        return [header] + ["  " + line for line in describe_processes(settings, self)]

@@ -1,0 +1,37 @@
+"""Typed access to what the app factory builds for one app: routes call
+`gateway_state(request)`, never `request.app.state.<name>`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from vlm_gateway.backends.registry import BackendRegistry
+from vlm_gateway.config.settings import GatewaySettings
+from vlm_gateway.images.resolve import ImageResolver
+from vlm_gateway.server.batch.runner import BatchRunner
+from vlm_gateway.server.batch.store import Store
+
+
+@dataclass(frozen=True)
+class GatewayState:
+    settings: GatewaySettings
+    started_at: int  # unix time: `created` of every model card
+    registry: BackendRegistry
+    image_resolver: ImageResolver
+    batch_store: Store
+    batch_runner: BatchRunner
+
+
+def state_of(app: Any) -> GatewayState:
+    """The app's state once its lifespan has started (before that there is none)."""
+    state = getattr(app.state, "gateway", None)
+    if not isinstance(state, GatewayState):
+        raise RuntimeError("the gateway app is not started: run it under its lifespan")
+    return state
+
+
+def gateway_state(request: Request) -> GatewayState:
+    return state_of(request.app)
