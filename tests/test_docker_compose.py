@@ -25,8 +25,13 @@ def _compose_parser() -> str:
 
 
 def test_compose_parser_accepts_it():
-    result = subprocess.run([_compose_parser(), "-f", str(COMPOSE), "config"], capture_output=True,
-                            text=True, cwd=REPO, timeout=60)
+    result = subprocess.run(
+        [_compose_parser(), "-f", str(COMPOSE), "config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     assert set(services) == {"gateway", "vllm-blip2", "gateway-remote"}

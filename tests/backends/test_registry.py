@@ -25,8 +25,11 @@ def replica(name, state=State.READY, in_flight=0):
 
 
 def test_picks_the_ready_replica_with_fewest_in_flight():
-    busy, idle, down = replica("m", in_flight=3), replica("m", in_flight=1), replica(
-        "m", State.UNAVAILABLE)
+    busy, idle, down = (
+        replica("m", in_flight=3),
+        replica("m", in_flight=1),
+        replica("m", State.UNAVAILABLE),
+    )
     registry = BackendRegistry([busy, down, idle])
     assert registry.pick("m") is idle
     idle.in_flight = 5

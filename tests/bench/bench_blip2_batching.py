@@ -22,20 +22,34 @@ from tests.support.processes import GatewayProcess
 
 
 def gateway_config(model_dir: Path, max_batch_size: int, device: str) -> dict:
-    return {"access_log": False, "log_level": "warning", "models": [
-        {"name": "blip2", "backend": "blip2", "model": str(model_dir), "device": device,
-         "max_batch_size": max_batch_size, "batch_wait_ms": 5},
-    ]}
+    return {
+        "access_log": False,
+        "log_level": "warning",
+        "models": [
+            {
+                "name": "blip2",
+                "backend": "blip2",
+                "model": str(model_dir),
+                "device": device,
+                "max_batch_size": max_batch_size,
+                "batch_wait_ms": 5,
+            },
+        ],
+    }
 
 
-def run_round(port: int, seconds: float, concurrency: int, max_tokens: int,
-              workdir: Path) -> float:
+def run_round(port: int, seconds: float, concurrency: int, max_tokens: int, workdir: Path) -> float:
     """Images per second: captioning requests sent back to back on `concurrency` connections
     by wrk (or the project's raw-socket client), so the client costs next to nothing."""
-    body = {"model": "blip2", "max_tokens": max_tokens, "temperature": 0,
-            "messages": [image_message(None, png_data_url(seed=1))]}
-    result = run_load("127.0.0.1", port, "/v1/chat/completions", body, concurrency, seconds,
-                      workdir)
+    body = {
+        "model": "blip2",
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "messages": [image_message(None, png_data_url(seed=1))],
+    }
+    result = run_load(
+        "127.0.0.1", port, "/v1/chat/completions", body, concurrency, seconds, workdir
+    )
     if result.errors:
         raise RuntimeError(f"{result.errors} requests failed")
     return result.rps
@@ -59,8 +73,10 @@ def main() -> None:
         model_dir = ensure_tiny_models(workdir / "models")["blip2"]
     sides = {"batched (max_batch_size 16)": 16, "one at a time (max_batch_size 1)": 1}
     figures: dict[str, list[float]] = {name: [] for name in sides}
-    gateways = {name: GatewayProcess(gateway_config(model_dir, size, args.device), workdir)
-                for name, size in sides.items()}
+    gateways = {
+        name: GatewayProcess(gateway_config(model_dir, size, args.device), workdir)
+        for name, size in sides.items()
+    }
     try:
         for gateway in gateways.values():
             gateway.start(deadline_s=180)
@@ -68,17 +84,26 @@ def main() -> None:
             run_round(gateway.port, 1, args.concurrency, 4, workdir)
         for round_index in range(args.rounds):
             for name, gateway in gateways.items():
-                figures[name].append(run_round(
-                    gateway.port, args.seconds, args.concurrency, args.max_tokens, workdir))
-            print(f"round {round_index + 1}: " + ", ".join(
-                f"{name.split(' (')[0]} {values[-1]:.1f}" for name, values in figures.items()),
-                flush=True)
+                figures[name].append(
+                    run_round(
+                        gateway.port, args.seconds, args.concurrency, args.max_tokens, workdir
+                    )
+                )
+            print(
+                f"round {round_index + 1}: "
+                + ", ".join(
+                    f"{name.split(' (')[0]} {values[-1]:.1f}" for name, values in figures.items()
+                ),
+                flush=True,
+            )
     finally:
         for gateway in gateways.values():
             gateway.stop()
 
-    print(f"BLIP-2 {model_dir.name} on {args.device}, captioning for {args.seconds:g} s x "
-          f"{args.rounds} rounds per side, concurrency {args.concurrency}, {args.max_tokens} tokens each")
+    print(
+        f"BLIP-2 {model_dir.name} on {args.device}, captioning for {args.seconds:g} s x "
+        f"{args.rounds} rounds per side, concurrency {args.concurrency}, {args.max_tokens} tokens each"
+    )
     for name, values in figures.items():
         rounds = ", ".join(f"{v:.1f}" for v in values)
         print(f"  {name:34s} median {statistics.median(values):7.1f} images/s  ({rounds})")
@@ -86,9 +111,11 @@ def main() -> None:
     # Each round's pair ran back to back: their ratio is steadier than the medians' on a
     # machine shared with other work.
     paired = [b / s for b, s in zip(batched, single)]
-    print(f"  ratio batched / one at a time: {statistics.median(batched) / statistics.median(single):.2f}x"
-          f" of the medians; per round {', '.join(f'{r:.1f}x' for r in paired)}, "
-          f"median {statistics.median(paired):.2f}x (target >= 4x)")
+    print(
+        f"  ratio batched / one at a time: {statistics.median(batched) / statistics.median(single):.2f}x"
+        f" of the medians; per round {', '.join(f'{r:.1f}x' for r in paired)}, "
+        f"median {statistics.median(paired):.2f}x (target >= 4x)"
+    )
 
 
 if __name__ == "__main__":

@@ -38,9 +38,25 @@ def make_images(folder: Path, count: int) -> None:
 def run_caption(url: str, model: str, images: Path, out: Path, concurrency: int) -> float:
     """images/s of one full run, as the command measures it (its own start-up excluded)."""
     out.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "vlm_gateway", "caption", str(images), "--model", model,
-            "--out", str(out), "--url", url, "--concurrency", str(concurrency),
-            "--max-tokens", "8", "--prompt", "What is in the picture?"]
+    argv = [
+        sys.executable,
+        "-m",
+        "vlm_gateway",
+        "caption",
+        str(images),
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--url",
+        url,
+        "--concurrency",
+        str(concurrency),
+        "--max-tokens",
+        "8",
+        "--prompt",
+        "What is in the picture?",
+    ]
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=True)
     match = _SUMMARY.search(result.stderr)
     captioned, errors, seconds = int(match[1]), int(match[2]), float(match[3])
@@ -68,15 +84,19 @@ def main(argv=None) -> None:
     make_images(warmup, min(args.count, 200))
     print(f"{args.count} images of 30x30 PNG generated in {time.monotonic() - started:.1f} s")
 
-    vllm = VllmServer(model_dir, "tiny-blip2", work,
-                      extra_args=["--max-num-seqs", str(args.max_num_seqs)])
+    vllm = VllmServer(
+        model_dir, "tiny-blip2", work, extra_args=["--max-num-seqs", str(args.max_num_seqs)]
+    )
     gateway = None
     try:
         vllm.launch()
         vllm.wait_ready()
-        config = {"data_dir": str(work / "data"), "access_log": False, "log_level": "warning",
-                  "models": [{"name": "tiny-blip2", "backend": "openai",
-                              "base_url": vllm.base_url}]}
+        config = {
+            "data_dir": str(work / "data"),
+            "access_log": False,
+            "log_level": "warning",
+            "models": [{"name": "tiny-blip2", "backend": "openai", "base_url": vllm.base_url}],
+        }
         gateway = GatewayProcess(config, work).start()
         sides = {"direct": vllm.base_url, "gateway": gateway.url}
         for name, url in sides.items():  # warm both paths (vLLM's first requests are slow)
@@ -87,8 +107,9 @@ def main(argv=None) -> None:
             # pass over the same images may be the faster one.
             order = list(sides.items())[:: 1 if round_no % 2 == 0 else -1]
             for name, url in order:
-                rate = run_caption(url, "tiny-blip2", work / "images", work / "out.jsonl",
-                                   args.concurrency)
+                rate = run_caption(
+                    url, "tiny-blip2", work / "images", work / "out.jsonl", args.concurrency
+                )
                 rates[name].append(rate)
                 print(f"round {round_no + 1} {name:8s} {rate:8.1f} images/s", flush=True)
     finally:
@@ -97,8 +118,10 @@ def main(argv=None) -> None:
         vllm.stop()
         shutil.rmtree(work, ignore_errors=True)
     direct, through = (statistics.median(rates[k]) for k in ("direct", "gateway"))
-    print(f"\n{args.count} images, concurrency {args.concurrency}, vLLM max-num-seqs "
-          f"{args.max_num_seqs}, {args.rounds} round(s), median:")
+    print(
+        f"\n{args.count} images, concurrency {args.concurrency}, vLLM max-num-seqs "
+        f"{args.max_num_seqs}, {args.rounds} round(s), median:"
+    )
     print(f"  straight to vLLM : {direct:8.1f} images/s")
     print(f"  through gateway  : {through:8.1f} images/s")
     print(f"  ratio            : {through / direct:8.3f}x (target >= 0.95)")

@@ -24,12 +24,12 @@ import time
 import httpx
 from PIL import Image
 
+from tests.support.image_server import ImageServer
+from vlm_gateway.backends.kinds import settings_model
+from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.images.decode import ImageLimits
 from vlm_gateway.images.fetch import ImageFetcher
 from vlm_gateway.images.resolve import ImageResolver, prepare_data_url
-from vlm_gateway.core.protocol import ChatCompletionRequest
-from tests.support.image_server import ImageServer
-from vlm_gateway.backends.kinds import settings_model
 
 MB = 1024 * 1024
 
@@ -70,8 +70,10 @@ def timed(fn, *args) -> float:
 def bench_pass_through(rounds: int) -> None:
     limits = ImageLimits()
     print("1. data URL handling, per MB of image (median of interleaved rounds)")
-    print(f"   {'format':6} {'size':>9} {'pass-through':>14} {'decode+re-encode':>18} "
-          f"{'detail=low':>12} {'ratio':>7}")
+    print(
+        f"   {'format':6} {'size':>9} {'pass-through':>14} {'decode+re-encode':>18} "
+        f"{'detail=low':>12} {'ratio':>7}"
+    )
     for fmt in ("JPEG", "PNG"):
         data = photo_like(MB, fmt)
         url = f"data:image/{fmt.lower()};base64," + base64.b64encode(data).decode()
@@ -83,20 +85,34 @@ def bench_pass_through(rounds: int) -> None:
             low.append(timed(prepare_data_url, url, "low", limits, "x"))
         per_mb = MB / len(data) * 1000
         a, b, c = (statistics.median(x) * per_mb for x in (through, full, low))
-        print(f"   {fmt:6} {len(data) / MB:7.2f}MB {a:11.2f} ms {b:15.2f} ms {c:9.2f} ms "
-              f"{b / a:6.0f}x")
+        print(
+            f"   {fmt:6} {len(data) / MB:7.2f}MB {a:11.2f} ms {b:15.2f} ms {c:9.2f} ms "
+            f"{b / a:6.0f}x"
+        )
 
 
 async def bench_fetch(rounds: int) -> None:
     data = photo_like(MB, "JPEG")
     inline = "data:image/jpeg;base64," + base64.b64encode(data).decode()
-    settings = settings_model().model_validate({
-        "images": {"allowed_networks": ["127.0.0.1/32"], "cache_ttl": 0},  # no cache: real fetches
-        "models": [{"name": "m", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"}]})
+    settings = settings_model().model_validate(
+        {
+            "images": {
+                "allowed_networks": ["127.0.0.1/32"],
+                "cache_ttl": 0,
+            },  # no cache: real fetches
+            "models": [{"name": "m", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"}],
+        }
+    )
 
     def request(url: str) -> ChatCompletionRequest:
-        return ChatCompletionRequest.model_validate({"model": "m", "messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]})
+        return ChatCompletionRequest.model_validate(
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+                ],
+            }
+        )
 
     with ImageServer({"/photo.jpg": data}) as server:
         fetcher = ImageFetcher(settings.images)
@@ -104,10 +120,11 @@ async def bench_fetch(rounds: int) -> None:
         async with httpx.AsyncClient(trust_env=False) as bare:
             samples = {"bare httpx GET": [], "data URL resolved": [], "http URL resolved": []}
             for round_index in range(rounds + 3):
-                for name, work in (("bare httpx GET", bare.get(server.url("/photo.jpg"))),
-                                   ("data URL resolved", resolver.resolve(request(inline))),
-                                   ("http URL resolved", resolver.resolve(
-                                       request(server.url("/photo.jpg"))))):
+                for name, work in (
+                    ("bare httpx GET", bare.get(server.url("/photo.jpg"))),
+                    ("data URL resolved", resolver.resolve(request(inline))),
+                    ("http URL resolved", resolver.resolve(request(server.url("/photo.jpg")))),
+                ):
                     started = time.perf_counter()
                     await work
                     if round_index >= 3:  # warm-up rounds: connections, thread pool
@@ -116,10 +133,13 @@ async def bench_fetch(rounds: int) -> None:
     print(f"\n2. resolving one {len(data) / MB:.2f} MB JPEG, loopback server, {rounds} rounds")
     for name, values in samples.items():
         values.sort()
-        print(f"   {name:18} p50 {values[len(values) // 2] * 1000:7.2f} ms   "
-              f"p90 {values[int(len(values) * 0.9)] * 1000:7.2f} ms")
+        print(
+            f"   {name:18} p50 {values[len(values) // 2] * 1000:7.2f} ms   "
+            f"p90 {values[int(len(values) * 0.9)] * 1000:7.2f} ms"
+        )
     added = statistics.median(samples["http URL resolved"]) - statistics.median(
-        samples["data URL resolved"])
+        samples["data URL resolved"]
+    )
     print(f"   fetch path added latency (http URL - data URL, p50): {added * 1000:.2f} ms")
 
 

@@ -23,8 +23,10 @@ import orjson
 
 def build_request(host: str, port: int, path: str, body: dict) -> bytes:
     payload = orjson.dumps(body)
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
     return head.encode() + payload
 
 
@@ -96,8 +98,17 @@ wrk.body = {body}
 """
 
 
-def run_load(host: str, port: int, path: str, body: dict, concurrency: int, seconds: float,
-             workdir: Path, tool: str = "auto", procs: int = 2) -> LoadResult:
+def run_load(
+    host: str,
+    port: int,
+    path: str,
+    body: dict,
+    concurrency: int,
+    seconds: float,
+    workdir: Path,
+    tool: str = "auto",
+    procs: int = 2,
+) -> LoadResult:
     """Requests per second at `concurrency` open connections, each sending back to back."""
     wrk = shutil.which("wrk")
     if tool == "wrk" and not wrk:
@@ -107,14 +118,31 @@ def run_load(host: str, port: int, path: str, body: dict, concurrency: int, seco
     return _run_python(host, port, path, body, concurrency, seconds, procs)
 
 
-def _run_wrk(wrk: str, host: str, port: int, path: str, body: dict, concurrency: int,
-             seconds: float, workdir: Path) -> LoadResult:
+def _run_wrk(
+    wrk: str,
+    host: str,
+    port: int,
+    path: str,
+    body: dict,
+    concurrency: int,
+    seconds: float,
+    workdir: Path,
+) -> LoadResult:
     script = workdir / "post.lua"
     # A JSON string literal is a valid Lua string literal for this ASCII body.
     script.write_text(_WRK_SCRIPT.format(body=orjson.dumps(orjson.dumps(body).decode()).decode()))
     # wrk's default 2 s timeout counts slow answers from an overloaded machine as errors.
-    argv = [wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
-            "-s", str(script), f"http://{host}:{port}{path}"]
+    argv = [
+        wrk,
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        f"http://{host}:{port}{path}",
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s*(\d+)", out))
@@ -124,8 +152,9 @@ def _run_wrk(wrk: str, host: str, port: int, path: str, body: dict, concurrency:
     return LoadResult(rps, errors, "wrk -t1")
 
 
-def _run_python(host: str, port: int, path: str, body: dict, concurrency: int, seconds: float,
-                procs: int) -> LoadResult:
+def _run_python(
+    host: str, port: int, path: str, body: dict, concurrency: int, seconds: float, procs: int
+) -> LoadResult:
     request = build_request(host, port, path, body)
     shares = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
     ctx = multiprocessing.get_context("spawn")  # no inherited sockets or loops
@@ -135,18 +164,21 @@ def _run_python(host: str, port: int, path: str, body: dict, concurrency: int, s
     return LoadResult(done / seconds, sum(err for _, err in results), f"python x{procs}")
 
 
-def _load_worker(host: str, port: int, request: bytes, conns: int,
-                 seconds: float) -> tuple[int, int]:
+def _load_worker(
+    host: str, port: int, request: bytes, conns: int, seconds: float
+) -> tuple[int, int]:
     try:
         import uvloop
+
         uvloop.install()
     except ImportError:
         pass
     return asyncio.run(_load_async(host, port, request, conns, seconds))
 
 
-async def _load_async(host: str, port: int, request: bytes, conns: int,
-                      seconds: float) -> tuple[int, int]:
+async def _load_async(
+    host: str, port: int, request: bytes, conns: int, seconds: float
+) -> tuple[int, int]:
     counts = [0, 0]
     start = time.monotonic()
     deadline = start + seconds

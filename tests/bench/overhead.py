@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.bench.loadgen import RawClient, build_request, run_load
-from tests.support.processes import (REPO, GatewayProcess, free_port, stop_process_group,
-                                     wait_http)
+from tests.support.processes import REPO, GatewayProcess, free_port, stop_process_group, wait_http
 
 HOST = "127.0.0.1"
 PATH = "/v1/chat/completions"
@@ -60,17 +59,29 @@ def start_fake(workdir: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     log_path = workdir / "fake-upstream.log"
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.support.fake_upstream", "--port",
-                                 str(port)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.fake_upstream", "--port", str(port)],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     wait_http(f"http://{HOST}:{port}/health", 30, proc, log_path)
     return proc, port
 
 
 def gateway_config(upstream_port: int, access_log: bool) -> dict:
     """Shipped defaults but for the one model (and the access log, if asked)."""
-    config = {"models": [{"name": MODEL, "backend": "openai", "upstream_model": MODEL,
-                          "base_url": f"http://{HOST}:{upstream_port}/v1"}]}
+    config = {
+        "models": [
+            {
+                "name": MODEL,
+                "backend": "openai",
+                "upstream_model": MODEL,
+                "base_url": f"http://{HOST}:{upstream_port}/v1",
+            }
+        ]
+    }
     if not access_log:
         config["access_log"] = False
     return config
@@ -80,8 +91,13 @@ def cpu_seconds(pid: int) -> float:
     """CPU time of all the process's threads: schedstat (ns) where the kernel has it, else
     utime + stime (clock ticks, too coarse for the upstream's few microseconds per request)."""
     try:
-        return sum(int((task / "schedstat").read_text().split()[0])
-                   for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+        return (
+            sum(
+                int((task / "schedstat").read_text().split()[0])
+                for task in Path(f"/proc/{pid}/task").iterdir()
+            )
+            / 1e9
+        )
     except (OSError, ValueError):
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
@@ -128,8 +144,17 @@ def latency_round(target: Target, args: argparse.Namespace) -> None:
 
 
 def throughput_round(target: Target, args: argparse.Namespace, workdir: Path) -> None:
-    result = run_load(HOST, target.port, PATH, CHAT, args.concurrency, args.seconds, workdir,
-                      args.load_tool, args.load_procs)
+    result = run_load(
+        HOST,
+        target.port,
+        PATH,
+        CHAT,
+        args.concurrency,
+        args.seconds,
+        workdir,
+        args.load_tool,
+        args.load_procs,
+    )
     if result.errors:
         print(f"  {target.name}: {result.errors} failed requests under load", file=sys.stderr)
     target.record("rps", result.rps)
@@ -163,38 +188,64 @@ def report(direct: Target, gateway: Target, args: argparse.Namespace, load_befor
     """A Markdown table (pasteable into docs/benchmarks.md): medians over rounds of the
     per-round figures, and the spread (min .. max over rounds) of the added figure."""
     med = statistics.median
-    print(f"\n{args.rounds} interleaved rounds x {args.requests} sequential requests "
-          f"({args.stream_requests} streamed) per side; raw-socket HTTP/1.1 keep-alive client; "
-          f"gateway access log {'on' if args.access_log else 'off'}")
+    print(
+        f"\n{args.rounds} interleaved rounds x {args.requests} sequential requests "
+        f"({args.stream_requests} streamed) per side; raw-socket HTTP/1.1 keep-alive client; "
+        f"gateway access log {'on' if args.access_log else 'off'}"
+    )
     print(row(["", "direct", "gateway", "added", "spread of added", "target"]))
     print(row(["---"] + ["---:"] * 4 + ["---"]))
-    for label, metric, target in (("latency p50 (ms)", "p50", TARGETS["p50"]),
-                                  ("latency p99 (ms)", "p99", TARGETS["p99"]),
-                                  ("stream first event p50 (ms)", "ttfc", None),
-                                  ("stream first event p99 (ms)", "ttfc_p99", None),
-                                  ("CPU per request (us)", "cpu_us", None)):
+    for label, metric, target in (
+        ("latency p50 (ms)", "p50", TARGETS["p50"]),
+        ("latency p99 (ms)", "p99", TARGETS["p99"]),
+        ("stream first event p50 (ms)", "ttfc", None),
+        ("stream first event p99 (ms)", "ttfc_p99", None),
+        ("CPU per request (us)", "cpu_us", None),
+    ):
         diffs = added(direct, gateway, metric)
         fmt = "{:.1f}" if metric == "cpu_us" else "{:.3f}"
-        verdict = "" if target is None else (
-            f"<= {target} " + ("met" if med(diffs) <= target else "MISSED"))
-        print(row([label, fmt.format(med(direct.samples[metric])),
-                   fmt.format(med(gateway.samples[metric])), "+" + fmt.format(med(diffs)),
-                   spread(diffs, fmt), verdict]))
+        verdict = (
+            ""
+            if target is None
+            else (f"<= {target} " + ("met" if med(diffs) <= target else "MISSED"))
+        )
+        print(
+            row(
+                [
+                    label,
+                    fmt.format(med(direct.samples[metric])),
+                    fmt.format(med(gateway.samples[metric])),
+                    "+" + fmt.format(med(diffs)),
+                    spread(diffs, fmt),
+                    verdict,
+                ]
+            )
+        )
     if "rps" in direct.samples:
         ratios = [g / d for d, g in zip(direct.samples["rps"], gateway.samples["rps"])]
         verdict = "met" if med(ratios) >= TARGETS["ratio"] else "MISSED"
-        print(row([f"throughput c={args.concurrency} (req/s, {direct.load_tool}, "
-                   f"{args.throughput_rounds} x {args.seconds:g} s)",
-                   f"{med(direct.samples['rps']):.0f}", f"{med(gateway.samples['rps']):.0f}",
-                   f"{med(ratios):.3f}x", spread(ratios, "{:.3f}x"),
-                   f">= {TARGETS['ratio']}x {verdict}"]))
+        print(
+            row(
+                [
+                    f"throughput c={args.concurrency} (req/s, {direct.load_tool}, "
+                    f"{args.throughput_rounds} x {args.seconds:g} s)",
+                    f"{med(direct.samples['rps']):.0f}",
+                    f"{med(gateway.samples['rps']):.0f}",
+                    f"{med(ratios):.3f}x",
+                    spread(ratios, "{:.3f}x"),
+                    f">= {TARGETS['ratio']}x {verdict}",
+                ]
+            )
+        )
         failed = {t.name: sum(t.samples["load_errors"]) for t in (direct, gateway)}
         if any(failed.values()):
             print(f"\nfailed requests under load (non-2xx or socket errors): {failed}")
-    print(f"\nCPU per request: the upstream's, and the gateway process's own (all threads), "
-          f"during the sequential runs.\nmachine: {os.cpu_count()} CPUs, load average "
-          f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after; python "
-          f"{sys.version.split()[0]}")
+    print(
+        f"\nCPU per request: the upstream's, and the gateway process's own (all threads), "
+        f"during the sequential runs.\nmachine: {os.cpu_count()} CPUs, load average "
+        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after; python "
+        f"{sys.version.split()[0]}"
+    )
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -203,19 +254,37 @@ def report(direct: Target, gateway: Target, args: argparse.Namespace, load_befor
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--requests", type=int, default=2000,
-                        help="sequential requests per target per round for latency")
-    parser.add_argument("--stream-requests", type=int, default=500,
-                        help="sequential streamed requests per target per round for TTFC")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=2000,
+        help="sequential requests per target per round for latency",
+    )
+    parser.add_argument(
+        "--stream-requests",
+        type=int,
+        default=500,
+        help="sequential streamed requests per target per round for TTFC",
+    )
     parser.add_argument("--warmup", type=int, default=200, help="unrecorded requests per round")
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=4.0,
-                        help="throughput run length per target per round (0 skips throughput)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=4.0,
+        help="throughput run length per target per round (0 skips throughput)",
+    )
     parser.add_argument("--throughput-rounds", type=int, default=3)
     parser.add_argument("--load-tool", choices=("auto", "wrk", "python"), default="auto")
-    parser.add_argument("--load-procs", type=int, default=2, help="processes for --load-tool python")
-    parser.add_argument("--no-access-log", dest="access_log", action="store_false",
-                        help="turn the gateway's access log off (it is on by default)")
+    parser.add_argument(
+        "--load-procs", type=int, default=2, help="processes for --load-tool python"
+    )
+    parser.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="turn the gateway's access log off (it is on by default)",
+    )
     return parser.parse_args(argv)
 
 
@@ -234,8 +303,12 @@ def main(argv: list[str] | None = None) -> None:
             interleaved(direct, via, args.rounds, lambda t: latency_round(t, args))
             if args.seconds > 0:
                 print(f"throughput rounds ({args.seconds:g} s each) ...", file=sys.stderr)
-                interleaved(direct, via, args.throughput_rounds,
-                            lambda t: throughput_round(t, args, workdir))
+                interleaved(
+                    direct,
+                    via,
+                    args.throughput_rounds,
+                    lambda t: throughput_round(t, args, workdir),
+                )
             report(direct, via, args, load_before)
         finally:
             gateway.stop()

@@ -22,10 +22,21 @@ from tests.support.processes import REPO
 @pytest.fixture
 def config(upstream, tmp_path) -> Path:
     path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"),
-        "models": [{"name": "ok", "backend": "openai", "base_url": upstream.base_url,
-                    "upstream_model": "ok"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "models": [
+                    {
+                        "name": "ok",
+                        "backend": "openai",
+                        "base_url": upstream.base_url,
+                        "upstream_model": "ok",
+                    }
+                ],
+            }
+        )
+    )
     return path
 
 
@@ -63,8 +74,10 @@ def test_folder_with_a_corrupt_image(tmp_path, config, upstream):
     assert sorted(records) == sorted(map(str, images))
     broken = records.pop(str(images[-1]))
     assert broken["caption"] is None and "not a JPEG, PNG" in broken["error"]
-    assert all(r["caption"] == "hello" and r["error"] is None and r["model"] == "ok"
-               for r in records.values())
+    assert all(
+        r["caption"] == "hello" and r["error"] is None and r["model"] == "ok"
+        for r in records.values()
+    )
     assert "images/s" in result.stderr and "ETA" in result.stderr
     assert "6 captioned, 1 errors" in result.stderr
 
@@ -99,11 +112,20 @@ def test_list_file_of_paths_and_missing_files(tmp_path, config):
 
 def test_setup_problems_exit_2_without_an_output(tmp_path, config):
     images = make_folder(tmp_path / "photos", 1, corrupt=False)
-    result = caption(images[0], "--model", "nope", "--out", tmp_path / "o.jsonl",
-                     "--config", config, check=False)
+    result = caption(
+        images[0], "--model", "nope", "--out", tmp_path / "o.jsonl", "--config", config, check=False
+    )
     assert result.returncode == 2 and "no model 'nope'" in result.stderr
-    result = caption(tmp_path / "nowhere", "--model", "ok", "--out", tmp_path / "o.jsonl",
-                     "--config", config, check=False)
+    result = caption(
+        tmp_path / "nowhere",
+        "--model",
+        "ok",
+        "--out",
+        tmp_path / "o.jsonl",
+        "--config",
+        config,
+        check=False,
+    )
     assert result.returncode == 2 and "no such file or folder" in result.stderr
 
 
@@ -119,9 +141,21 @@ class SlowOpenAI(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["content-length"]))
         type(self).requests += 1
         time.sleep(0.02)
-        self._reply({"id": "c", "object": "chat.completion", "created": 0, "model": "slow",
-                     "choices": [{"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": "a cat"}}]})
+        self._reply(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "slow",
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "a cat"},
+                    }
+                ],
+            }
+        )
 
     def _reply(self, obj):
         body = json.dumps(obj).encode()
@@ -141,11 +175,23 @@ def test_resume_after_kill_9_with_url(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     out = tmp_path / "captions.jsonl"
-    args = [tmp_path / "photos", "--model", "slow", "--out", out, "--url", url,
-            "--concurrency", "2"]
+    args = [
+        tmp_path / "photos",
+        "--model",
+        "slow",
+        "--out",
+        out,
+        "--url",
+        url,
+        "--concurrency",
+        "2",
+    ]
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "vlm_gateway", "caption", *map(str, args)],
-                                cwd=REPO, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vlm_gateway", "caption", *map(str, args)],
+            cwd=REPO,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while not out.exists() or out.read_text().count("\n") < 20:
             assert time.monotonic() < deadline and proc.poll() is None
@@ -169,13 +215,13 @@ def test_no_server_no_config_runs_blip2_in_process(tmp_path, tiny_models):
     pytest.importorskip("torch")
     images = make_folder(tmp_path / "photos", 3)
     out = tmp_path / "captions.jsonl"
-    result = caption(tmp_path / "photos", "--model", tiny_models["blip2"], "--out", out,
-                     "--max-tokens", "5")
+    result = caption(
+        tmp_path / "photos", "--model", tiny_models["blip2"], "--out", out, "--max-tokens", "5"
+    )
     records = {r["image"]: r for r in read_out(out)}
     assert sorted(records) == sorted(map(str, images))
     assert records.pop(str(images[-1]))["error"]
-    assert all(isinstance(r["caption"], str) and r["model"] == "blip2"
-               for r in records.values())
+    assert all(isinstance(r["caption"], str) and r["model"] == "blip2" for r in records.values())
     assert "3 captioned, 1 errors" in result.stderr
 
 
@@ -201,10 +247,18 @@ def test_transient_503_is_retried(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     out = tmp_path / "captions.jsonl"
     try:
-        caption(images[0], "--model", "slow", "--out", out, "--url",
-                f"http://127.0.0.1:{server.server_address[1]}")
+        caption(
+            images[0],
+            "--model",
+            "slow",
+            "--out",
+            out,
+            "--url",
+            f"http://127.0.0.1:{server.server_address[1]}",
+        )
     finally:
         server.shutdown()
-    assert read_out(out) == [{"image": str(images[0]), "caption": "a cat", "model": "slow",
-                              "error": None}]
+    assert read_out(out) == [
+        {"image": str(images[0]), "caption": "a cat", "model": "slow", "error": None}
+    ]
     assert FlakyOpenAI.requests == 3

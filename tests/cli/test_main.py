@@ -5,8 +5,13 @@ import sys
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "vlm_gateway", *args], capture_output=True,
-                          text=True, env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "vlm_gateway", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
 
 
 def check_config(tmp_path, yaml_text: str):
@@ -17,10 +22,12 @@ def check_config(tmp_path, yaml_text: str):
 
 def test_check_config_prints_the_plan(tmp_path):
     result = check_config(
-        tmp_path, "models:\n"
+        tmp_path,
+        "models:\n"
         "  - {name: llava, backend: openai, base_url: 'http://127.0.0.1:8001/v1'}\n"
         "  - {name: llava, backend: openai, base_url: 'http://127.0.0.1:8002/v1',"
-        " upstream_model: m2, api_key: secret-key}\n")
+        " upstream_model: m2, api_key: secret-key}\n",
+    )
     assert result.returncode == 0, result.stderr
     assert "llava (2 replicas" in result.stdout
     assert "http://127.0.0.1:8002/v1" in result.stdout and "upstream model: m2" in result.stdout
@@ -37,10 +44,12 @@ def test_check_config_exits_1_with_reasons(tmp_path):
 
 def test_check_config_says_each_models_image_limit(tmp_path):
     result = check_config(
-        tmp_path, "models:\n"
+        tmp_path,
+        "models:\n"
         "  - {name: remote, backend: openai, base_url: 'http://127.0.0.1:8001/v1',"
         " images: {max_images: 3}}\n"
-        "  - {name: captions, backend: blip2, model: /nowhere}\n")
+        "  - {name: captions, backend: blip2, model: /nowhere}\n",
+    )
     assert result.returncode == 0, result.stderr
     plan = result.stdout.splitlines()
     assert plan[plan.index("- remote") + 1].startswith("    images: at most 3 per request")

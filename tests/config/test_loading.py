@@ -4,8 +4,8 @@ import textwrap
 
 import pytest
 
-from vlm_gateway.config.loading import ConfigError, load_settings
 from vlm_gateway.backends.kinds import settings_model
+from vlm_gateway.config.loading import ConfigError, load_settings
 
 
 def write(tmp_path, text):
@@ -25,7 +25,9 @@ CONTRACT = """\
 
 
 def test_contract_example_loads_with_variables_expanded(tmp_path):
-    settings = load_settings(settings_model(), write(tmp_path, CONTRACT), environ={"UPSTREAM_KEY": "sk-1"})
+    settings = load_settings(
+        settings_model(), write(tmp_path, CONTRACT), environ={"UPSTREAM_KEY": "sk-1"}
+    )
     (entry,) = settings.models
     assert entry.base_url == "http://127.0.0.1:8001/v1"
     assert entry.api_key.get_secret_value() == "sk-1"
@@ -35,8 +37,9 @@ def test_contract_example_loads_with_variables_expanded(tmp_path):
 def test_missing_variable_names_it_and_the_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_settings(settings_model(), write(tmp_path, CONTRACT), environ={})
-    assert info.value.reasons == [f"{tmp_path}/gateway.yaml:6: environment variable "
-                                  "${UPSTREAM_KEY} is not set"]
+    assert info.value.reasons == [
+        f"{tmp_path}/gateway.yaml:6: environment variable ${{UPSTREAM_KEY}} is not set"
+    ]
 
 
 def test_expanded_unquoted_scalars_get_their_type(tmp_path):
@@ -46,14 +49,17 @@ def test_expanded_unquoted_scalars_get_their_type(tmp_path):
 
 
 def test_unknown_and_bad_keys_are_reported_with_lines(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         port: 80000
         models:
           - name: a
             backend: openai
             base_url: ftp://x
             tiemout: 3
-        """)
+        """,
+    )
     with pytest.raises(ConfigError) as info:
         load_settings(settings_model(), path, environ={})
     reasons = "\n".join(info.value.reasons)
@@ -72,7 +78,9 @@ def test_unknown_backend_kind_is_reported(tmp_path):
 def test_env_then_flags_override_the_file(tmp_path):
     path = write(tmp_path, "port: 1000\nhost: 127.0.0.1\n")
     env = {"VLMGW_PORT": "2000", "VLMGW_HOST": "127.0.0.3"}
-    settings = load_settings(settings_model(), path, overrides={"port": 3000, "host": None}, environ=env)
+    settings = load_settings(
+        settings_model(), path, overrides={"port": 3000, "host": None}, environ=env
+    )
     assert (settings.port, settings.host) == (3000, "127.0.0.3")
 
 
@@ -84,10 +92,13 @@ def test_invalid_yaml_and_missing_file(tmp_path):
 
 
 def test_replicas_share_a_name(tmp_path):
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         models:
           - {name: m, backend: openai, base_url: "http://127.0.0.1:1/v1"}
           - {name: m, backend: openai, base_url: "http://127.0.0.1:2/v1"}
-        """)
+        """,
+    )
     settings = load_settings(settings_model(), path, environ={})
     assert settings.model_names() == ["m"] and len(settings.entries_for("m")) == 2

@@ -7,14 +7,20 @@ from vlm_gateway.backends.kinds import settings_model
 
 
 def settings(**images):
-    return settings_model().model_validate({
-        "images": images,
-        "models": [
-            {"name": "wide", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
-            {"name": "one", "backend": "openai", "base_url": "http://127.0.0.1:9/v1",
-             "images": {"max_images": 1, "max_image_side": 64}},
-        ],
-    })
+    return settings_model().model_validate(
+        {
+            "images": images,
+            "models": [
+                {"name": "wide", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
+                {
+                    "name": "one",
+                    "backend": "openai",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "images": {"max_images": 1, "max_image_side": 64},
+                },
+            ],
+        }
+    )
 
 
 def test_per_model_overrides_inherit_the_gateway_defaults():
@@ -25,9 +31,14 @@ def test_per_model_overrides_inherit_the_gateway_defaults():
 
 
 def test_blip2_models_take_one_image_unless_configured():
-    config = settings_model().model_validate({"models": [
-        {"name": "b", "backend": "blip2", "model": "/m"},
-        {"name": "b2", "backend": "blip2", "model": "/m", "images": {"max_images": 2}}]})
+    config = settings_model().model_validate(
+        {
+            "models": [
+                {"name": "b", "backend": "blip2", "model": "/m"},
+                {"name": "b2", "backend": "blip2", "model": "/m", "images": {"max_images": 2}},
+            ]
+        }
+    )
     assert [entry.image_limits(config.images).max_images for entry in config.models] == [1, 2]
 
 

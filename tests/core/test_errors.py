@@ -12,15 +12,20 @@ from vlm_gateway.core.errors import (
 from vlm_gateway.core.protocol import ChatCompletionRequest
 
 
-@pytest.mark.parametrize("loc, param", [
-    (("messages",), "messages"),
-    (("messages", 0, "user", "content"), "messages[0].content"),
-    (("messages", 0, "user", "content", "str"), "messages[0].content"),
-    (("messages", 1, "user", "content", "list[...]", 0, "image_url", "image_url", "url"),
-     "messages[1].content[0].image_url.url"),
-    (("stop", "list[str]"), "stop"),
-    (("user",), "user"),
-])
+@pytest.mark.parametrize(
+    "loc, param",
+    [
+        (("messages",), "messages"),
+        (("messages", 0, "user", "content"), "messages[0].content"),
+        (("messages", 0, "user", "content", "str"), "messages[0].content"),
+        (
+            ("messages", 1, "user", "content", "list[...]", 0, "image_url", "image_url", "url"),
+            "messages[1].content[0].image_url.url",
+        ),
+        (("stop", "list[str]"), "stop"),
+        (("user",), "user"),
+    ],
+)
 def test_loc_to_param(loc, param):
     assert loc_to_param(loc) == param
 
@@ -51,7 +56,12 @@ def test_bad_nested_value_names_the_path():
 
 def test_envelope_shape():
     envelope = ModelNotFoundError("nope", ["b", "a"]).envelope()
-    assert envelope == {"error": {
-        "message": "The model 'nope' does not exist. Available models: a, b.",
-        "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}
+    assert envelope == {
+        "error": {
+            "message": "The model 'nope' does not exist. Available models: a, b.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    }
     assert ServiceUnavailableError("starting").status_code == 503

@@ -8,34 +8,45 @@ import os
 
 import pytest
 
+from tests.support.image_server import ImageServer
+from tests.support.images import png_bytes, png_data_url
+from vlm_gateway.backends.kinds import settings_model
+from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.core.image_errors import ImageError
+from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.images.fetch import ImageFetcher
 from vlm_gateway.images.resolve import ImageResolver
-from vlm_gateway.core.protocol import ChatCompletionRequest
-from vlm_gateway.config.settings import GatewaySettings
-from tests.support.image_server import ImageServer
-from tests.support.images import image_message, png_bytes, png_data_url
-from vlm_gateway.backends.kinds import settings_model
 
 PNG = png_bytes(32, 32)
 
 
 def settings(**images) -> GatewaySettings:
-    return settings_model().model_validate({
-        "images": images,
-        "models": [
-            {"name": "wide", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
-            {"name": "one", "backend": "openai", "base_url": "http://127.0.0.1:9/v1",
-             "images": {"max_images": 1, "max_image_side": 64}},
-        ],
-    })
+    return settings_model().model_validate(
+        {
+            "images": images,
+            "models": [
+                {"name": "wide", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
+                {
+                    "name": "one",
+                    "backend": "openai",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "images": {"max_images": 1, "max_image_side": 64},
+                },
+            ],
+        }
+    )
 
 
 def request(model: str, *urls: str, detail: str = "auto") -> ChatCompletionRequest:
     parts = [{"type": "image_url", "image_url": {"url": url, "detail": detail}} for url in urls]
     return ChatCompletionRequest.model_validate(
-        {"model": model, "messages": [{"role": "user", "content": parts + [
-            {"type": "text", "text": "describe"}]}]})
+        {
+            "model": model,
+            "messages": [
+                {"role": "user", "content": parts + [{"type": "text", "text": "describe"}]}
+            ],
+        }
+    )
 
 
 def resolve(config: GatewaySettings, body: ChatCompletionRequest) -> ChatCompletionRequest:
@@ -83,12 +94,15 @@ def test_unknown_models_are_left_for_the_router():
 
 def test_http_images_become_data_urls():
     with ImageServer({"/cat.png": PNG}) as server:
-        body = resolve(settings(allow_private_networks=True), request("wide", server.url("/cat.png")))
+        body = resolve(
+            settings(allow_private_networks=True), request("wide", server.url("/cat.png"))
+        )
     assert urls_of(body)[0].startswith("data:image/png;base64,")
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/a.png", "gopher://x/", "blob:abc",
-                                 "/etc/passwd", "C:\\image.png"])
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/a.png", "gopher://x/", "blob:abc", "/etc/passwd", "C:\\image.png"]
+)
 def test_other_schemes_are_refused(url):
     assert "Unsupported image URL" in refusal(settings(), request("wide", url)).message
 
@@ -109,8 +123,13 @@ def test_file_urls_are_read_only_inside_the_media_directory(tmp_path):
     config = settings(local_media_dir=str(media))
     body = resolve(config, request("wide", f"file://{media}/cat.png"))
     assert urls_of(body)[0].startswith("data:image/png;base64,")
-    for url in (f"file://{media}/../secret/key.png", f"file://{media}/link.png",
-                f"file://{media}/%2e%2e/secret/key.png", f"file://{outside}/key.png",
-                f"file://{media}/missing.png", f"file://{media}"):
+    for url in (
+        f"file://{media}/../secret/key.png",
+        f"file://{media}/link.png",
+        f"file://{media}/%2e%2e/secret/key.png",
+        f"file://{outside}/key.png",
+        f"file://{media}/missing.png",
+        f"file://{media}",
+    ):
         assert "refused" in refusal(config, request("wide", url)).message, url
     assert "remote hosts" in refusal(config, request("wide", "file://server/share/a.png")).message

@@ -45,8 +45,11 @@ def test_sdk_raises_bad_request_for_invalid_fields(client):
 
 @pytest.mark.parametrize("body", [b"", b"{not json", b"[]", b'"text"'])
 def test_malformed_bodies_are_400_in_the_envelope(gateway, body):
-    response = httpx.post(gateway.url + "/v1/chat/completions", content=body,
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 400
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 

@@ -12,11 +12,11 @@ import openai
 import pytest
 from PIL import Image
 
-from vlm_gateway.server.door.log_redaction import RedactBase64
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.image_server import ImageServer
 from tests.support.images import data_url, image_message, png_bytes, png_data_url
 from tests.support.processes import GatewayProcess
+from vlm_gateway.server.door.log_redaction import RedactBase64
 
 PNG = png_bytes(40, 40)
 BIG = png_bytes(1024, 256, seed=3)
@@ -30,10 +30,19 @@ def servers(tmp_path_factory):
             "data_dir": str(work / "data"),
             "images": {"allowed_networks": ["127.0.0.1/32"]},  # the loopback image server only
             "models": [
-                {"name": "m", "backend": "openai", "base_url": upstream.base_url,
-                 "upstream_model": "ok"},
-                {"name": "single", "backend": "openai", "base_url": upstream.base_url,
-                 "upstream_model": "ok", "images": {"max_images": 1}},
+                {
+                    "name": "m",
+                    "backend": "openai",
+                    "base_url": upstream.base_url,
+                    "upstream_model": "ok",
+                },
+                {
+                    "name": "single",
+                    "backend": "openai",
+                    "base_url": upstream.base_url,
+                    "upstream_model": "ok",
+                    "images": {"max_images": 1},
+                },
             ],
         }
         gateway = GatewayProcess(config, work).start()
@@ -64,7 +73,8 @@ def test_a_data_url_reaches_the_upstream_byte_for_byte(servers, client):
 def test_an_http_image_is_fetched_and_forwarded_as_a_data_url(servers, client):
     _, upstream, images = servers
     client.chat.completions.create(
-        model="m", messages=[image_message("what?", images.url("/cat.png"))], stream=False)
+        model="m", messages=[image_message("what?", images.url("/cat.png"))], stream=False
+    )
     assert forwarded_urls(upstream) == [data_url(PNG)]
 
 
@@ -77,26 +87,35 @@ def test_detail_low_reaches_the_upstream_downscaled(servers, client):
     assert image.size == (512, 128)
 
 
-@pytest.mark.parametrize("target,reason", [
-    ("http://169.254.169.254/latest/meta-data/", "metadata"),
-    ("http://10.0.0.1/admin.png", "private"),
-    ("file:///etc/passwd", "Invalid image URL"),
-])
-def test_a_redirect_to_an_internal_address_is_a_400_and_nothing_is_forwarded(servers, client,
-                                                                             target, reason):
+@pytest.mark.parametrize(
+    "target,reason",
+    [
+        ("http://169.254.169.254/latest/meta-data/", "metadata"),
+        ("http://10.0.0.1/admin.png", "private"),
+        ("file:///etc/passwd", "Invalid image URL"),
+    ],
+)
+def test_a_redirect_to_an_internal_address_is_a_400_and_nothing_is_forwarded(
+    servers, client, target, reason
+):
     _, upstream, images = servers
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
-            model="m", messages=[image_message("x", images.url(f"/redirect?to={target}"))])
+            model="m", messages=[image_message("x", images.url(f"/redirect?to={target}"))]
+        )
     assert reason in caught.value.message
     assert caught.value.param == "messages[0].content[0].image_url.url"
     assert upstream.requests == []
 
 
 def test_too_many_images_is_a_400_naming_the_limit(servers, client):
-    two = {"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": png_data_url()}},
-        {"type": "image_url", "image_url": {"url": png_data_url(seed=2)}}]}
+    two = {
+        "role": "user",
+        "content": [
+            {"type": "image_url", "image_url": {"url": png_data_url()}},
+            {"type": "image_url", "image_url": {"url": png_data_url(seed=2)}},
+        ],
+    }
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="single", messages=[two])
     assert caught.value.code == "too_many_images" and "at most 1 image(s)" in caught.value.message
@@ -107,7 +126,8 @@ def test_a_bad_image_gives_our_words_and_the_payload_never_reaches_the_log(serve
     junk = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 400).decode()
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
-            model="m", messages=[image_message("x", f"data:image/png;base64,{junk}")])
+            model="m", messages=[image_message("x", f"data:image/png;base64,{junk}")]
+        )
     assert "truncated or corrupt" in caught.value.message
     assert junk[:200] not in caught.value.message
     assert not re.search(r"[A-Za-z0-9+/]{200,}", servers[0].log())
@@ -115,7 +135,17 @@ def test_a_bad_image_gives_our_words_and_the_payload_never_reaches_the_log(serve
 
 def test_the_log_filter_replaces_base64_payloads_with_their_size(caplog):
     payload = base64.b64encode(bytes(3000)).decode()
-    record = logging.LogRecord("t", logging.WARNING, __file__, 1, "upstream said: %s", (
-        f"bad image data:image/png;base64,{payload}",), None)
+    record = logging.LogRecord(
+        "t",
+        logging.WARNING,
+        __file__,
+        1,
+        "upstream said: %s",
+        (f"bad image data:image/png;base64,{payload}",),
+        None,
+    )
     RedactBase64().filter(record)
-    assert record.getMessage() == "upstream said: bad image data:image/png;base64,<base64, 4000 characters>"
+    assert (
+        record.getMessage()
+        == "upstream said: bad image data:image/png;base64,<base64, 4000 characters>"
+    )

@@ -25,14 +25,26 @@ except ImportError:  # optional: only makes the fake faster
     uvloop = None
 
 HOST = "127.0.0.1"  # never anything else: the fake must not be reachable from outside
-MODES = ("ok", "fault-500", "fault-400", "fault-stall", "fault-drop", "fault-badjson",
-         "slow-stream")
+MODES = (
+    "ok",
+    "fault-500",
+    "fault-400",
+    "fault-stall",
+    "fault-drop",
+    "fault-badjson",
+    "slow-stream",
+)
 STALL_SECONDS = 30.0
 SLOW_STREAM_PAUSE = 0.2
 CREATED = int(time.time())
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 411: "Length Required",
-            500: "Internal Server Error"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    411: "Length Required",
+    500: "Internal Server Error",
+}
 _ROUTES = {"/v1/chat/completions": True, "/v1/completions": False}  # path -> is chat
 
 
@@ -46,26 +58,37 @@ def _error(message: str, type_: str, param=None) -> bytes:
 
 def _response(status: int, body: bytes, close: bool, ctype: str = "application/json") -> bytes:
     connection = "Connection: close\r\n" if close else ""
-    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\n{connection}\r\n")
+    head = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\n{connection}\r\n"
+    )
     return head.encode() + body
 
 
 _ERRORS = {  # mode -> (status, body)
     "fault-500": (500, _error("fake internal error", "internal_error")),
-    "fault-400": (400, _error("fake bad request: max_tokens too large", "BadRequestError",
-                              "max_tokens")),
+    "fault-400": (
+        400,
+        _error("fake bad request: max_tokens too large", "BadRequestError", "max_tokens"),
+    ),
 }
 _ERR_404 = _error("not found", "NotFoundError")
 _ERR_BAD_REQUEST = _error("request body is not a JSON object", "BadRequestError")
-_MODELS = _dumps({"object": "list", "data": [
-    {"id": m, "object": "model", "created": CREATED, "owned_by": "fake-upstream"} for m in MODES]})
+_MODELS = _dumps(
+    {
+        "object": "list",
+        "data": [
+            {"id": m, "object": "model", "created": CREATED, "owned_by": "fake-upstream"}
+            for m in MODES
+        ],
+    }
+)
 _GET_BODIES = {"/health": b"", "/v1/models": _MODELS}
 _SSE_HEAD = {  # chunked on HTTP/1.1 keeps the connection reusable; HTTP/1.0 gets close-delimited
     True: b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-          b"Transfer-Encoding: chunked\r\n\r\n",
+    b"Transfer-Encoding: chunked\r\n\r\n",
     False: b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-           b"Connection: close\r\n\r\n",
+    b"Connection: close\r\n\r\n",
 }
 # A Content-Length the body never reaches, so the client sees a truncated response.
 _DROP_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 256\r\n\r\n"
@@ -78,18 +101,31 @@ def _usage(n: int) -> dict:
 def _full_body(chat: bool, model: str, n: int) -> bytes:
     out = {"message": {"role": "assistant", "content": "hello"}} if chat else {"text": "hello"}
     choices = [{"index": i, **out, "logprobs": None, "finish_reason": "stop"} for i in range(n)]
-    return _dumps({"id": "chatcmpl-fake" if chat else "cmpl-fake",
-                   "object": "chat.completion" if chat else "text_completion",
-                   "created": CREATED, "model": model, "choices": choices, "usage": _usage(n)})
+    return _dumps(
+        {
+            "id": "chatcmpl-fake" if chat else "cmpl-fake",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": CREATED,
+            "model": model,
+            "choices": choices,
+            "usage": _usage(n),
+        }
+    )
 
 
-def _stream_events(chat: bool, model: str, n: int, include_usage: bool,
-                   drop: bool = False) -> list[bytes]:
+def _stream_events(
+    chat: bool, model: str, n: int, include_usage: bool, drop: bool = False
+) -> list[bytes]:
     """The SSE events of one stream; with drop, only the two content events that precede the cut."""
+
     def event(choices: list, usage=None) -> bytes:
-        obj = {"id": "chatcmpl-fake" if chat else "cmpl-fake",
-               "object": "chat.completion.chunk" if chat else "text_completion",
-               "created": CREATED, "model": model, "choices": choices}
+        obj = {
+            "id": "chatcmpl-fake" if chat else "cmpl-fake",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": CREATED,
+            "model": model,
+            "choices": choices,
+        }
         if include_usage:  # OpenAI puts "usage": null on every chunk before the usage chunk
             obj["usage"] = usage
         return b"data: " + _dumps(obj) + b"\n\n"
@@ -153,7 +189,7 @@ class FakeUpstream:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> "FakeUpstream":
+    def start(self) -> FakeUpstream:
         """Start serving; after stop(), starts again on the same port ("upstream came back")."""
         if self._thread is not None:
             return self
@@ -187,7 +223,7 @@ class FakeUpstream:
         self._thread.join(10)
         self._thread = None
 
-    def __enter__(self) -> "FakeUpstream":
+    def __enter__(self) -> FakeUpstream:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -279,8 +315,9 @@ class FakeUpstream:
             return keep
         return await self._dispatch(req, chat, http11, keep, reader, writer)
 
-    async def _dispatch(self, req: dict, chat: bool, http11: bool, keep: bool,
-                        reader, writer) -> bool:
+    async def _dispatch(
+        self, req: dict, chat: bool, http11: bool, keep: bool, reader, writer
+    ) -> bool:
         model = req.get("model")
         model = model if isinstance(model, str) else "ok"
         mode = model if model in MODES else "ok"
@@ -293,7 +330,7 @@ class FakeUpstream:
             try:  # ends early if the client gives up (its timeout) and closes
                 await asyncio.wait_for(reader.read(), STALL_SECONDS)
                 self.stall_disconnects += 1
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             return False
         if mode == "fault-badjson":
@@ -307,8 +344,14 @@ class FakeUpstream:
         n = n if isinstance(n, int) and 1 <= n <= 128 else 1
         if mode == "fault-drop":
             if stream:
-                await self._stream(reader, writer, _stream_events(chat, model, 1, False, drop=True),
-                                   http11, keep, drop=True)
+                await self._stream(
+                    reader,
+                    writer,
+                    _stream_events(chat, model, 1, False, drop=True),
+                    http11,
+                    keep,
+                    drop=True,
+                )
             else:
                 writer.write(_DROP_HEAD)
                 await self._abort_after_flush(writer)

@@ -33,8 +33,13 @@ def _options(argv: list[str]) -> argparse.Namespace:
 
 
 def _handler(options: argparse.Namespace) -> type[BaseHTTPRequestHandler]:
-    card = {"id": options.served_model_name, "object": "model", "created": 0,
-            "owned_by": "vllm", "max_model_len": options.max_model_len}
+    card = {
+        "id": options.served_model_name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "vllm",
+        "max_model_len": options.max_model_len,
+    }
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:
@@ -58,10 +63,22 @@ def _handler(options: argparse.Namespace) -> type[BaseHTTPRequestHandler]:
             wedge = os.environ.get("FAKE_VLLM_WEDGE_FILE")
             while wedge and os.path.exists(wedge):
                 time.sleep(0.05)
-            self._send({"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
-                        "model": card["id"], "choices": [{"index": 0, "finish_reason": "length",
-                        "message": {"role": "assistant", "content": "a"}}],
-                        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
+            self._send(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": card["id"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "length",
+                            "message": {"role": "assistant", "content": "a"},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+                }
+            )
 
     return Handler
 
@@ -74,10 +91,13 @@ def main(argv: list[str]) -> int:
         return int(os.environ["FAKE_VLLM_EXIT"])
     limit = int(os.environ.get("FAKE_VLLM_KV_LIMIT", "0"))
     if limit and options.max_model_len > limit:
-        print(f"ValueError: To serve at least one request with the model's max seq len "
-              f"({options.max_model_len}), more KV cache memory is needed. Based on the available "
-              f"memory, the estimated maximum model length is {limit}. Try increasing "
-              "`gpu_memory_utilization` or decreasing `max_model_len`.", flush=True)
+        print(
+            f"ValueError: To serve at least one request with the model's max seq len "
+            f"({options.max_model_len}), more KV cache memory is needed. Based on the available "
+            f"memory, the estimated maximum model length is {limit}. Try increasing "
+            "`gpu_memory_utilization` or decreasing `max_model_len`.",
+            flush=True,
+        )
         return 1
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])  # "EngineCore"
     ThreadingHTTPServer((options.host, options.port), _handler(options)).serve_forever()

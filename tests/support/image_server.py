@@ -20,8 +20,9 @@ HOST = "127.0.0.1"
 
 
 class ImageServer:
-    def __init__(self, files: dict[str, bytes] | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, files: dict[str, bytes] | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.files = dict(files or {})
         self.hits: Counter[str] = Counter()
         self.user_agents: list[str] = []
@@ -86,7 +87,7 @@ class ImageServer:
     def url(self, path: str) -> str:
         return f"{self.scheme}://{HOST}:{self.port}{path}"
 
-    def __enter__(self) -> "ImageServer":
+    def __enter__(self) -> ImageServer:
         self._thread.start()
         return self
 

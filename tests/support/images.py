@@ -12,8 +12,12 @@ def png_bytes(width: int = 30, height: int = 30, seed: int = 0) -> bytes:
 
     rng = random.Random(seed)
     image = Image.new("RGB", (width, height))
-    image.putdata([(rng.randrange(256), rng.randrange(256), rng.randrange(256))
-                   for _ in range(width * height)])
+    image.putdata(
+        [
+            (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+            for _ in range(width * height)
+        ]
+    )
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()

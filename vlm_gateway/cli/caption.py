@@ -129,8 +129,11 @@ def chat_body(job: CaptionJob, url: str) -> dict[str, Any]:
     content = [{"type": "image_url", "image_url": {"url": url}}]
     if job.prompt:
         content.append({"type": "text", "text": job.prompt})
-    return {"model": job.model, "max_tokens": job.max_tokens,
-            "messages": [{"role": "user", "content": content}]}
+    return {
+        "model": job.model,
+        "max_tokens": job.max_tokens,
+        "messages": [{"role": "user", "content": content}],
+    }
 
 
 async def _post(client: httpx.AsyncClient, body: dict) -> httpx.Response:
@@ -197,8 +200,10 @@ class Progress:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = self.done / elapsed
         left = (self.total - self.done) / rate if rate else 0.0
-        line = (f"{self.done}/{self.total} images | {rate:.1f} images/s | "
-                f"ETA {_clock(left)} | {self.errors} errors")
+        line = (
+            f"{self.done}/{self.total} images | {rate:.1f} images/s | "
+            f"ETA {_clock(left)} | {self.errors} errors"
+        )
         end = "\n" if final or not self.stream.isatty() else ""
         self.stream.write(("\r" if self.stream.isatty() else "") + line + end)
         self.stream.flush()
@@ -210,8 +215,9 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-async def caption_all(client: httpx.AsyncClient, job: CaptionJob,
-                      progress_stream: TextIO | None = None) -> Summary:
+async def caption_all(
+    client: httpx.AsyncClient, job: CaptionJob, progress_stream: TextIO | None = None
+) -> Summary:
     images = job.sources
     done = await asyncio.to_thread(resume, job.out)
     todo = [source for source in images if source not in done]
@@ -242,31 +248,38 @@ async def caption_all(client: httpx.AsyncClient, job: CaptionJob,
 async def remote_client(url: str, job: CaptionJob) -> AsyncIterator[httpx.AsyncClient]:
     base = url.rstrip("/").removesuffix("/v1")
     headers = {"authorization": f"Bearer {job.api_key}"} if job.api_key else {}
-    limits = httpx.Limits(max_connections=job.concurrency,
-                          max_keepalive_connections=job.concurrency)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits,
-                                 timeout=httpx.Timeout(600, connect=10)) as client:
+    limits = httpx.Limits(
+        max_connections=job.concurrency, max_keepalive_connections=job.concurrency
+    )
+    async with httpx.AsyncClient(
+        base_url=base, headers=headers, limits=limits, timeout=httpx.Timeout(600, connect=10)
+    ) as client:
         try:
             listing = (await client.get("/v1/models")).json()
         except (httpx.HTTPError, ValueError) as exc:
             raise CaptionError(f"cannot reach {base}/v1/models: {exc}") from None
         names = [m.get("id") for m in listing.get("data", [])] if isinstance(listing, dict) else []
         if job.model not in names:
-            raise CaptionError(f"{base} does not serve the model {job.model!r} "
-                               f"(it serves: {', '.join(map(str, names)) or 'nothing'})")
+            raise CaptionError(
+                f"{base} does not serve the model {job.model!r} "
+                f"(it serves: {', '.join(map(str, names)) or 'nothing'})"
+            )
         yield client
 
 
 @contextlib.asynccontextmanager
-async def in_process_client(settings, job: CaptionJob,
-                            ready_timeout: float) -> AsyncIterator[httpx.AsyncClient]:
+async def in_process_client(
+    settings, job: CaptionJob, ready_timeout: float
+) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway app from `settings`, started in this process and reached in memory."""
     from vlm_gateway.server.app import create_app
     from vlm_gateway.server.state import state_of
 
     if job.model not in settings.model_names():
-        raise CaptionError(f"the config has no model {job.model!r} "
-                           f"(it has: {', '.join(settings.model_names()) or 'none'})")
+        raise CaptionError(
+            f"the config has no model {job.model!r} "
+            f"(it has: {', '.join(settings.model_names()) or 'none'})"
+        )
     # A scratch data dir: the app must not resume (and so run twice) the batches of a
     # gateway server that shares the configured one.
     scratch = tempfile.TemporaryDirectory(prefix="vlm-gateway-caption-")
@@ -276,8 +289,9 @@ async def in_process_client(settings, job: CaptionJob,
             await _wait_ready(state_of(app).registry, job.model, ready_timeout)
             headers = {"authorization": f"Bearer {job.api_key}"} if job.api_key else {}
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://in-process",
-                                         headers=headers, timeout=None) as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://in-process", headers=headers, timeout=None
+            ) as client:
                 yield client
 
 
@@ -288,22 +302,27 @@ async def _wait_ready(registry, model: str, timeout: float) -> None:
         replicas = registry.replicas(model)
         if any(b.status.ready for b in replicas):
             return
-        states = "; ".join(f"{b.status.state.value}"
-                           + (f" ({b.status.reason})" if b.status.reason else "")
-                           for b in replicas)
+        states = "; ".join(
+            f"{b.status.state.value}" + (f" ({b.status.reason})" if b.status.reason else "")
+            for b in replicas
+        )
         if all(b.status.state.value in ("failed", "stopped") for b in replicas):
             raise CaptionError(f"the model {model!r} failed to start: {states}")
         if time.monotonic() > deadline:
             raise CaptionError(f"the model {model!r} was not ready after {timeout:g} s: {states}")
         if not announced:
-            print(f"waiting for the model {model!r} to be ready ({states}); up to {timeout:g} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"waiting for the model {model!r} to be ready ({states}); up to {timeout:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
             announced = True
         await asyncio.sleep(_READY_POLL_S)
 
 
-async def run_caption(job: CaptionJob, url: str | None = None, settings=None,
-                      ready_timeout: float = 900.0) -> Summary:
+async def run_caption(
+    job: CaptionJob, url: str | None = None, settings=None, ready_timeout: float = 900.0
+) -> Summary:
     opener = remote_client(url, job) if url else in_process_client(settings, job, ready_timeout)
     async with opener as client:
         return await caption_all(client, job)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from vlm_gateway.cli.caption import DEFAULT_PROMPT
 from vlm_gateway.backends.kinds import settings_model
+from vlm_gateway.cli.caption import DEFAULT_PROMPT
 from vlm_gateway.config.loading import ConfigError, load_settings
 from vlm_gateway.config.plan import describe_plan
 from vlm_gateway.config.settings import GatewaySettings
@@ -18,7 +18,7 @@ from vlm_gateway.config.settings import GatewaySettings
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 ConfigOption = Annotated[
-    Optional[Path], typer.Option("--config", "-c", help="YAML config file.", dir_okay=False)
+    Path | None, typer.Option("--config", "-c", help="YAML config file.", dir_okay=False)
 ]
 
 
@@ -35,12 +35,16 @@ def _load_or_exit(config: Path | None, **overrides) -> GatewaySettings:
 @cli.command()
 def serve(
     config: ConfigOption = None,
-    host: Annotated[Optional[str], typer.Option(help="Bind address.")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port.")] = None,
-    log_level: Annotated[Optional[str], typer.Option(help="debug|info|warning|error")] = None,
-    model: Annotated[Optional[str], typer.Option(
-        help="With no models configured: the BLIP-2 to serve in-process as model 'blip2' "
-             "(hub id or local directory; default Salesforce/blip2-opt-2.7b).")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug|info|warning|error")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="With no models configured: the BLIP-2 to serve in-process as model 'blip2' "
+            "(hub id or local directory; default Salesforce/blip2-opt-2.7b)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible API for the configured models (none: BLIP-2 in-process)."""
     import uvicorn
@@ -51,8 +55,11 @@ def serve(
     if not settings.models:
         settings = _default_blip2_or_exit(config, model, host=host, port=port, log_level=log_level)
     elif model is not None:
-        typer.echo("--model is for serving with no models configured; the config file already "
-                   "names its models.", err=True)
+        typer.echo(
+            "--model is for serving with no models configured; the config file already "
+            "names its models.",
+            err=True,
+        )
         raise typer.Exit(2)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -72,7 +79,11 @@ def serve(
 
 def _default_blip2_or_exit(config: Path | None, model: str | None, **overrides) -> GatewaySettings:
     """No models configured: serve BLIP-2 in-process, if its weights can be had."""
-    from vlm_gateway.backends.blip2.weights import DEFAULT_BLIP2, how_to_get_weights, missing_weights_reason
+    from vlm_gateway.backends.blip2.weights import (
+        DEFAULT_BLIP2,
+        how_to_get_weights,
+        missing_weights_reason,
+    )
 
     model = model or DEFAULT_BLIP2
     reason = missing_weights_reason(model)
@@ -87,10 +98,12 @@ def _default_blip2_or_exit(config: Path | None, model: str | None, **overrides) 
 
 @cli.command("tiny-model")
 def tiny_model(
-    directory: Annotated[Path, typer.Argument(help="Where to write it (new or empty).",
-                                              file_okay=False)],
-    llava: Annotated[bool, typer.Option(
-        "--llava", help="Write the tiny LLaVA (CLIP + Llama) instead of BLIP-2.")] = False,
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write it (new or empty).", file_okay=False)
+    ],
+    llava: Annotated[
+        bool, typer.Option("--llava", help="Write the tiny LLaVA (CLIP + Llama) instead of BLIP-2.")
+    ] = False,
 ) -> None:
     """Write a tiny random BLIP-2 (or LLaVA) for a smoke test with no download.
 
@@ -98,12 +111,13 @@ def tiny_model(
     try:
         from vlm_gateway.cli.tiny_models import MARKER, build_tiny_blip2, build_tiny_llava
     except ImportError as exc:
-        typer.echo(f"The blip2 extra is needed ({exc.name} is missing): "
-                   "pip install 'vlm-gateway[blip2]'", err=True)
+        typer.echo(
+            f"The blip2 extra is needed ({exc.name} is missing): pip install 'vlm-gateway[blip2]'",
+            err=True,
+        )
         raise typer.Exit(1)
     if directory.exists() and any(directory.iterdir()) and not (directory / MARKER).exists():
-        typer.echo(f"{directory} exists and is not empty: name a new or empty directory.",
-                   err=True)
+        typer.echo(f"{directory} exists and is not empty: name a new or empty directory.", err=True)
         raise typer.Exit(1)
     (build_tiny_llava if llava else build_tiny_blip2)(directory)
     kind = "LLaVA" if llava else "BLIP-2"
@@ -116,25 +130,42 @@ def tiny_model(
 
 @cli.command()
 def caption(
-    paths: Annotated[list[Path], typer.Argument(
-        help="Folders (recursive), image files, or list files of paths/URLs (one a line).")],
-    model: Annotated[str, typer.Option(
-        help="Model name to use. With no --url and no models configured: the BLIP-2 to run "
-             "in-process (hub id or local directory).")],
-    out: Annotated[Path, typer.Option(help="JSONL output; re-running with it resumes.",
-                                      dir_okay=False)],
-    prompt: Annotated[str, typer.Option(
-        help="Text sent with each image ('' for none).")] = DEFAULT_PROMPT,
-    url: Annotated[Optional[str], typer.Option(
-        help="A running gateway (or any OpenAI-compatible server). Default: run the gateway "
-             "in this process from --config.")] = None,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Folders (recursive), image files, or list files of paths/URLs (one a line)."
+        ),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Model name to use. With no --url and no models configured: the BLIP-2 to run "
+            "in-process (hub id or local directory)."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="JSONL output; re-running with it resumes.", dir_okay=False)
+    ],
+    prompt: Annotated[
+        str, typer.Option(help="Text sent with each image ('' for none).")
+    ] = DEFAULT_PROMPT,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="A running gateway (or any OpenAI-compatible server). Default: run the gateway "
+            "in this process from --config."
+        ),
+    ] = None,
     config: ConfigOption = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 32,
     max_tokens: Annotated[int, typer.Option(min=1, help="Longest caption, in tokens.")] = 64,
-    api_key: Annotated[Optional[str], typer.Option(
-        envvar="VLMGW_API_KEY", help="Bearer key, if the gateway requires one.")] = None,
-    ready_timeout: Annotated[float, typer.Option(
-        help="In-process: seconds to wait for the model to load.")] = 900.0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="VLMGW_API_KEY", help="Bearer key, if the gateway requires one."),
+    ] = None,
+    ready_timeout: Annotated[
+        float, typer.Option(help="In-process: seconds to wait for the model to load.")
+    ] = 900.0,
 ) -> None:
     """Caption images into --out, one JSON line each: {image, caption, model, error}.
     Progress (images/s, ETA) goes to stderr; an unreadable image is an error line."""
@@ -149,14 +180,18 @@ def caption(
             settings = _default_blip2_or_exit(config, model)
             model = "blip2"
     try:
-        job = CaptionJob(collect_images(paths), model, out, prompt, concurrency, max_tokens,
-                         api_key)
+        job = CaptionJob(
+            collect_images(paths), model, out, prompt, concurrency, max_tokens, api_key
+        )
         summary = asyncio.run(run_caption(job, url, settings, ready_timeout))
     except CaptionError as exc:
         typer.echo(f"caption: {exc}", err=True)
         raise typer.Exit(2)
-    typer.echo(f"{summary.captioned} captioned, {summary.errors} errors, {summary.skipped} "
-               f"already done (of {summary.total}) in {summary.seconds:.2f} s -> {out}", err=True)
+    typer.echo(
+        f"{summary.captioned} captioned, {summary.errors} errors, {summary.skipped} "
+        f"already done (of {summary.total}) in {summary.seconds:.2f} s -> {out}",
+        err=True,
+    )
 
 
 @cli.command("check-config")

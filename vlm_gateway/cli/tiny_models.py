@@ -51,12 +51,74 @@ LLAVA_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
 
-_WORDS = (
-    "a the an of in on with and to is are was picture photo image cat dog bird tree house car "
-    "red blue green white black small large old young man woman child people street water sky "
-    "sitting standing running flying next near under above front behind left right two three "
-    "table chair window door road field grass snow beach mountain city light dark bright close"
-).split()
+_WORDS = [
+    "a",
+    "the",
+    "an",
+    "of",
+    "in",
+    "on",
+    "with",
+    "and",
+    "to",
+    "is",
+    "are",
+    "was",
+    "picture",
+    "photo",
+    "image",
+    "cat",
+    "dog",
+    "bird",
+    "tree",
+    "house",
+    "car",
+    "red",
+    "blue",
+    "green",
+    "white",
+    "black",
+    "small",
+    "large",
+    "old",
+    "young",
+    "man",
+    "woman",
+    "child",
+    "people",
+    "street",
+    "water",
+    "sky",
+    "sitting",
+    "standing",
+    "running",
+    "flying",
+    "next",
+    "near",
+    "under",
+    "above",
+    "front",
+    "behind",
+    "left",
+    "right",
+    "two",
+    "three",
+    "table",
+    "chair",
+    "window",
+    "door",
+    "road",
+    "field",
+    "grass",
+    "snow",
+    "beach",
+    "mountain",
+    "city",
+    "light",
+    "dark",
+    "bright",
+    "close",
+]
 
 
 def _corpus() -> Iterator[str]:
@@ -78,7 +140,7 @@ def _printable_alphabet() -> list[str]:
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     text = "\t\n" + "".join(chr(b) for b in range(0x20, 0x7F))
-    (symbols, _), = byte_level.pre_tokenize_str(text)
+    ((symbols, _),) = byte_level.pre_tokenize_str(text)
     return list(symbols)
 
 
@@ -185,7 +247,7 @@ def build_tiny_blip2(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def _llava_config(tokenizer):
-    from transformers import CLIPVisionConfig, LlavaConfig, LlamaConfig
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     small = {"hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS}
     vision = CLIPVisionConfig(

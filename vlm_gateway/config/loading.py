@@ -12,13 +12,20 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from vlm_gateway.core.errors import loc_to_param
 from vlm_gateway.config.settings import GatewaySettings
+from vlm_gateway.core.errors import loc_to_param
 
 ENV_PREFIX = "VLMGW_"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Top-level scalar settings that VLMGW_<NAME> may set (the model list is YAML-only).
-_ENV_KEYS = ("host", "port", "log_level", "access_log", "shutdown_grace", "max_upstream_connections")
+_ENV_KEYS = (
+    "host",
+    "port",
+    "log_level",
+    "access_log",
+    "shutdown_grace",
+    "max_upstream_connections",
+)
 
 
 class ConfigError(Exception):

@@ -16,23 +16,24 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
-from vlm_gateway.images.decode import ImageLimits, PreparedImage, prepare_image
 from vlm_gateway.core.image_errors import (
     BlockedImageURLError,
     ImageError,
-    InvalidImageURLError,
     ImageTooLargeError,
+    InvalidImageURLError,
     TooManyImagesError,
     shorten,
 )
-from vlm_gateway.images.fetch import ImageFetcher
-from vlm_gateway.images.urls import parse_http_url, scheme_of
 from vlm_gateway.core.protocol import ChatCompletionContentPartImage, ChatCompletionRequest
+from vlm_gateway.images.decode import ImageLimits, PreparedImage, prepare_image
+from vlm_gateway.images.fetch import ImageFetcher
 from vlm_gateway.images.settings import ImageSettings
+from vlm_gateway.images.urls import parse_http_url, scheme_of
 
 # Model name -> its image limits (None: no such model). The config layer provides it: this
 # layer knows no model entries and no backend kinds.
 LimitsOf = Callable[[str], ImageLimits | None]
+
 
 def image_parts(request: ChatCompletionRequest) -> list[tuple[str, ChatCompletionContentPartImage]]:
     """(param, part) for every image part, in order; param names it OpenAI-style."""
@@ -61,7 +62,9 @@ class ImageResolver:
         if len(parts) > limits.max_images:
             raise TooManyImagesError(
                 f"The model '{request.model}' accepts at most {limits.max_images} image(s) per "
-                f"request; this request has {len(parts)}.", param="messages")
+                f"request; this request has {len(parts)}.",
+                param="messages",
+            )
         results = await asyncio.gather(
             *(self._resolve_part(param, part, limits) for param, part in parts),
             return_exceptions=True,
@@ -70,15 +73,17 @@ class ImageResolver:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _resolve_part(self, param: str, part: ChatCompletionContentPartImage,
-                            limits: ImageLimits) -> None:
+    async def _resolve_part(
+        self, param: str, part: ChatCompletionContentPartImage, limits: ImageLimits
+    ) -> None:
         url, detail = part.image_url.url, part.image_url.detail
         what = f"The image in {param}"
         try:
             scheme = scheme_of(url)
             if scheme == "data":
                 part.image_url.url = await asyncio.to_thread(
-                    prepare_data_url, url, detail, limits, what)
+                    prepare_data_url, url, detail, limits, what
+                )
                 return
             if scheme in ("http", "https"):
                 fetched = await self._fetcher.fetch(parse_http_url(url), limits.max_bytes)
@@ -87,7 +92,8 @@ class ImageResolver:
                 data = await asyncio.to_thread(self._read_local, url, limits.max_bytes)
             else:
                 raise InvalidImageURLError(
-                    f"Unsupported image URL '{shorten(url)}': use a data: URL or an http(s) URL.")
+                    f"Unsupported image URL '{shorten(url)}': use a data: URL or an http(s) URL."
+                )
             prepared = await asyncio.to_thread(prepare_image, data, detail, limits, what)
             part.image_url.url = to_data_url(prepared, data)
         except ImageError as exc:
@@ -98,11 +104,13 @@ class ImageResolver:
         if self._media_dir is None:
             raise BlockedImageURLError(
                 "file: image URLs are refused: no local media directory is configured "
-                "(images.local_media_dir).")
+                "(images.local_media_dir)."
+            )
         path = local_media_path(url, self._media_dir)
         if path.stat().st_size > max_bytes:
-            raise ImageTooLargeError(f"The file '{shorten(url)}' is larger than the limit of "
-                                     f"{max_bytes} bytes.")
+            raise ImageTooLargeError(
+                f"The file '{shorten(url)}' is larger than the limit of {max_bytes} bytes."
+            )
         return path.read_bytes()
 
 
@@ -113,10 +121,14 @@ def prepare_data_url(url: str, detail: str, limits: ImageLimits, what: str) -> s
     if not comma or "base64" not in params.lower().split(";"):
         raise InvalidImageURLError(f"{what} is a data URL without ';base64,'.")
     media_type = media_type.strip().lower()
-    if media_type and not media_type.startswith("image/") \
-            and media_type != "application/octet-stream":
-        raise InvalidImageURLError(f"{what} is a data URL of type '{media_type[:40]}', "
-                                   "not an image type.")
+    if (
+        media_type
+        and not media_type.startswith("image/")
+        and media_type != "application/octet-stream"
+    ):
+        raise InvalidImageURLError(
+            f"{what} is a data URL of type '{media_type[:40]}', not an image type."
+        )
     if len(payload) > (limits.max_bytes + 2) // 3 * 4 + 4:
         raise ImageTooLargeError(f"{what} is larger than the limit of {limits.max_bytes} bytes.")
     try:
@@ -143,8 +155,9 @@ def local_media_path(url: str, media_dir: Path) -> Path:
     if rest.startswith("//"):
         host, slash, path = rest[2:].partition("/")
         if host not in ("", "localhost"):
-            raise InvalidImageURLError(f"Invalid file URL '{shorten(url)}': remote hosts are "
-                                       "not allowed.")
+            raise InvalidImageURLError(
+                f"Invalid file URL '{shorten(url)}': remote hosts are not allowed."
+            )
         rest = slash + path
     if "?" in rest or "#" in rest or "\\" in rest:
         raise InvalidImageURLError(f"Invalid file URL '{shorten(url)}'.")
@@ -153,8 +166,10 @@ def local_media_path(url: str, media_dir: Path) -> Path:
         raise InvalidImageURLError(f"Invalid file URL '{shorten(url)}'.")
     real = Path(os.path.realpath(decoded))
     if not real.is_relative_to(media_dir) or not real.is_file():
-        raise BlockedImageURLError(f"The file URL '{shorten(url)}' was refused: it is not a "
-                                   "file under the local media directory.")
+        raise BlockedImageURLError(
+            f"The file URL '{shorten(url)}' was refused: it is not a "
+            "file under the local media directory."
+        )
     return real
 
 

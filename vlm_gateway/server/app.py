@@ -14,15 +14,15 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from vlm_gateway.backends.base import Backend
-from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.backends.kinds import build_backends
+from vlm_gateway.backends.registry import BackendRegistry
+from vlm_gateway.config.settings import GatewaySettings
+from vlm_gateway.core.errors import GatewayError, InvalidRequestError, NotFoundError
 from vlm_gateway.server.batch.runner import BatchRunner
 from vlm_gateway.server.batch.store import Store
-from vlm_gateway.core.errors import GatewayError, InvalidRequestError, NotFoundError
+from vlm_gateway.server.door.install import install_security, open_image_resolver
 from vlm_gateway.server.route_helpers import json_response
 from vlm_gateway.server.routes import batches, chat, completions, files, health, models
-from vlm_gateway.server.door.install import install_security, open_image_resolver
-from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.server.state import GatewayState
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException):
         if exc.status_code == 404:
             return _envelope(NotFoundError(f"No route {request.method} {request.url.path}."))
-        error = GatewayError(str(exc.detail), status_code=exc.status_code,
-                             error_type="invalid_request_error")
+        error = GatewayError(
+            str(exc.detail), status_code=exc.status_code, error_type="invalid_request_error"
+        )
         return _envelope(error)
 
     @app.exception_handler(Exception)

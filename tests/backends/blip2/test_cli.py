@@ -17,8 +17,14 @@ pytest.importorskip("torch")
 
 
 def vlm_gateway(*args: str, env: dict | None = None, timeout: float = 120):
-    return subprocess.run([sys.executable, "-m", "vlm_gateway", *args], cwd=REPO, text=True,
-                          capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "vlm_gateway", *args],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_tiny_model_writes_a_blip2_that_transformers_loads(tmp_path):
@@ -53,17 +59,29 @@ def test_serve_without_config_or_weights_says_what_is_missing(tmp_path):
 def test_serve_without_config_serves_blip2_from_model_dir(tiny_models, workdir):
     port = free_port()
     log_path = workdir / f"serve-default-{port}.log"
-    argv = [sys.executable, "-m", "vlm_gateway", "serve", "--model", str(tiny_models["blip2"]),
-            "--host", "127.0.0.1", "--port", str(port)]
+    argv = [
+        sys.executable,
+        "-m",
+        "vlm_gateway",
+        "serve",
+        "--model",
+        str(tiny_models["blip2"]),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         wait_http(f"http://127.0.0.1:{port}/ready", 120, proc, log_path)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
         assert [m.id for m in client.models.list()] == ["blip2"]
         answer = client.chat.completions.create(
-            model="blip2", messages=[image_message(None, png_data_url())], max_tokens=3)
+            model="blip2", messages=[image_message(None, png_data_url())], max_tokens=3
+        )
         assert answer.usage.completion_tokens == 3
     finally:
         stop_process_group(proc)

@@ -10,11 +10,27 @@ import pytest
 
 pytest.importorskip("torch")
 
-from vlm_gateway.backends.blip2.generate import RowSpec, generate_batch, load_blip2  # noqa: E402
 from tests.support.images import png_bytes  # noqa: E402
 from tests.support.torch_device import TEST_DEVICE  # noqa: E402
+from vlm_gateway.backends.blip2.generate import RowSpec, generate_batch, load_blip2  # noqa: E402
 
-WORDS = "a the cat dog red blue sky what is in picture color left of under".split()
+WORDS = [
+    "a",
+    "the",
+    "cat",
+    "dog",
+    "red",
+    "blue",
+    "sky",
+    "what",
+    "is",
+    "in",
+    "picture",
+    "color",
+    "left",
+    "of",
+    "under",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +59,14 @@ def varied_specs(loaded, count: int, **fields) -> list[RowSpec]:
     for i in range(count):
         words = " ".join(rng.choice(WORDS) for _ in range(rng.randrange(0, 30)))
         text = f"Question: {words} Answer:" if words else ""
-        specs.append(RowSpec(prompt_ids=loaded.prompt_ids(text), pixel_values=pixels(loaded, i),
-                             max_new_tokens=rng.randrange(3, 40), **fields))
+        specs.append(
+            RowSpec(
+                prompt_ids=loaded.prompt_ids(text),
+                pixel_values=pixels(loaded, i),
+                max_new_tokens=rng.randrange(3, 40),
+                **fields,
+            )
+        )
     return specs
 
 
@@ -65,10 +87,13 @@ def test_greedy_matches_transformers_generate(loaded):
         reference = loaded.model.generate(
             pixel_values=image.to(loaded.device, loaded.dtype),
             input_ids=torch.tensor([ids], device=loaded.device),
-            max_new_tokens=20, do_sample=False)
-        expected = loaded.decode(reference[0, len(ids):].tolist())
-        spec = RowSpec(prompt_ids=ids, pixel_values=image, max_new_tokens=20,
-                       strip_leading_space=False)
+            max_new_tokens=20,
+            do_sample=False,
+        )
+        expected = loaded.decode(reference[0, len(ids) :].tolist())
+        spec = RowSpec(
+            prompt_ids=ids, pixel_values=image, max_new_tokens=20, strip_leading_space=False
+        )
         assert generate_batch(loaded, [spec])[0].text == expected
 
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from vlm_gateway.backends.blip2.request import build_prompt, check_supported, decode_image, sampling_options
+from tests.support.images import data_url, image_message, png_bytes, png_data_url
+from vlm_gateway.backends.blip2.request import (
+    build_prompt,
+    check_supported,
+    decode_image,
+    sampling_options,
+)
 from vlm_gateway.core.errors import InvalidRequestError
 from vlm_gateway.core.protocol import ChatCompletionRequest
-from tests.support.images import data_url, image_message, png_bytes, png_data_url
 
 IMAGE = png_data_url()
 
@@ -35,7 +40,10 @@ def test_turns_are_concatenated_as_questions_and_answers():
         {"role": "assistant", "content": "a cat"},
         {"role": "user", "content": "What colour?"},
     ]
-    assert prompt_text(messages) == "Question: What is it? Answer: a cat Question: What colour? Answer:"
+    assert (
+        prompt_text(messages)
+        == "Question: What is it? Answer: a cat Question: What colour? Answer:"
+    )
 
 
 def test_an_earlier_caption_turn_contributes_its_answer_alone():
@@ -95,8 +103,10 @@ def test_last_message_must_be_the_user():
         ({"tool_choice": "required"}, "tool_choice"),
         ({"logprobs": True}, "logprobs"),
         ({"top_logprobs": 2}, "top_logprobs"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
-         "response_format"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format",
+        ),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"top_k": 5}, "top_k"),
     ],

@@ -19,12 +19,18 @@ pytestmark = pytest.mark.vllm
 @pytest.fixture(scope="module")
 def gateway(vllm_servers, tmp_path_factory):
     llava, blip2 = vllm_servers["llava"], vllm_servers["blip2"]
-    config = {"models": [
-        # Aliases differ from the upstreams' served names, so every answer is rewritten.
-        {"name": "llava", "backend": "openai", "base_url": llava.base_url},
-        {"name": "blip2", "backend": "openai", "base_url": blip2.base_url,
-         "upstream_model": "tiny-blip2"},
-    ]}
+    config = {
+        "models": [
+            # Aliases differ from the upstreams' served names, so every answer is rewritten.
+            {"name": "llava", "backend": "openai", "base_url": llava.base_url},
+            {
+                "name": "blip2",
+                "backend": "openai",
+                "base_url": blip2.base_url,
+                "upstream_model": "tiny-blip2",
+            },
+        ]
+    }
     with GatewayProcess(config, tmp_path_factory.mktemp("vllm-gw")) as process:
         yield process
 
@@ -40,8 +46,7 @@ def ask(text="What is in the picture?", seed=0):
 
 @pytest.mark.parametrize("model", ["llava", "blip2"])
 def test_chat_with_image_returns_a_chat_completion(client, model):
-    reply = client.chat.completions.create(model=model, messages=ask(), max_tokens=6,
-                                           temperature=0)
+    reply = client.chat.completions.create(model=model, messages=ask(), max_tokens=6, temperature=0)
     assert isinstance(reply, openai.types.chat.ChatCompletion)
     assert reply.model == model and reply.object == "chat.completion"
     assert reply.choices[0].message.role == "assistant"
@@ -52,9 +57,16 @@ def test_chat_with_image_returns_a_chat_completion(client, model):
 
 
 def test_stream_ends_with_usage_chunk_then_done(client):
-    chunks = list(client.chat.completions.create(
-        model="llava", messages=ask(), max_completion_tokens=5, temperature=0, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="llava",
+            messages=ask(),
+            max_completion_tokens=5,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert all(c.model == "llava" and c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
     *content, last = chunks
@@ -81,28 +93,34 @@ def test_wire_json_validates_strictly_against_the_sdk_types(gateway, model):
 
 
 def test_n_2_gives_two_choices(client):
-    reply = client.chat.completions.create(model="llava", messages=ask(), n=2, max_tokens=4,
-                                           temperature=1.0, seed=1)
+    reply = client.chat.completions.create(
+        model="llava", messages=ask(), n=2, max_tokens=4, temperature=1.0, seed=1
+    )
     assert sorted(choice.index for choice in reply.choices) == [0, 1]
 
 
 def test_max_completion_tokens_and_stop_are_honoured(client):
-    free = client.chat.completions.create(model="llava", messages=ask(), max_tokens=12,
-                                          temperature=0)
+    free = client.chat.completions.create(
+        model="llava", messages=ask(), max_tokens=12, temperature=0
+    )
     assert free.usage.completion_tokens <= 12
     text = free.choices[0].message.content
     if len(text) > 2:  # stop at a character the greedy answer is known to contain
         stop = text[len(text) // 2]
-        cut = client.chat.completions.create(model="llava", messages=ask(), max_tokens=12,
-                                             temperature=0, stop=[stop])
+        cut = client.chat.completions.create(
+            model="llava", messages=ask(), max_tokens=12, temperature=0, stop=[stop]
+        )
         assert cut.choices[0].finish_reason == "stop"
         assert stop not in cut.choices[0].message.content
 
 
 def test_greedy_answers_are_deterministic(client):
-    first, second = (client.chat.completions.create(model="blip2", messages=ask(seed=3),
-                                                    max_tokens=6, temperature=0)
-                     for _ in range(2))
+    first, second = (
+        client.chat.completions.create(
+            model="blip2", messages=ask(seed=3), max_tokens=6, temperature=0
+        )
+        for _ in range(2)
+    )
     assert first.choices[0].message.content == second.choices[0].message.content
 
 
@@ -111,20 +129,28 @@ def test_models_list_shows_the_aliases(client):
 
 
 def test_legacy_completions_are_forwarded(client):
-    reply = client.completions.create(model="llava", prompt="USER: hello ASSISTANT:",
-                                      max_tokens=4, temperature=0)
+    reply = client.completions.create(
+        model="llava", prompt="USER: hello ASSISTANT:", max_tokens=4, temperature=0
+    )
     assert reply.model == "llava" and reply.object == "text_completion"
     assert reply.usage.completion_tokens <= 4
-    streamed = list(client.completions.create(model="llava", prompt="hi", max_tokens=3,
-                                              stream=True))
+    streamed = list(
+        client.completions.create(model="llava", prompt="hi", max_tokens=3, stream=True)
+    )
     assert streamed and all(chunk.model == "llava" for chunk in streamed)
 
 
 def test_upstream_4xx_keeps_its_status_and_words(client):
-    two_images = [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": png_data_url(seed=1)}},
-        {"type": "image_url", "image_url": {"url": png_data_url(seed=2)}},
-        {"type": "text", "text": "compare"}]}]
+    two_images = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": png_data_url(seed=1)}},
+                {"type": "image_url", "image_url": {"url": png_data_url(seed=2)}},
+                {"type": "text", "text": "compare"},
+            ],
+        }
+    ]
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="blip2", messages=two_images, max_tokens=3)
     assert "At most 1 image" in info.value.message
@@ -133,11 +159,15 @@ def test_upstream_4xx_keeps_its_status_and_words(client):
 def test_async_client_concurrent_requests(gateway):
     async def run():
         async with openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="x") as client:
-            replies = await asyncio.gather(*(
-                client.chat.completions.create(model=model, messages=ask(seed=i), max_tokens=4)
-                for i, model in enumerate(["llava", "blip2"] * 4)))
+            replies = await asyncio.gather(
+                *(
+                    client.chat.completions.create(model=model, messages=ask(seed=i), max_tokens=4)
+                    for i, model in enumerate(["llava", "blip2"] * 4)
+                )
+            )
             stream = await client.chat.completions.create(
-                model="blip2", messages=ask(), max_tokens=3, stream=True)
+                model="blip2", messages=ask(), max_tokens=3, stream=True
+            )
             chunks = [chunk async for chunk in stream]
         return replies, chunks
 

@@ -16,15 +16,27 @@ HI = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def gateway(upstream, tmp_path_factory):
     def entry(name, mode, **extra):
-        return {"name": name, "backend": "openai", "base_url": upstream.base_url,
-                "upstream_model": mode, "api_key": "upstream-secret", **extra}
+        return {
+            "name": name,
+            "backend": "openai",
+            "base_url": upstream.base_url,
+            "upstream_model": mode,
+            "api_key": "upstream-secret",
+            **extra,
+        }
 
-    config = {"models": [
-        entry("ok", "ok"), entry("e500", "fault-500"), entry("e400", "fault-400"),
-        entry("stall", "fault-stall", timeout=1), entry("stall-long", "fault-stall", timeout=30),
-        entry("drop", "fault-drop"),
-        entry("badjson", "fault-badjson"), entry("slow", "slow-stream"),
-    ]}
+    config = {
+        "models": [
+            entry("ok", "ok"),
+            entry("e500", "fault-500"),
+            entry("e400", "fault-400"),
+            entry("stall", "fault-stall", timeout=1),
+            entry("stall-long", "fault-stall", timeout=30),
+            entry("drop", "fault-drop"),
+            entry("badjson", "fault-badjson"),
+            entry("slow", "slow-stream"),
+        ]
+    }
     with GatewayProcess(config, tmp_path_factory.mktemp("faults")) as process:
         yield process
 
@@ -36,8 +48,9 @@ def client(gateway):
 
 def test_request_is_forwarded_with_upstream_name_key_and_extras(client, upstream):
     upstream.clear()
-    reply = client.chat.completions.create(model="ok", messages=HI, temperature=0,
-                                           extra_body={"top_k": 3, "min_p": 0.1})
+    reply = client.chat.completions.create(
+        model="ok", messages=HI, temperature=0, extra_body={"top_k": 3, "min_p": 0.1}
+    )
     assert reply.model == "ok" and reply.choices[0].message.content == "hello"
     sent = upstream.requests[-1]
     assert sent["model"] == "ok" and sent["top_k"] == 3 and sent["min_p"] == 0.1
@@ -110,8 +123,17 @@ def test_client_disconnect_closes_the_upstream_stream(gateway, upstream):
 
 def test_down_upstream_gives_502_within_1s_then_503_at_once(tmp_path):
     with FakeUpstream() as fake:
-        config = {"models": [{"name": "m", "backend": "openai", "base_url": fake.base_url,
-                              "upstream_model": "ok", "health_interval": 60}]}
+        config = {
+            "models": [
+                {
+                    "name": "m",
+                    "backend": "openai",
+                    "base_url": fake.base_url,
+                    "upstream_model": "ok",
+                    "health_interval": 60,
+                }
+            ]
+        }
         with GatewayProcess(config, tmp_path) as gateway:
             client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0)
             assert client.chat.completions.create(model="m", messages=HI).model == "m"
@@ -136,8 +158,11 @@ def test_down_upstream_gives_502_within_1s_then_503_at_once(tmp_path):
 def test_client_disconnect_abandons_a_non_streaming_upstream_request(gateway, upstream):
     before = upstream.stall_disconnects
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(gateway.url + "/v1/chat/completions", timeout=0.3,
-                   json={"model": "stall-long", "messages": HI})
+        httpx.post(
+            gateway.url + "/v1/chat/completions",
+            timeout=0.3,
+            json={"model": "stall-long", "messages": HI},
+        )
     deadline = time.monotonic() + 3  # long before the gateway's own 30 s upstream timeout
     while upstream.stall_disconnects == before and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -10,18 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from vlm_gateway.server.app import upstream_session
-from vlm_gateway.backends.kinds import build_backends
+from vlm_gateway.backends.kinds import build_backends, settings_model
 from vlm_gateway.config.loading import ConfigError, load_settings
-from vlm_gateway.backends.kinds import settings_model
+from vlm_gateway.server.app import upstream_session
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((REPO / "examples").glob("vllm-*.yaml"))
 
 
 def _check_config(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlm_gateway", "check-config", str(path)],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "vlm_gateway", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
@@ -32,12 +36,16 @@ def test_every_vllm_example_passes_check_config(example):
 
 def test_check_config_prints_each_process_argv_env_and_gpu_share():
     out = _check_config(REPO / "examples" / "vllm-two-models-one-gpu.yaml").stdout
-    assert ("argv: vllm serve Salesforce/blip2-opt-2.7b --served-model-name blip2 --host "
-            "127.0.0.1 --port <free port> --gpu-memory-utilization 0.4 --enable-prefix-caching "
-            "--dtype float16") in out
-    assert ("argv: vllm serve fancyfeast/llama-joycaption-beta-one-hf-llava --served-model-name "
-            "joycaption --host 127.0.0.1 --port <free port> --max-model-len 4096 "
-            "--gpu-memory-utilization 0.55") in out
+    assert (
+        "argv: vllm serve Salesforce/blip2-opt-2.7b --served-model-name blip2 --host "
+        "127.0.0.1 --port <free port> --gpu-memory-utilization 0.4 --enable-prefix-caching "
+        "--dtype float16"
+    ) in out
+    assert (
+        "argv: vllm serve fancyfeast/llama-joycaption-beta-one-hf-llava --served-model-name "
+        "joycaption --host 127.0.0.1 --port <free port> --max-model-len 4096 "
+        "--gpu-memory-utilization 0.55"
+    ) in out
     assert out.count("env additions: CUDA_VISIBLE_DEVICES=0") == 2
     assert "max_model_len: auto: start at 4096" in out
 
@@ -49,22 +57,28 @@ def _config(tmp_path: Path, text: str) -> Path:
 
 
 def test_over_committed_gpu_is_a_config_error(tmp_path):
-    path = _config(tmp_path, """
+    path = _config(
+        tmp_path,
+        """
 models:
   - {name: a, backend: vllm, model: m, gpus: [0], gpu_memory_utilization: 0.6}
   - {name: b, backend: vllm, model: m, gpus: [0], gpu_memory_utilization: 0.5}
-""")
+""",
+    )
     with pytest.raises(ConfigError) as caught:
         load_settings(settings_model(), path)
     assert "GPU 0" in str(caught.value) and "1.10" in str(caught.value)
 
 
 def test_extra_args_may_not_set_what_the_gateway_sets(tmp_path):
-    path = _config(tmp_path, """
+    path = _config(
+        tmp_path,
+        """
 models:
   - {name: a, backend: vllm, model: m, max_model_len: auto, extra_args: ["--max-model-len", "9"]}
   - {name: b, backend: vllm, model: m, extra_args: ["--port=9000"]}
-""")
+""",
+    )
     with pytest.raises(ConfigError) as caught:
         load_settings(settings_model(), path)
     text = str(caught.value)
@@ -72,8 +86,14 @@ models:
 
 
 def test_replicas_become_backends_with_their_own_port_and_log(tmp_path):
-    settings = settings_model().model_validate({"data_dir": str(tmp_path), "models": [
-        {"name": "blip2", "backend": "vllm", "model": "m", "replicas": 2, "port": 9100}]})
+    settings = settings_model().model_validate(
+        {
+            "data_dir": str(tmp_path),
+            "models": [
+                {"name": "blip2", "backend": "vllm", "model": "m", "replicas": 2, "port": 9100}
+            ],
+        }
+    )
 
     async def build():  # the session needs a running loop; the backends are never started
         async with upstream_session(settings) as client:
@@ -82,7 +102,11 @@ def test_replicas_become_backends_with_their_own_port_and_log(tmp_path):
     backends = asyncio.run(build())
     assert [b.name for b in backends] == ["blip2", "blip2"]
     assert [b.command.argv()[b.command.argv().index("--port") + 1] for b in backends] == [
-        "9100", "9101"]
+        "9100",
+        "9101",
+    ]
     assert [b.describe()["log_file"] for b in backends] == [
-        str(tmp_path / "logs" / "vllm-blip2-0.log"), str(tmp_path / "logs" / "vllm-blip2-1.log")]
+        str(tmp_path / "logs" / "vllm-blip2-0.log"),
+        str(tmp_path / "logs" / "vllm-blip2-1.log"),
+    ]
     assert all(b.describe()["state"] == "starting" for b in backends)

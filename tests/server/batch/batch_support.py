@@ -11,9 +11,16 @@ FINAL = ("completed", "failed", "expired", "cancelled")
 
 
 def chat_line(custom_id: str, model: str, content="say hi", max_tokens: int = 8) -> dict:
-    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": model, "max_tokens": max_tokens,
-                     "messages": [{"role": "user", "content": content}]}}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": model,
+            "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": content}],
+        },
+    }
 
 
 def jsonl(lines: list[dict]) -> bytes:

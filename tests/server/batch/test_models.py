@@ -26,12 +26,19 @@ MODELS = ("vllm-blip2", "vllm-llava", "inproc-blip2")
 def gateway(vllm_servers, tiny_models, tmp_path_factory):
     pytest.importorskip("torch")
     work = tmp_path_factory.mktemp("batch-models")
-    config = {"data_dir": str(work / "data"), "models": [
-        {"name": "vllm-blip2", "backend": "openai", "base_url": vllm_servers["blip2"].base_url},
-        {"name": "vllm-llava", "backend": "openai", "base_url": vllm_servers["llava"].base_url},
-        {"name": "inproc-blip2", "backend": "blip2", "model": str(tiny_models["blip2"]),
-         "device": TEST_DEVICE},
-    ]}
+    config = {
+        "data_dir": str(work / "data"),
+        "models": [
+            {"name": "vllm-blip2", "backend": "openai", "base_url": vllm_servers["blip2"].base_url},
+            {"name": "vllm-llava", "backend": "openai", "base_url": vllm_servers["llava"].base_url},
+            {
+                "name": "inproc-blip2",
+                "backend": "blip2",
+                "model": str(tiny_models["blip2"]),
+                "device": TEST_DEVICE,
+            },
+        ],
+    }
     gateway = GatewayProcess(config, work)
     try:
         yield gateway.start(deadline_s=180)
@@ -45,25 +52,37 @@ def client(gateway) -> openai.OpenAI:
 
 
 def image_line(custom_id: str, model: str, seed: int) -> dict:
-    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": model, "max_tokens": 6, "temperature": 0,
-                     "messages": [image_message("What is in the picture?",
-                                                png_data_url(seed=seed))]}}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": model,
+            "max_tokens": 6,
+            "temperature": 0,
+            "messages": [image_message("What is in the picture?", png_data_url(seed=seed))],
+        },
+    }
 
 
 def test_batch_across_vllm_and_in_process_blip2(client):
     lines = [image_line(f"{model}-{i}", model, i) for model in MODELS for i in range(4)]
     broken = image_line("broken", "vllm-blip2", 0)
     broken["body"]["messages"][0]["content"][0]["image_url"]["url"] = "data:image/png;base64,AAAA"
-    file = client.files.create(file=("in.jsonl", io.BytesIO(jsonl(lines + [broken]))),
-                               purpose="batch")
-    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
+    file = client.files.create(
+        file=("in.jsonl", io.BytesIO(jsonl(lines + [broken]))), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
     assert batch.id in [b.id for b in client.batches.list(limit=5)]
     batch = wait_final(client, batch.id, deadline_s=240)
     assert batch.status == "completed", batch
-    assert (batch.request_counts.total, batch.request_counts.completed,
-            batch.request_counts.failed) == (13, 12, 1)
+    assert (
+        batch.request_counts.total,
+        batch.request_counts.completed,
+        batch.request_counts.failed,
+    ) == (13, 12, 1)
     output = result_lines(client, batch.output_file_id)
     assert sorted(o["custom_id"] for o in output) == sorted(line["custom_id"] for line in lines)
     for line in output:
@@ -77,8 +96,9 @@ def test_batch_across_vllm_and_in_process_blip2(client):
 def test_cancel_a_real_batch(client):
     lines = [image_line(f"c{i}", "vllm-llava", i) for i in range(200)]
     file = client.files.create(file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
-    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
     assert client.batches.cancel(batch.id).status == "cancelling"
     batch = wait_final(client, batch.id, deadline_s=60)
     assert batch.status == "cancelled"
@@ -92,9 +112,26 @@ def test_caption_folder_through_the_gateway(gateway, tmp_path):
     (tmp_path / "photos" / "corrupt.png").write_bytes(png_bytes(seed=9)[:40])
     out = tmp_path / "captions.jsonl"
     result = subprocess.run(
-        [sys.executable, "-m", "vlm_gateway", "caption", str(tmp_path / "photos"), "--model",
-         "vllm-blip2", "--out", str(out), "--url", gateway.url, "--max-tokens", "6"],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "vlm_gateway",
+            "caption",
+            str(tmp_path / "photos"),
+            "--model",
+            "vllm-blip2",
+            "--out",
+            str(out),
+            "--url",
+            gateway.url,
+            "--max-tokens",
+            "6",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     records = {json.loads(line)["image"]: json.loads(line) for line in out.read_text().splitlines()}
     assert len(records) == 7

@@ -21,19 +21,24 @@ def test_batch_survives_kill_9(tmp_path):
         config = {
             "data_dir": str(tmp_path / "data"),
             "batch": {"concurrency_per_model": 2},
-            "models": [{"name": name, "backend": "openai", "base_url": upstream.base_url,
-                        "upstream_model": name} for name in ("ok", "fault-400")],
+            "models": [
+                {
+                    "name": name,
+                    "backend": "openai",
+                    "base_url": upstream.base_url,
+                    "upstream_model": name,
+                }
+                for name in ("ok", "fault-400")
+            ],
         }
         gateway = GatewayProcess(config, tmp_path).start()
         try:
             client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0)
-            lines = [chat_line(f"r{i}", "fault-400" if i % 10 == 0 else "ok")
-                     for i in range(TOTAL)]
-            file = client.files.create(file=("in.jsonl", io.BytesIO(jsonl(lines))),
-                                       purpose="batch")
-            batch = client.batches.create(input_file_id=file.id,
-                                          endpoint="/v1/chat/completions",
-                                          completion_window="24h")
+            lines = [chat_line(f"r{i}", "fault-400" if i % 10 == 0 else "ok") for i in range(TOTAL)]
+            file = client.files.create(file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+            batch = client.batches.create(
+                input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
             done = 0
             while done < 100:
                 counts = client.batches.retrieve(batch.id).request_counts
@@ -45,8 +50,7 @@ def test_batch_survives_kill_9(tmp_path):
 
             gateway.start()  # same port, config and data dir
             batch = wait_final(client, batch.id, deadline_s=120)
-            seen = Counter(line["custom_id"]
-                           for line in result_lines(client, batch.output_file_id))
+            seen = Counter(line["custom_id"] for line in result_lines(client, batch.output_file_id))
             seen.update(line["custom_id"] for line in result_lines(client, batch.error_file_id))
         finally:
             gateway.stop()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from vlm_gateway.server.batch.validation import read_requests, validate_input
 from tests.server.batch.batch_support import chat_line, jsonl
+from vlm_gateway.server.batch.validation import read_requests, validate_input
 
 ENDPOINT = "/v1/chat/completions"
 
@@ -27,14 +27,22 @@ def test_each_problem_names_its_line_and_param(tmp_path):
     bad_body["body"]["temperature"] = 9
     streaming = chat_line("d", "m")
     streaming["body"]["stream"] = True
-    lines = [b"[1, 2]\n", jsonl([{**chat_line("a", "m"), "method": "GET"}]),
-             jsonl([bad_body]), jsonl([streaming]), jsonl([{"method": "POST"}])]
+    lines = [
+        b"[1, 2]\n",
+        jsonl([{**chat_line("a", "m"), "method": "GET"}]),
+        jsonl([bad_body]),
+        jsonl([streaming]),
+        jsonl([{"method": "POST"}]),
+    ]
     result = _validate(tmp_path, b"".join(lines))
     got = [(e.line, e.code, e.param) for e in result.errors]
-    assert got == [(1, "invalid_request", None), (2, "invalid_method", "method"),
-                   (3, "invalid_request", "body.temperature"),
-                   (4, "invalid_request", "body.stream"),
-                   (5, "missing_required_parameter", "custom_id")]
+    assert got == [
+        (1, "invalid_request", None),
+        (2, "invalid_method", "method"),
+        (3, "invalid_request", "body.temperature"),
+        (4, "invalid_request", "body.stream"),
+        (5, "missing_required_parameter", "custom_id"),
+    ]
     assert all(f"Line {e.line}" in e.message for e in result.errors)
 
 
@@ -42,4 +50,5 @@ def test_empty_and_oversized_files(tmp_path):
     assert [e.code for e in _validate(tmp_path, b"\n\n").errors] == ["empty_file"]
     many = jsonl([chat_line(f"r{i}", "m") for i in range(3)])
     assert [e.code for e in _validate(tmp_path, many, max_requests=2).errors] == [
-        "too_many_requests"]
+        "too_many_requests"
+    ]

@@ -22,13 +22,21 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vlm_gateway.backends.blip2 import output as blip2_output
 from vlm_gateway.backends.base import Backend, State
+from vlm_gateway.backends.blip2 import output as blip2_output
 from vlm_gateway.backends.blip2.request import (
-    Blip2Prompt, Sampling, build_prompt, check_supported, decode_image, sampling_options,
+    Blip2Prompt,
+    Sampling,
+    build_prompt,
+    check_supported,
+    decode_image,
+    sampling_options,
 )
 from vlm_gateway.core.errors import (
-    ContextLengthExceededError, GatewayError, InvalidRequestError, ServiceUnavailableError,
+    ContextLengthExceededError,
+    GatewayError,
+    InvalidRequestError,
+    ServiceUnavailableError,
 )
 from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.core.sse import DONE
@@ -135,9 +143,14 @@ class Blip2Backend(Backend):
             self.set_status(State.FAILED, reason)
             return
         loaded = self._loaded
-        log.info("model %s: BLIP-2 loaded from %s on %s (%s), batches of up to %d",
-                 self.name, self.model_ref, loaded.device, str(loaded.dtype).removeprefix("torch."),
-                 self.max_batch_size)
+        log.info(
+            "model %s: BLIP-2 loaded from %s on %s (%s), batches of up to %d",
+            self.name,
+            self.model_ref,
+            loaded.device,
+            str(loaded.dtype).removeprefix("torch."),
+            self.max_batch_size,
+        )
         self.set_status(State.READY)
         await self._batch_forever()
 
@@ -145,8 +158,10 @@ class Blip2Backend(Backend):
         try:
             from vlm_gateway.backends.blip2 import generate as blip2_generate
         except ImportError as exc:
-            raise RuntimeError(f"the blip2 extra is not installed ({exc.name} is missing): "
-                               "pip install 'vlm-gateway[blip2]'") from None
+            raise RuntimeError(
+                f"the blip2 extra is not installed ({exc.name} is missing): "
+                "pip install 'vlm-gateway[blip2]'"
+            ) from None
         self._row_spec, self._generate = blip2_generate.RowSpec, blip2_generate.generate_batch
         return blip2_generate.load_blip2(
             self.model_ref, self._device, self._dtype, self._context_length
@@ -224,8 +239,16 @@ class Blip2Backend(Backend):
             self._queue.put_nowait(_Row(spec, pending, index))
         return pending
 
-    def _row(self, prompt: Blip2Prompt, prompt_ids, pixels, sampling: Sampling, index: int,
-             max_tokens: int, pending: _Pending) -> RowSpec:
+    def _row(
+        self,
+        prompt: Blip2Prompt,
+        prompt_ids,
+        pixels,
+        sampling: Sampling,
+        index: int,
+        max_tokens: int,
+        pending: _Pending,
+    ) -> RowSpec:
         on_text = None
         if pending.events is not None:
             on_text = _threadsafe(lambda text: pending.events.put_nowait((index, text)))
@@ -300,13 +323,15 @@ class Blip2Backend(Backend):
             )
         except asyncio.CancelledError:
             for row in batch:
-                row.pending.deliver(row.index, ServiceUnavailableError(
-                    f"The model '{self.name}' is shutting down."))
+                row.pending.deliver(
+                    row.index, ServiceUnavailableError(f"The model '{self.name}' is shutting down.")
+                )
             raise
         except Exception as exc:
             log.exception("model %s: generation failed for a batch of %d", self.name, len(batch))
-            error = GatewayError(f"BLIP-2 generation failed ({type(exc).__name__}); "
-                                 "the gateway log has the details.")
+            error = GatewayError(
+                f"BLIP-2 generation failed ({type(exc).__name__}); the gateway log has the details."
+            )
             for row in batch:
                 row.pending.deliver(row.index, error)
             return
@@ -332,8 +357,9 @@ def _prepare(loaded: LoadedBlip2, prompt: Blip2Prompt):
     try:
         pixels = loaded.pixel_values(image)
     except Exception:
-        raise InvalidRequestError("The image could not be processed for BLIP-2.",
-                                  param=prompt.image_param) from None
+        raise InvalidRequestError(
+            "The image could not be processed for BLIP-2.", param=prompt.image_param
+        ) from None
     return loaded.prompt_ids(prompt.text), pixels
 
 

@@ -159,8 +159,11 @@ class _RowText:
     def _refresh(self) -> None:
         text = self.loaded.decode(self.tokens)
         self.text = text.lstrip() if self.spec.strip_leading_space else text
-        hits = [i for i in (self.text.find(s, max(0, self.sent - self._hold)) for s in self.spec.stop)
-                if i >= 0]
+        hits = [
+            i
+            for i in (self.text.find(s, max(0, self.sent - self._hold)) for s in self.spec.stop)
+            if i >= 0
+        ]
         if hits:
             self.text = self.text[: min(hits)]
             self._finish("stop", text_is_final=True)
@@ -175,7 +178,7 @@ class _RowText:
     def _emit(self, end: int) -> None:
         if end > self.sent:
             if self.spec.on_text is not None:
-                self.spec.on_text(self.text[self.sent:end])
+                self.spec.on_text(self.text[self.sent : end])
             self.sent = end
 
     def _finish(self, reason: str, text_is_final: bool = False) -> None:
@@ -245,8 +248,11 @@ class _Decoder:
             attention = torch.cat([attention, attention.new_ones(len(self.rows), 1)], dim=1)
             positions = positions + 1
             out = self.loaded.model.language_model(
-                input_ids=tokens.unsqueeze(1), attention_mask=attention, position_ids=positions,
-                past_key_values=cache, use_cache=True,
+                input_ids=tokens.unsqueeze(1),
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
             )
             logits, cache = out.logits[:, -1, :], out.past_key_values
         return [row.result() for row in self.rows]
@@ -259,8 +265,8 @@ class _Decoder:
         ids = torch.full((len(self.specs), width), loaded.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(self.specs), width), dtype=torch.long)
         for row, spec in enumerate(self.specs):
-            ids[row, width - len(spec.prompt_ids):] = torch.tensor(spec.prompt_ids)
-            attention[row, width - len(spec.prompt_ids):] = 1
+            ids[row, width - len(spec.prompt_ids) :] = torch.tensor(spec.prompt_ids)
+            attention[row, width - len(spec.prompt_ids) :] = 1
         ids, attention = ids.to(self.device), attention.to(self.device)
         embeds = model.get_input_embeddings()(ids)
         image_slots = (ids == loaded.image_token_id).unsqueeze(-1)

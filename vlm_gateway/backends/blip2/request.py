@@ -21,16 +21,25 @@ import secrets
 from dataclasses import dataclass
 
 from vlm_gateway.core.errors import InvalidRequestError
-from vlm_gateway.images.decode import ImageLimits
-from vlm_gateway.images.decode import decode_image as safe_decode_image
 from vlm_gateway.core.image_errors import ImageError
 from vlm_gateway.core.protocol import ChatCompletionRequest
+from vlm_gateway.images.decode import ImageLimits
+from vlm_gateway.images.decode import decode_image as safe_decode_image
 
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,", re.I)
 # Extra (non-OpenAI) fields some upstreams accept; harmless to ignore here, as they only tune
 # how a request is logged or routed elsewhere.
-_IGNORED_EXTRAS = frozenset({"stream_options", "service_tier", "store", "prompt_cache_key",
-                             "safety_identifier", "verbosity", "reasoning_effort"})
+_IGNORED_EXTRAS = frozenset(
+    {
+        "stream_options",
+        "service_tier",
+        "store",
+        "prompt_cache_key",
+        "safety_identifier",
+        "verbosity",
+        "reasoning_effort",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -159,8 +168,9 @@ def check_supported(request: ChatCompletionRequest) -> None:
 
 
 def _unsupported(param: str, why: str) -> None:
-    raise InvalidRequestError(f"'{param}' is not supported by the blip2 backend: {why}.",
-                              param=param)
+    raise InvalidRequestError(
+        f"'{param}' is not supported by the blip2 backend: {why}.", param=param
+    )
 
 
 def sampling_options(request: ChatCompletionRequest, vocab_size: int) -> Sampling:
@@ -209,7 +219,7 @@ def decode_image(url: str, param: str, max_pixels: int = 50_000_000):
             "The image data URL must look like data:image/<format>;base64,<data>.", param=param
         )
     try:
-        data = base64.b64decode(url[match.end():], validate=True)
+        data = base64.b64decode(url[match.end() :], validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequestError("The image data URL is not valid base64.", param=param) from None
     # The gateway's safe decoder (sniffed format, bomb and truncation checks, EXIF orientation,

@@ -15,8 +15,10 @@ def missing_weights_reason(model_ref: str, hub_timeout_s: float = 5.0) -> str | 
     hub answers for it; else what is missing, in one line."""
     missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
     if missing:
-        return (f"the blip2 extra is not installed ({', '.join(missing)} missing): "
-                "pip install 'vlm-gateway[blip2]'")
+        return (
+            f"the blip2 extra is not installed ({', '.join(missing)} missing): "
+            "pip install 'vlm-gateway[blip2]'"
+        )
     path = Path(model_ref).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -46,8 +48,10 @@ def how_to_get_weights(model_ref: str) -> list[str]:
     if _looks_like_path(model_ref):
         fetch = ["Point --model at a directory holding a transformers BLIP-2:"]
     else:
-        fetch = [f"Download it where there is network (huggingface-cli download {model_ref}),",
-                 "copy the directory here and point --model at it:"]
+        fetch = [
+            f"Download it where there is network (huggingface-cli download {model_ref}),",
+            "copy the directory here and point --model at it:",
+        ]
     return fetch + [
         "  vlm-gateway serve --model /path/to/blip2-opt-2.7b",
         "For a smoke test with no download (random weights, the words are noise):",

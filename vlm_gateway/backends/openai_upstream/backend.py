@@ -81,8 +81,9 @@ class OpenAIUpstreamBackend(Backend):
     async def probe(self) -> None:
         """Ready when the upstream answers /models and lists the model we forward to."""
         try:
-            async with self._client.get(self.base_url + "/models", headers=self._headers,
-                                        timeout=self._probe_timeout) as response:
+            async with self._client.get(
+                self.base_url + "/models", headers=self._headers, timeout=self._probe_timeout
+            ) as response:
                 body = await response.read()
             if response.status >= 400:
                 raise ValueError(f"status {response.status}")
@@ -122,9 +123,12 @@ class OpenAIUpstreamBackend(Backend):
 
     async def _forward(self, path: str, request: BaseModel) -> dict[str, Any]:
         with self._translate_errors():
-            async with self._client.post(self.base_url + path, data=self._body(request),
-                                         headers=self._headers,
-                                         timeout=self._timeout) as response:
+            async with self._client.post(
+                self.base_url + path,
+                data=self._body(request),
+                headers=self._headers,
+                timeout=self._timeout,
+            ) as response:
                 body = await response.read()
         if response.status >= 400:
             raise upstream_status_error(response.status, body, response.headers)
@@ -140,8 +144,12 @@ class OpenAIUpstreamBackend(Backend):
     async def _forward_stream(self, path: str, request: BaseModel) -> AsyncIterator[bytes]:
         with self._translate_errors():
             # Not `async with`: the response outlives this call; _relay releases it.
-            response = await self._client.post(self.base_url + path, data=self._body(request),
-                                               headers=self._headers, timeout=self._timeout)
+            response = await self._client.post(
+                self.base_url + path,
+                data=self._body(request),
+                headers=self._headers,
+                timeout=self._timeout,
+            )
         if response.status >= 400:
             try:
                 with self._translate_errors():
@@ -204,16 +212,18 @@ class OpenAIUpstreamBackend(Backend):
             self._wake.set()
             raise UpstreamError(f"The upstream for '{self.name}' is unreachable ({_why(exc)}).")
         except aiohttp.ClientError as exc:  # disconnected, payload cut short, protocol errors
-            raise UpstreamError(f"The connection to the upstream for '{self.name}' failed "
-                                f"({_why(exc)}).")
+            raise UpstreamError(
+                f"The connection to the upstream for '{self.name}' failed ({_why(exc)})."
+            )
 
 
 def upstream_timeout(timeout: float, connect_timeout: float) -> aiohttp.ClientTimeout:
     """`timeout` is seconds without a byte from the upstream (also before the first one), not
     a cap on the whole answer: a long stream that keeps sending is never cut. Waiting for a
     pooled connection is bounded by `timeout`, a new connection by `connect_timeout`."""
-    return aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=connect_timeout,
-                                 sock_read=timeout)
+    return aiohttp.ClientTimeout(
+        total=None, connect=timeout, sock_connect=connect_timeout, sock_read=timeout
+    )
 
 
 def upstream_status_error(status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
@@ -224,7 +234,8 @@ def upstream_status_error(status: int, body: bytes, headers: Mapping[str, str]) 
         return GatewayError(
             message or f"The upstream answered {status}.",
             status_code=status,
-            error_type=error_type or ("invalid_request_error" if status < 500 else "service_unavailable"),
+            error_type=error_type
+            or ("invalid_request_error" if status < 500 else "service_unavailable"),
             param=param,
             code=code,
             headers={"retry-after": retry_after} if retry_after else None,

@@ -69,8 +69,14 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         supervision: Supervision = Supervision(),
         timeout: float = 600.0,
     ) -> None:
-        super().__init__(name, "http://127.0.0.1:0/v1", client, upstream_model=name,
-                         timeout=timeout, health_interval=supervision.liveness_interval)
+        super().__init__(
+            name,
+            "http://127.0.0.1:0/v1",
+            client,
+            upstream_model=name,
+            timeout=timeout,
+            health_interval=supervision.liveness_interval,
+        )
         self.command = command
         self.log_path = log_path
         self._sequencer = sequencer
@@ -86,8 +92,9 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._supervisor = asyncio.create_task(self._guarded_supervise(),
-                                               name=f"supervise-{self.name}")
+        self._supervisor = asyncio.create_task(
+            self._guarded_supervise(), name=f"supervise-{self.name}"
+        )
 
     async def _guarded_supervise(self) -> None:
         try:
@@ -138,8 +145,10 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
 
     async def _back_off(self, failures_in_a_row: int, why: str) -> None:
         delay = self._policy.backoff(failures_in_a_row)
-        self.set_status(State.UNAVAILABLE, f"{why}; restarting in {delay:g} s "
-                        f"(restarts so far: {self.restarts})")
+        self.set_status(
+            State.UNAVAILABLE,
+            f"{why}; restarting in {delay:g} s (restarts so far: {self.restarts})",
+        )
         await asyncio.sleep(delay)
 
     def _fail(self, reason: str) -> None:
@@ -158,8 +167,12 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
                 process = await self._launch(command, port)
                 try:
                     card = await wait_until_serving(
-                        self._client, self._root_url(port), command.served_name, process,
-                        self._policy.startup_timeout)
+                        self._client,
+                        self._root_url(port),
+                        command.served_name,
+                        process,
+                        self._policy.startup_timeout,
+                    )
                 except ProcessExited as exc:
                     command = await self._retry_command(command, exc)
                     await self._stop_process()
@@ -180,10 +193,18 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         self._process = process
         process.exited.add_done_callback(self._on_exit)
         state = State.STARTING if self.restarts == 0 else State.UNAVAILABLE
-        self.set_status(state, f"starting vLLM (pid {process.pid}, port {port}, "
-                               f"max_model_len {command.max_model_len or 'model default'})")
-        log.info("model %s: launched vLLM pid %d: %s (log %s)", self.name, process.pid,
-                 " ".join(argv), self.log_path)
+        self.set_status(
+            state,
+            f"starting vLLM (pid {process.pid}, port {port}, "
+            f"max_model_len {command.max_model_len or 'model default'})",
+        )
+        log.info(
+            "model %s: launched vLLM pid %d: %s (log %s)",
+            self.name,
+            process.pid,
+            " ".join(argv),
+            self.log_path,
+        )
         return process
 
     async def _retry_command(self, command: VllmCommand, exc: ProcessExited) -> VllmCommand:
@@ -193,23 +214,39 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         log_text = log_text.rsplit(LAUNCH_MARKER, 1)[-1]  # this launch's output only
         estimate = estimated_max_model_len(log_text)
         current = command.max_model_len
-        if (self._max_model_len_setting == "auto" and estimate
-                and (current is None or estimate < current)):
-            log.warning("model %s: max_model_len %s does not fit the KV cache; vLLM estimates "
-                        "%d: relaunching with max_model_len %d", self.name,
-                        current or "(model default)", estimate, estimate)
+        if (
+            self._max_model_len_setting == "auto"
+            and estimate
+            and (current is None or estimate < current)
+        ):
+            log.warning(
+                "model %s: max_model_len %s does not fit the KV cache; vLLM estimates "
+                "%d: relaunching with max_model_len %d",
+                self.name,
+                current or "(model default)",
+                estimate,
+                estimate,
+            )
             self.command = command.with_max_model_len(estimate)
             return self.command
         tail = "\n".join(log_text.splitlines()[-20:])[-3000:]
-        raise StartFailed(f"vLLM exited with code {exc.returncode} before it was ready; "
-                          f"log tail ({self.log_path}):\n{tail}")
+        raise StartFailed(
+            f"vLLM exited with code {exc.returncode} before it was ready; "
+            f"log tail ({self.log_path}):\n{tail}"
+        )
 
     def _became_ready(self, card: dict[str, Any], process: ManagedProcess) -> None:
         reported = card.get("max_model_len")
-        self.served_max_model_len = reported if isinstance(reported, int) else (
-            self.command.max_model_len)
-        log.info("model %s: vLLM pid %d ready on %s with max_model_len %s", self.name,
-                 process.pid, self.base_url, self.served_max_model_len)
+        self.served_max_model_len = (
+            reported if isinstance(reported, int) else (self.command.max_model_len)
+        )
+        log.info(
+            "model %s: vLLM pid %d ready on %s with max_model_len %s",
+            self.name,
+            process.pid,
+            self.base_url,
+            self.served_max_model_len,
+        )
         self.set_status(State.READY)
 
     def _root_url(self, port: int) -> str:
@@ -221,8 +258,7 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         """Runs the moment the process exits: not ready at once, so requests get 503."""
         if exited.cancelled() or self._stopping or self.status.state is State.STARTING:
             return  # a start that fails is reported by the start itself, with its log tail
-        self.set_status(State.UNAVAILABLE, f"vLLM exited with code {exited.result()}; "
-                                           "restarting")
+        self.set_status(State.UNAVAILABLE, f"vLLM exited with code {exited.result()}; restarting")
         self._wake.set()
 
     async def _watch_until_dead(self) -> str:
@@ -233,8 +269,11 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         while True:
             woken = asyncio.ensure_future(self._wake.wait())
             try:
-                await asyncio.wait({process.exited, woken}, timeout=self._policy.liveness_interval,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {process.exited, woken},
+                    timeout=self._policy.liveness_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             finally:
                 woken.cancel()
             self._wake.clear()
@@ -248,8 +287,10 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
                     self.set_status(State.READY)
                 continue
             failures += 1
-            self.set_status(State.UNAVAILABLE, f"liveness probe failed ({failures}/"
-                                               f"{self._policy.liveness_failures}): {problem}")
+            self.set_status(
+                State.UNAVAILABLE,
+                f"liveness probe failed ({failures}/{self._policy.liveness_failures}): {problem}",
+            )
             if failures >= self._policy.liveness_failures and not process.exited.done():
                 process.kill()
                 return f"vLLM (pid {process.pid}) is wedged ({problem}): killed"
@@ -270,8 +311,13 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         if response.status >= 500:
             return f"status {response.status}: {text}"
         if response.status >= 400:
-            log.warning("model %s: liveness probe refused (%d: %s); set probe_image: false "
-                        "for text-only models", self.name, response.status, text)
+            log.warning(
+                "model %s: liveness probe refused (%d: %s); set probe_image: false "
+                "for text-only models",
+                self.name,
+                response.status,
+                text,
+            )
         return None
 
     @contextlib.contextmanager
@@ -302,20 +348,29 @@ def _probe_body(model: str, with_image: bool) -> dict[str, Any]:
     content: list[dict[str, Any]] = [{"type": "text", "text": "Describe."}]
     if with_image:
         content.insert(0, {"type": "image_url", "image_url": {"url": _TINY_PNG}})
-    return {"model": model, "messages": [{"role": "user", "content": content}],
-            "max_tokens": 1, "temperature": 0}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 1,
+        "temperature": 0,
+    }
 
 
 def _gray_png(size: int = 32) -> str:
     """A size x size gray PNG as a data URL (a 1x1 image has crashed servers: CVE-2026-22773)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
     header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
     rows = b"".join(b"\x00" + b"\x80" * (3 * size) for _ in range(size))
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
-           + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 

@@ -24,7 +24,9 @@ class PlannedProcess:
     log_path: Path
 
 
-def planned_processes(settings: GatewaySettings, entry: VllmBackendSettings) -> list[PlannedProcess]:
+def planned_processes(
+    settings: GatewaySettings, entry: VllmBackendSettings
+) -> list[PlannedProcess]:
     shares = settings.gpu_shares()
     log_dir = Path(entry.log_dir or Path(settings.data_dir) / "logs")
     max_model_len = first_max_model_len(entry.max_model_len, entry.max_model_len_cap, entry.model)
@@ -56,16 +58,26 @@ def describe_processes(settings: GatewaySettings, entry: VllmBackendSettings) ->
         lines.append(f"process {process.replica}: vllm serve, log {process.log_path}")
         lines.append("  argv: " + _quoted(command.argv()))
         env = command.env_additions()
-        lines.append("  env additions: " + (
-            " ".join(f"{key}={value}" for key, value in env.items()) if env else "(none)"))
+        lines.append(
+            "  env additions: "
+            + (" ".join(f"{key}={value}" for key, value in env.items()) if env else "(none)")
+        )
         lines.append("  max_model_len: " + _describe_max_model_len(entry, command))
-        lines.append("  gpu_memory_utilization: " + (
-            f"{command.gpu_memory_utilization:g}" if command.gpu_memory_utilization
-            else "(vLLM default)") + (f" on GPU {list(entry.gpus)}" if entry.gpus else ""))
-    lines.append(f"  startup timeout {entry.startup_timeout:g} s; liveness every "
-                 f"{entry.liveness_interval:g} s ({'image' if entry.probe_image else 'text'} "
-                 f"1-token chat); restart backoff {entry.restart_backoff:g} s .. "
-                 f"{entry.restart_backoff_max:g} s")
+        lines.append(
+            "  gpu_memory_utilization: "
+            + (
+                f"{command.gpu_memory_utilization:g}"
+                if command.gpu_memory_utilization
+                else "(vLLM default)"
+            )
+            + (f" on GPU {list(entry.gpus)}" if entry.gpus else "")
+        )
+    lines.append(
+        f"  startup timeout {entry.startup_timeout:g} s; liveness every "
+        f"{entry.liveness_interval:g} s ({'image' if entry.probe_image else 'text'} "
+        f"1-token chat); restart backoff {entry.restart_backoff:g} s .. "
+        f"{entry.restart_backoff_max:g} s"
+    )
     return lines
 
 

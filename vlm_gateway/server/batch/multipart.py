@@ -33,8 +33,11 @@ class Upload:
 
 
 def _too_large(max_bytes: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(f"The file is larger than the limit of {max_bytes} bytes.",
-                                param="file", code="file_too_large")
+    return PayloadTooLargeError(
+        f"The file is larger than the limit of {max_bytes} bytes.",
+        param="file",
+        code="file_too_large",
+    )
 
 
 async def receive_upload(request: Request, spool: Path, dest: Path, max_bytes: int) -> Upload:
@@ -72,8 +75,10 @@ async def _spool(request: Request, spool: Path, limit: int) -> None:
 def _split(spool: Path, boundary: bytes, dest: Path) -> Upload:
     if spool.stat().st_size == 0:
         raise InvalidRequestError("The upload is empty.", param="file")
-    with open(spool, "rb") as handle, \
-            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as body:
+    with (
+        open(spool, "rb") as handle,
+        mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as body,
+    ):
         delimiter = b"\r\n--" + boundary
         pos = body.find(b"--" + boundary)
         if pos < 0:
@@ -81,18 +86,19 @@ def _split(spool: Path, boundary: bytes, dest: Path) -> Upload:
         pos += len(boundary) + 2
         fields: dict[str, str] = {}
         upload: Upload | None = None
-        while body[pos:pos + 2] == b"\r\n":
+        while body[pos : pos + 2] == b"\r\n":
             head_end = body.find(b"\r\n\r\n", pos)
             end = body.find(delimiter, head_end)
             if head_end < 0 or end < 0:
                 raise InvalidRequestError("The multipart body is truncated.")
-            params = dict(_DISPOSITION.findall(body[pos + 2:head_end]))
+            params = dict(_DISPOSITION.findall(body[pos + 2 : head_end]))
             start = head_end + 4
             name = params.get(b"name", b"").decode(errors="replace")
             if b"filename" in params and name == "file":
                 _copy(body, start, end, dest)
-                upload = Upload(dest, params[b"filename"].decode(errors="replace") or "upload",
-                                end - start)
+                upload = Upload(
+                    dest, params[b"filename"].decode(errors="replace") or "upload", end - start
+                )
             elif end - start <= _MAX_FIELD_BYTES:
                 fields[name] = body[start:end].decode(errors="replace")
             pos = end + len(delimiter)
@@ -105,4 +111,4 @@ def _split(spool: Path, boundary: bytes, dest: Path) -> Upload:
 def _copy(body: mmap.mmap, start: int, end: int, dest: Path) -> None:
     with open(dest, "wb") as out:
         for offset in range(start, end, _SPOOL_CHUNK):
-            out.write(body[offset:min(offset + _SPOOL_CHUNK, end)])
+            out.write(body[offset : min(offset + _SPOOL_CHUNK, end)])

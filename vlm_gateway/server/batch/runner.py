@@ -19,12 +19,12 @@ import orjson
 
 from vlm_gateway.backends.base import State
 from vlm_gateway.backends.registry import BackendRegistry
+from vlm_gateway.config.settings import BatchSettings
+from vlm_gateway.core.errors import GatewayError, ServiceUnavailableError
+from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.server.batch.protocol import Batch, BatchErrors
 from vlm_gateway.server.batch.store import ResultRow, Store, new_id
 from vlm_gateway.server.batch.validation import BatchLine, read_requests, validate_input
-from vlm_gateway.core.errors import GatewayError, ServiceUnavailableError
-from vlm_gateway.core.protocol import ChatCompletionRequest
-from vlm_gateway.config.settings import BatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,13 @@ class ModelSlots:
 
 
 class BatchRunner:
-    def __init__(self, store: Store, registry: BackendRegistry, settings: BatchSettings,
-                 prepare_chat: Prepare | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: BackendRegistry,
+        settings: BatchSettings,
+        prepare_chat: Prepare | None = None,
+    ) -> None:
         self._store = store
         self._prepare_chat = prepare_chat
         self._registry = registry
@@ -95,8 +100,9 @@ class BatchRunner:
     async def cancel(self, batch_id: str) -> Batch:
         """Mark the batch cancelling and return; in-flight requests are stopped and what is
         done is written out in the background."""
-        batch = await self._store.update_batch(batch_id, status="cancelling",
-                                               cancelling_at=int(time.time()))
+        batch = await self._store.update_batch(
+            batch_id, status="cancelling", cancelling_at=int(time.time())
+        )
         running = self._tasks.get(batch_id)
         self._track(batch_id, self._cancel_then_finish(batch_id, running))
         return batch
@@ -112,8 +118,11 @@ class BatchRunner:
         if self._tasks.get(batch_id) is task:
             del self._tasks[batch_id]
         if not task.cancelled() and task.exception() is not None:
-            log.error("batch %s stopped on an error; it resumes on the next start",
-                      batch_id, exc_info=task.exception())
+            log.error(
+                "batch %s stopped on an error; it resumes on the next start",
+                batch_id,
+                exc_info=task.exception(),
+            )
 
     async def _cancel_then_finish(self, batch_id: str, running: asyncio.Task | None) -> None:
         if running is not None:
@@ -136,8 +145,9 @@ class BatchRunner:
                     raise
                 await self._finish(batch_id, "expired")
                 return
-            batch = await self._store.update_batch(batch_id, status="finalizing",
-                                                   finalizing_at=int(time.time()))
+            batch = await self._store.update_batch(
+                batch_id, status="finalizing", finalizing_at=int(time.time())
+            )
         if batch.status == "finalizing":
             await self._finish(batch_id, "completed")
         elif batch.status == "cancelling":
@@ -145,19 +155,27 @@ class BatchRunner:
 
     async def _validate(self, batch: Batch) -> Batch:
         path = self._store.file_path(batch.input_file_id)
-        result = await asyncio.to_thread(validate_input, path, batch.endpoint,
-                                         self._registry.names(),
-                                         self._settings.max_requests_per_batch)
+        result = await asyncio.to_thread(
+            validate_input,
+            path,
+            batch.endpoint,
+            self._registry.names(),
+            self._settings.max_requests_per_batch,
+        )
         counts = batch.request_counts.model_copy(update={"total": result.total})
         now = int(time.time())
         if result.errors:
             return await self._store.update_batch(
-                batch.id, status="failed", failed_at=now, request_counts=counts,
-                errors=BatchErrors(data=result.errors))
+                batch.id,
+                status="failed",
+                failed_at=now,
+                request_counts=counts,
+                errors=BatchErrors(data=result.errors),
+            )
         model = result.models[0] if len(result.models) == 1 else None
-        return await self._store.update_batch(batch.id, status="in_progress",
-                                              in_progress_at=now, request_counts=counts,
-                                              model=model)
+        return await self._store.update_batch(
+            batch.id, status="in_progress", in_progress_at=now, request_counts=counts, model=model
+        )
 
     async def _execute(self, batch: Batch) -> None:
         done = await self._store.done_custom_ids(batch.id)
@@ -176,14 +194,23 @@ class BatchRunner:
         finally:
             self._slots.release(line.model)
         ok = status == 200
-        error = None if ok else {"code": body["error"].get("code") or body["error"]["type"],
-                                 "message": body["error"]["message"]}
-        output = {"id": new_id("batch_req_"), "custom_id": line.custom_id,
-                  "response": {"status_code": status, "request_id": new_id("req_"),
-                               "body": body},
-                  "error": error}
+        error = (
+            None
+            if ok
+            else {
+                "code": body["error"].get("code") or body["error"]["type"],
+                "message": body["error"]["message"],
+            }
+        )
+        output = {
+            "id": new_id("batch_req_"),
+            "custom_id": line.custom_id,
+            "response": {"status_code": status, "request_id": new_id("req_"), "body": body},
+            "error": error,
+        }
         await self._store.add_result(
-            ResultRow(batch.id, line.custom_id, ok, line.model, orjson.dumps(output)))
+            ResultRow(batch.id, line.custom_id, ok, line.model, orjson.dumps(output))
+        )
 
     async def _call(self, endpoint: str, line: BatchLine) -> tuple[int, dict[str, Any]]:
         """(status, body) of one request; transient upstream trouble is retried, a model that
@@ -227,10 +254,12 @@ class BatchRunner:
         batch = await self._store.get_batch(batch_id)
         extra: list[bytes] = []
         if final == "expired":
-            extra = await asyncio.to_thread(self._expired_lines, batch,
-                                            await self._store.done_custom_ids(batch_id))
-        await self._store.finish_batch(batch_id, extra, status=final,
-                                       **{f"{final}_at": int(time.time())})
+            extra = await asyncio.to_thread(
+                self._expired_lines, batch, await self._store.done_custom_ids(batch_id)
+            )
+        await self._store.finish_batch(
+            batch_id, extra, status=final, **{f"{final}_at": int(time.time())}
+        )
         log.info("batch %s %s", batch_id, final)
 
     def _expired_lines(self, batch: Batch, done: set[str]) -> list[bytes]:
@@ -239,9 +268,18 @@ class BatchRunner:
         for chunk in read_requests(self._store.file_path(batch.input_file_id), batch.endpoint):
             for line in chunk:
                 if line.custom_id not in done:
-                    lines.append(orjson.dumps({
-                        "id": new_id("batch_req_"), "custom_id": line.custom_id,
-                        "response": None, "error": {"code": "batch_expired", "message":
-                        "This request could not be executed before the completion window "
-                        "expired."}}))
+                    lines.append(
+                        orjson.dumps(
+                            {
+                                "id": new_id("batch_req_"),
+                                "custom_id": line.custom_id,
+                                "response": None,
+                                "error": {
+                                    "code": "batch_expired",
+                                    "message": "This request could not be executed before the completion window "
+                                    "expired.",
+                                },
+                            }
+                        )
+                    )
         return lines

@@ -67,7 +67,7 @@ def _threaded(method):
     """Run a sync method in a worker thread, under the store's lock."""
 
     @functools.wraps(method)
-    async def wrapper(self: "Store", *args, **kwargs):
+    async def wrapper(self: Store, *args, **kwargs):
         def locked():
             with self._lock:
                 return method(self, *args, **kwargs)
@@ -93,8 +93,9 @@ class Store:
         self.files_dir.mkdir(parents=True, exist_ok=True)
         for leftover in self.files_dir.glob("*.part"):  # uploads cut short by a crash
             leftover.unlink(missing_ok=True)
-        db = sqlite3.connect(self.data_dir / "vlm-gateway.sqlite3", check_same_thread=False,
-                             isolation_level=None)
+        db = sqlite3.connect(
+            self.data_dir / "vlm-gateway.sqlite3", check_same_thread=False, isolation_level=None
+        )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
@@ -122,12 +123,18 @@ class Store:
 
     @_threaded
     def add_file(self, upload: Path, filename: str, purpose: str) -> FileObject:
-        file = FileObject(id=new_id("file-"), bytes=upload.stat().st_size,
-                          created_at=int(time.time()), filename=filename, purpose=purpose)
+        file = FileObject(
+            id=new_id("file-"),
+            bytes=upload.stat().st_size,
+            created_at=int(time.time()),
+            filename=filename,
+            purpose=purpose,
+        )
         _fsync(upload)
         os.replace(upload, self.file_path(file.id))
-        self._db.execute("INSERT INTO files (id, doc) VALUES (?, ?)",
-                         (file.id, file.model_dump_json()))
+        self._db.execute(
+            "INSERT INTO files (id, doc) VALUES (?, ?)", (file.id, file.model_dump_json())
+        )
         return file
 
     @_threaded
@@ -136,8 +143,9 @@ class Store:
         return FileObject.model_validate_json(row[0]) if row else None
 
     @_threaded
-    def list_files(self, after: str | None, limit: int, ascending: bool,
-                   purpose: str | None) -> tuple[list[FileObject], bool]:
+    def list_files(
+        self, after: str | None, limit: int, ascending: bool, purpose: str | None
+    ) -> tuple[list[FileObject], bool]:
         docs, more = self._page("files", after, limit, ascending)
         files = [FileObject.model_validate_json(doc) for doc in docs]
         return [f for f in files if purpose is None or f.purpose == purpose], more
@@ -152,16 +160,19 @@ class Store:
     def file_in_use(self, file_id: str) -> bool:
         """True while an unfinished batch reads this file as its input."""
         marks = ",".join("?" * len(ACTIVE_STATUSES))
-        rows = self._db.execute(f"SELECT doc FROM batches WHERE status IN ({marks})",
-                                ACTIVE_STATUSES).fetchall()
+        rows = self._db.execute(
+            f"SELECT doc FROM batches WHERE status IN ({marks})", ACTIVE_STATUSES
+        ).fetchall()
         return any(orjson.loads(doc)["input_file_id"] == file_id for (doc,) in rows)
 
     # -- batches -------------------------------------------------------------------------------
 
     @_threaded
     def add_batch(self, batch: Batch) -> None:
-        self._db.execute("INSERT INTO batches (id, status, doc) VALUES (?, ?, ?)",
-                         (batch.id, batch.status, batch.model_dump_json()))
+        self._db.execute(
+            "INSERT INTO batches (id, status, doc) VALUES (?, ?, ?)",
+            (batch.id, batch.status, batch.model_dump_json()),
+        )
 
     @_threaded
     def get_batch(self, batch_id: str) -> Batch | None:
@@ -175,8 +186,9 @@ class Store:
     @_threaded
     def active_batch_ids(self) -> list[str]:
         marks = ",".join("?" * len(ACTIVE_STATUSES))
-        rows = self._db.execute(f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY seq",
-                                ACTIVE_STATUSES).fetchall()
+        rows = self._db.execute(
+            f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY seq", ACTIVE_STATUSES
+        ).fetchall()
         return [batch_id for (batch_id,) in rows]
 
     @_threaded
@@ -214,7 +226,8 @@ class Store:
             self._db.executemany(
                 "INSERT OR IGNORE INTO results (batch_id, custom_id, ok, model, line) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [(r.batch_id, r.custom_id, int(r.ok), r.model, r.line) for r in rows])
+                [(r.batch_id, r.custom_id, int(r.ok), r.model, r.line) for r in rows],
+            )
 
     @_threaded
     def done_custom_ids(self, batch_id: str) -> set[str]:
@@ -230,19 +243,23 @@ class Store:
         file_ids = {}
         for ok, kind in ((1, "output"), (0, "error")):
             rows = self._db.execute(
-                "SELECT line FROM results WHERE batch_id = ? AND ok = ?", (batch_id, ok))
+                "SELECT line FROM results WHERE batch_id = ? AND ok = ?", (batch_id, ok)
+            )
             lines = itertools.chain((line for (line,) in rows), [] if ok else extra_errors)
             file = self._write_result_file(batch, kind, lines)
             if file is not None:
                 file_ids[f"{kind}_file_id"] = file
         with self._transaction():
             for file in file_ids.values():
-                self._db.execute("INSERT OR REPLACE INTO files (id, doc) VALUES (?, ?)",
-                                 (file.id, file.model_dump_json()))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO files (id, doc) VALUES (?, ?)",
+                    (file.id, file.model_dump_json()),
+                )
             return self._update(batch_id, **{k: f.id for k, f in file_ids.items()}, **changes)
 
-    def _write_result_file(self, batch: Batch, kind: str,
-                           lines: Iterable[bytes]) -> FileObject | None:
+    def _write_result_file(
+        self, batch: Batch, kind: str, lines: Iterable[bytes]
+    ) -> FileObject | None:
         """Stream `lines` into the batch's output or error file; None when there are none."""
         file_id = f"file-{batch.id.removeprefix('batch_')}-{kind}"
         part = self.files_dir / f"{file_id}.part"
@@ -256,9 +273,13 @@ class Store:
             part.unlink()
             return None
         os.replace(part, self.file_path(file_id))
-        return FileObject(id=file_id, bytes=self.file_path(file_id).stat().st_size,
-                          created_at=int(time.time()), filename=f"{batch.id}_{kind}.jsonl",
-                          purpose="batch_output")
+        return FileObject(
+            id=file_id,
+            bytes=self.file_path(file_id).stat().st_size,
+            created_at=int(time.time()),
+            filename=f"{batch.id}_{kind}.jsonl",
+            purpose="batch_output",
+        )
 
     # -- helpers (called with the lock held) ----------------------------------------------------
 
@@ -268,10 +289,12 @@ class Store:
 
     def _with_counts(self, batch: Batch) -> Batch:
         rows = self._db.execute(
-            "SELECT ok, count(*) FROM results WHERE batch_id = ? GROUP BY ok", (batch.id,))
+            "SELECT ok, count(*) FROM results WHERE batch_id = ? GROUP BY ok", (batch.id,)
+        )
         by_ok = dict(rows.fetchall())
         batch.request_counts = BatchRequestCounts(
-            total=batch.request_counts.total, completed=by_ok.get(1, 0), failed=by_ok.get(0, 0))
+            total=batch.request_counts.total, completed=by_ok.get(1, 0), failed=by_ok.get(0, 0)
+        )
         return batch
 
     def _update(self, batch_id: str, **changes) -> Batch:
@@ -279,19 +302,23 @@ class Store:
         if batch is None:
             raise KeyError(batch_id)
         batch = batch.model_copy(update=changes)
-        self._db.execute("UPDATE batches SET status = ?, doc = ? WHERE id = ?",
-                         (batch.status, batch.model_dump_json(), batch_id))
+        self._db.execute(
+            "UPDATE batches SET status = ?, doc = ? WHERE id = ?",
+            (batch.status, batch.model_dump_json(), batch_id),
+        )
         return batch
 
-    def _page(self, table: str, after: str | None, limit: int,
-              ascending: bool) -> tuple[list[str], bool]:
+    def _page(
+        self, table: str, after: str | None, limit: int, ascending: bool
+    ) -> tuple[list[str], bool]:
         order, cmp = ("ASC", ">") if ascending else ("DESC", "<")
         where, args = "", []
         if after:
             where = f"WHERE seq {cmp} (SELECT seq FROM {table} WHERE id = ?)"
             args.append(after)
-        rows = self._db.execute(f"SELECT doc FROM {table} {where} ORDER BY seq {order} LIMIT ?",
-                                (*args, limit + 1)).fetchall()
+        rows = self._db.execute(
+            f"SELECT doc FROM {table} {where} ORDER BY seq {order} LIMIT ?", (*args, limit + 1)
+        ).fetchall()
         return [doc for (doc,) in rows[:limit]], len(rows) > limit
 
     def _transaction(self):
@@ -312,4 +339,3 @@ class _Transaction:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
 import orjson
 from pydantic import ValidationError
 
-from vlm_gateway.server.batch.protocol import BatchError
 from vlm_gateway.core.errors import loc_to_param
 from vlm_gateway.core.protocol import ChatCompletionRequest, CompletionRequest
+from vlm_gateway.server.batch.protocol import BatchError
 
 _BODY_MODELS = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest}
 MAX_REPORTED_ERRORS = 100
@@ -51,30 +52,40 @@ def _check(number: int, raw: bytes, endpoint: str) -> BatchLine | BatchError:
         return error("invalid_request", f"Line {number} must be a JSON object.")
     custom_id, body = item.get("custom_id"), item.get("body")
     if not isinstance(custom_id, str) or not custom_id:
-        return error("missing_required_parameter",
-                     f"Line {number}: 'custom_id' must be a non-empty string.", "custom_id")
+        return error(
+            "missing_required_parameter",
+            f"Line {number}: 'custom_id' must be a non-empty string.",
+            "custom_id",
+        )
     if item.get("method") != "POST":
         return error("invalid_method", f"Line {number}: 'method' must be \"POST\".", "method")
     if item.get("url") != endpoint:
-        return error("invalid_url", f"Line {number}: 'url' must be the batch's endpoint "
-                     f"{endpoint!r}, got {item.get('url')!r}.", "url")
+        return error(
+            "invalid_url",
+            f"Line {number}: 'url' must be the batch's endpoint "
+            f"{endpoint!r}, got {item.get('url')!r}.",
+            "url",
+        )
     if not isinstance(body, dict):
         return error("invalid_request", f"Line {number}: 'body' must be an object.", "body")
     if body.get("stream"):
-        return error("invalid_request", f"Line {number}: streaming is not supported in "
-                     "batches; remove 'stream'.", "body.stream")
+        return error(
+            "invalid_request",
+            f"Line {number}: streaming is not supported in batches; remove 'stream'.",
+            "body.stream",
+        )
     try:
         request = _BODY_MODELS[endpoint].model_validate(body)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         param = loc_to_param(("body", *first.get("loc", ())))
-        return error("invalid_request", f"Line {number}: invalid '{param}': {first['msg']}.",
-                     param)
+        return error("invalid_request", f"Line {number}: invalid '{param}': {first['msg']}.", param)
     return BatchLine(number, custom_id, request.model, request)
 
 
-def validate_input(path: Path, endpoint: str, known_models: list[str],
-                   max_requests: int) -> Validation:
+def validate_input(
+    path: Path, endpoint: str, known_models: list[str], max_requests: int
+) -> Validation:
     """Every line checked; the batch may run only if `errors` is empty."""
     errors: list[BatchError] = []
     seen: set[str] = set()
@@ -85,13 +96,21 @@ def validate_input(path: Path, endpoint: str, known_models: list[str],
         result = _check(number, raw, endpoint)
         if isinstance(result, BatchLine):
             if result.custom_id in seen:
-                result = BatchError(code="duplicate_custom_id", line=number, param="custom_id",
-                                    message=f"Line {number}: custom_id {result.custom_id!r} "
-                                    "is used by an earlier line; each must be unique.")
+                result = BatchError(
+                    code="duplicate_custom_id",
+                    line=number,
+                    param="custom_id",
+                    message=f"Line {number}: custom_id {result.custom_id!r} "
+                    "is used by an earlier line; each must be unique.",
+                )
             elif result.model not in known_models:
-                result = BatchError(code="model_not_found", line=number, param="body.model",
-                                    message=f"Line {number}: the model {result.model!r} does "
-                                    f"not exist. Available: {', '.join(known_models)}.")
+                result = BatchError(
+                    code="model_not_found",
+                    line=number,
+                    param="body.model",
+                    message=f"Line {number}: the model {result.model!r} does "
+                    f"not exist. Available: {', '.join(known_models)}.",
+                )
             else:
                 seen.add(result.custom_id)
                 models[result.model] = None
@@ -100,8 +119,12 @@ def validate_input(path: Path, endpoint: str, known_models: list[str],
     if total == 0:
         errors.append(BatchError(code="empty_file", message="The input file has no requests."))
     elif total > max_requests:
-        errors.append(BatchError(code="too_many_requests", message=f"The input file has "
-                                 f"{total} requests; the limit is {max_requests}."))
+        errors.append(
+            BatchError(
+                code="too_many_requests",
+                message=f"The input file has {total} requests; the limit is {max_requests}.",
+            )
+        )
     return Validation(total, errors, list(models))
 
 

@@ -15,9 +15,9 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from vlm_gateway.config.security import SecuritySettings
 from vlm_gateway.core.errors import InvalidAPIKeyError
 from vlm_gateway.server.door.reply import header, send_error
-from vlm_gateway.config.security import SecuritySettings
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,12 @@ class APIKeyMiddleware:
         presented = _bearer_token(header(scope, b"authorization"))
         key_id = self._match(presented) if presented is not None else None
         if key_id is None:
-            log.info("refused %s %s: %s API key", scope.get("method", "WEBSOCKET"),
-                     scope["path"][:200], "missing" if presented is None else "invalid")
+            log.info(
+                "refused %s %s: %s API key",
+                scope.get("method", "WEBSOCKET"),
+                scope["path"][:200],
+                "missing" if presented is None else "invalid",
+            )
             if scope["type"] == "websocket":
                 return await send({"type": "websocket.close", "code": 1008})
             return await send_error(send, _refusal(presented))
@@ -87,5 +91,6 @@ def _refusal(presented: str | None) -> InvalidAPIKeyError:
     if presented is None:
         return InvalidAPIKeyError(
             "You didn't provide an API key. Send it in the Authorization header "
-            "('Authorization: Bearer YOUR_KEY').")
+            "('Authorization: Bearer YOUR_KEY')."
+        )
     return InvalidAPIKeyError("Incorrect API key provided.")

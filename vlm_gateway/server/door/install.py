@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from vlm_gateway.server.door.auth import APIKeyMiddleware, configured_key_digests
+from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.images.fetch import ImageFetcher
 from vlm_gateway.images.resolve import ImageResolver
+from vlm_gateway.server.door.auth import APIKeyMiddleware, configured_key_digests
 from vlm_gateway.server.door.limits import BodyLimitMiddleware, RateLimitMiddleware
 from vlm_gateway.server.door.log_redaction import install_log_redaction
-from vlm_gateway.config.settings import GatewaySettings
 
 
 def install_security(app: FastAPI, settings: GatewaySettings) -> None:
@@ -21,17 +21,23 @@ def install_security(app: FastAPI, settings: GatewaySettings) -> None:
     security = settings.security
     # Batch input files have their own, larger limit (batch.max_file_bytes).
     upload_limit = max(security.max_body_bytes, settings.batch.max_file_bytes + 1024 * 1024)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=security.max_body_bytes,
-                       path_limits={"/v1/files": upload_limit})
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=security.max_body_bytes,
+        path_limits={"/v1/files": upload_limit},
+    )
     if security.requests_per_minute or security.max_in_flight_per_key:
-        app.add_middleware(RateLimitMiddleware,
-                           requests_per_minute=security.requests_per_minute,
-                           max_in_flight=security.max_in_flight_per_key,
-                           public_paths=security.public_paths)
+        app.add_middleware(
+            RateLimitMiddleware,
+            requests_per_minute=security.requests_per_minute,
+            max_in_flight=security.max_in_flight_per_key,
+            public_paths=security.public_paths,
+        )
     digests = configured_key_digests(security)
     if digests:
-        app.add_middleware(APIKeyMiddleware, key_digests=digests,
-                           public_paths=security.public_paths)
+        app.add_middleware(
+            APIKeyMiddleware, key_digests=digests, public_paths=security.public_paths
+        )
 
 
 @contextlib.asynccontextmanager

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from vlm_gateway.server.door.auth import KEY_ID_SCOPE
 from vlm_gateway.core.errors import PayloadTooLargeError, RateLimitError
+from vlm_gateway.server.door.auth import KEY_ID_SCOPE
 from vlm_gateway.server.door.reply import header, send_error
 
 
@@ -45,7 +45,8 @@ class BodyLimitMiddleware:
 
 def _too_large(limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(
-        f"The request body is larger than the limit of {limit} bytes (security.max_body_bytes).")
+        f"The request body is larger than the limit of {limit} bytes (security.max_body_bytes)."
+    )
 
 
 @dataclass
@@ -62,9 +63,14 @@ class RateLimitMiddleware:
 
     _PRUNE_AT = 10_000
 
-    def __init__(self, app, requests_per_minute: int | None, max_in_flight: int | None,
-                 public_paths: Iterable[str] = (),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        app,
+        requests_per_minute: int | None,
+        max_in_flight: int | None,
+        public_paths: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app = app
         self._rpm = requests_per_minute
         self._max_in_flight = max_in_flight
@@ -97,7 +103,8 @@ class RateLimitMiddleware:
         if self._max_in_flight is not None and bucket.in_flight >= self._max_in_flight:
             return RateLimitError(
                 f"Too many requests in flight for this API key (limit {self._max_in_flight}).",
-                headers={"retry-after": "1"})
+                headers={"retry-after": "1"},
+            )
         if self._rpm is None:
             return None
         now = self._clock()
@@ -110,7 +117,9 @@ class RateLimitMiddleware:
         wait = max(1, math.ceil((1.0 - bucket.tokens) / rate))
         return RateLimitError(
             f"Rate limit reached for this API key: {self._rpm} requests per minute. "
-            f"Retry in {wait} s.", headers={"retry-after": str(wait)})
+            f"Retry in {wait} s.",
+            headers={"retry-after": str(wait)},
+        )
 
     def _prune(self) -> None:
         """Forget idle callers whose bucket has refilled: they are indistinguishable from new."""

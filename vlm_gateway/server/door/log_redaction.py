@@ -32,8 +32,9 @@ class RedactBase64(logging.Filter):
         return True
 
 
-def install_log_redaction(logger_names: tuple[str, ...] = ("", "uvicorn", "uvicorn.error",
-                                                             "uvicorn.access")) -> None:
+def install_log_redaction(
+    logger_names: tuple[str, ...] = ("", "uvicorn", "uvicorn.error", "uvicorn.access"),
+) -> None:
     """Attach the filter to every handler of these loggers (idempotent). Handler filters see
     records propagated from child loggers too, which logger filters would not."""
     for name in logger_names:

@@ -10,8 +10,7 @@ from vlm_gateway.core.errors import GatewayError
 
 async def send_error(send, error: GatewayError) -> None:
     body = orjson.dumps(error.envelope())
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -6,6 +6,7 @@ import time
 
 from fastapi import APIRouter, Query, Request, Response
 
+from vlm_gateway.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from vlm_gateway.server.batch.protocol import (
     ACTIVE_STATUSES,
     Batch,
@@ -14,7 +15,6 @@ from vlm_gateway.server.batch.protocol import (
     window_seconds,
 )
 from vlm_gateway.server.batch.store import Store, new_id
-from vlm_gateway.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from vlm_gateway.server.route_helpers import json_response, parse_body
 from vlm_gateway.server.state import gateway_state
 
@@ -38,29 +38,40 @@ async def create_batch(request: Request) -> Response:
     store = _store(request)
     file = await store.get_file(body.input_file_id)
     if file is None:
-        raise NotFoundError(f"No such File object: {body.input_file_id}",
-                            param="input_file_id")
+        raise NotFoundError(f"No such File object: {body.input_file_id}", param="input_file_id")
     if file.purpose != "batch":
-        raise InvalidRequestError(f"The file {file.id} has purpose {file.purpose!r}; batches "
-                                  "need a file uploaded with purpose 'batch'.",
-                                  param="input_file_id")
+        raise InvalidRequestError(
+            f"The file {file.id} has purpose {file.purpose!r}; batches "
+            "need a file uploaded with purpose 'batch'.",
+            param="input_file_id",
+        )
     now = int(time.time())
-    batch = Batch(id=new_id("batch_"), completion_window=body.completion_window,
-                  created_at=now, endpoint=body.endpoint, input_file_id=file.id,
-                  status="validating", metadata=body.metadata,
-                  expires_at=now + window_seconds(body.completion_window))
+    batch = Batch(
+        id=new_id("batch_"),
+        completion_window=body.completion_window,
+        created_at=now,
+        endpoint=body.endpoint,
+        input_file_id=file.id,
+        status="validating",
+        metadata=body.metadata,
+        expires_at=now + window_seconds(body.completion_window),
+    )
     await store.add_batch(batch)
     gateway_state(request).batch_runner.submit(batch.id)
     return json_response(batch.model_dump())
 
 
 @router.get("/v1/batches")
-async def list_batches(request: Request, after: str | None = None,
-                       limit: int = Query(20, ge=1, le=100)) -> Response:
+async def list_batches(
+    request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100)
+) -> Response:
     batches, more = await _store(request).list_batches(after, limit)
-    page = ListPage(data=[b.model_dump() for b in batches], has_more=more,
-                    first_id=batches[0].id if batches else None,
-                    last_id=batches[-1].id if batches else None)
+    page = ListPage(
+        data=[b.model_dump() for b in batches],
+        has_more=more,
+        first_id=batches[0].id if batches else None,
+        last_id=batches[-1].id if batches else None,
+    )
     return json_response(page.model_dump())
 
 

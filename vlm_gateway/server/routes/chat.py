@@ -1,7 +1,7 @@
 from fastapi import APIRouter, Request, Response
 
-from vlm_gateway.server.route_helpers import call_tracked, parse_body, stream_tracked
 from vlm_gateway.core.protocol import ChatCompletionRequest
+from vlm_gateway.server.route_helpers import call_tracked, parse_body, stream_tracked
 from vlm_gateway.server.state import gateway_state
 
 router = APIRouter()

@@ -7,10 +7,10 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
+from vlm_gateway.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from vlm_gateway.server.batch.multipart import receive_upload
 from vlm_gateway.server.batch.protocol import FileDeleted, FileObject, ListPage
 from vlm_gateway.server.batch.store import Store
-from vlm_gateway.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from vlm_gateway.server.route_helpers import json_response
 from vlm_gateway.server.state import gateway_state
 
@@ -35,13 +35,15 @@ async def create_file(request: Request) -> Response:
     store = _store(request)
     dest = store.upload_path()
     try:
-        upload = await receive_upload(request, store.upload_path(), dest,
-                                      gateway_state(request).settings.batch.max_file_bytes)
+        upload = await receive_upload(
+            request, store.upload_path(), dest, gateway_state(request).settings.batch.max_file_bytes
+        )
         purpose = upload.fields.get("purpose")
         if purpose not in _PURPOSES:
             raise InvalidRequestError(
                 f"'purpose' must be one of {', '.join(_PURPOSES)}; got {purpose!r}.",
-                param="purpose")
+                param="purpose",
+            )
         file = await store.add_file(dest, upload.filename, purpose)
     finally:
         dest.unlink(missing_ok=True)  # gone already unless the upload was refused
@@ -57,9 +59,12 @@ async def list_files(
     purpose: str | None = None,
 ) -> Response:
     files, more = await _store(request).list_files(after, limit, order == "asc", purpose)
-    page = ListPage(data=[f.model_dump() for f in files], has_more=more,
-                    first_id=files[0].id if files else None,
-                    last_id=files[-1].id if files else None)
+    page = ListPage(
+        data=[f.model_dump() for f in files],
+        has_more=more,
+        first_id=files[0].id if files else None,
+        last_id=files[-1].id if files else None,
+    )
     return json_response(page.model_dump())
 
 
@@ -72,8 +77,9 @@ async def retrieve_file(request: Request, file_id: str) -> Response:
 async def file_content(request: Request, file_id: str) -> Response:
     store = _store(request)
     file = await _existing(store, file_id)
-    return FileResponse(store.file_path(file_id), media_type="application/octet-stream",
-                        filename=file.filename)
+    return FileResponse(
+        store.file_path(file_id), media_type="application/octet-stream", filename=file.filename
+    )
 
 
 @router.delete("/v1/files/{file_id}")
@@ -81,7 +87,10 @@ async def delete_file(request: Request, file_id: str) -> Response:
     store = _store(request)
     await _existing(store, file_id)
     if await store.file_in_use(file_id):
-        raise ConflictError(f"The file {file_id} is the input of a batch that is still "
-                            "running; cancel the batch first.", param="file_id")
+        raise ConflictError(
+            f"The file {file_id} is the input of a batch that is still "
+            "running; cancel the batch first.",
+            param="file_id",
+        )
     await store.delete_file(file_id)
     return json_response(FileDeleted(id=file_id).model_dump())
