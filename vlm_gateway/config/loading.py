@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from vlm_gateway.config.settings import GatewaySettings
-from vlm_gateway.core.errors import loc_to_param
+from vlm_gateway.core.errors import Loc, loc_to_param
 
 ENV_PREFIX = "VLMGW_"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -54,10 +55,11 @@ def load_settings(
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_describe(err, root, path) for err in exc.errors(include_url=False)])
+        reasons = [_describe(err, root, path) for err in exc.errors(include_url=False)]
+        raise ConfigError(reasons) from None
 
 
-def _merge_env_api_keys(data: dict, environ: Mapping[str, str]) -> None:
+def _merge_env_api_keys(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     """VLMGW_API_KEYS (comma-separated) adds to `security.api_keys`; VLMGW_API_KEYS_FILE sets
     `security.api_keys_file`. Keys stay out of the YAML file and out of argv (ps shows argv)."""
     keys = [k.strip() for k in environ.get(ENV_PREFIX + "API_KEYS", "").split(",") if k.strip()]
@@ -71,11 +73,11 @@ def _merge_env_api_keys(data: dict, environ: Mapping[str, str]) -> None:
         security["api_keys_file"] = key_file
 
 
-def _read_yaml(path: Path, environ: Mapping[str, str]) -> tuple[dict, yaml.Node | None]:
+def _read_yaml(path: Path, environ: Mapping[str, str]) -> tuple[dict[str, Any], yaml.Node | None]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"])
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from None
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -86,7 +88,7 @@ def _read_yaml(path: Path, environ: Mapping[str, str]) -> tuple[dict, yaml.Node 
             raise ConfigError(problems)
         data = loader.construct_document(root)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"])
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
@@ -94,7 +96,9 @@ def _read_yaml(path: Path, environ: Mapping[str, str]) -> tuple[dict, yaml.Node 
     return data, root
 
 
-def _expand_vars(loader: yaml.SafeLoader, node: yaml.Node, environ, path: Path) -> list[str]:
+def _expand_vars(
+    loader: yaml.SafeLoader, node: yaml.Node, environ: Mapping[str, str], path: Path
+) -> list[str]:
     """Expand ${VAR} in scalars in place, re-resolving the type (so `port: ${PORT}` is an int)."""
     if isinstance(node, yaml.MappingNode):
         return [p for k, v in node.value for p in _expand_vars(loader, v, environ, path)]
@@ -108,11 +112,13 @@ def _expand_vars(loader: yaml.SafeLoader, node: yaml.Node, environ, path: Path) 
         return [f"{path}:{line}: environment variable ${{{name}}} is not set" for name in missing]
     node.value = _VAR.sub(lambda m: environ[m.group(1)], node.value)
     if node.style is None:  # only unquoted scalars get implicit types (int, bool, ...)
-        node.tag = loader.resolve(yaml.ScalarNode, node.value, (True, False))
+        # types-pyyaml leaves Resolver.resolve unannotated.
+        resolve: Callable[..., str] = loader.resolve
+        node.tag = resolve(yaml.ScalarNode, node.value, (True, False))
     return []
 
 
-def _describe(error: dict, root: yaml.Node | None, path: str | Path | None) -> str:
+def _describe(error: ErrorDetails, root: yaml.Node | None, path: str | Path | None) -> str:
     loc = _strip_backend_tag(tuple(error.get("loc", ())))
     key = loc_to_param(loc) or "(top level)"
     line = _line_of(root, loc)
@@ -125,7 +131,7 @@ def _describe(error: dict, root: yaml.Node | None, path: str | Path | None) -> s
     return f"{where}{key}: {message}"
 
 
-def _strip_backend_tag(loc: tuple) -> tuple:
+def _strip_backend_tag(loc: Loc) -> Loc:
     """('models', 0, 'openai', 'base_url') -> ('models', 0, 'base_url'): pydantic inserts the
     union member's tag after the list index; it is not a key in the file."""
     if len(loc) > 2 and loc[0] == "models" and isinstance(loc[1], int):
@@ -133,7 +139,7 @@ def _strip_backend_tag(loc: tuple) -> tuple:
     return loc
 
 
-def _line_of(root: yaml.Node | None, loc: tuple) -> int | None:
+def _line_of(root: yaml.Node | None, loc: Loc) -> int | None:
     """The 1-based line of the deepest YAML node the error location reaches."""
     node, line = root, None
     for item in loc:
@@ -150,7 +156,7 @@ def _child(node: yaml.Node, key: Any) -> yaml.Node | None:
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             if k.value == key:
-                return v
+                return cast(yaml.Node, v)
     if isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-        return node.value[key]
+        return cast(yaml.Node, node.value[key])
     return None

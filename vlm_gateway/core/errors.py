@@ -118,7 +118,10 @@ class UpstreamTimeoutError(GatewayError):
     default_code = "upstream_timeout"
 
 
-def validation_error_to_gateway(exc: ValidationError, prefix: tuple = ()) -> InvalidRequestError:
+Loc = tuple[str | int, ...]  # where pydantic found an error: keys and list indexes
+
+
+def validation_error_to_gateway(exc: ValidationError, prefix: Loc = ()) -> InvalidRequestError:
     """Turn pydantic's first error into a 400 whose `param` names the field, OpenAI style."""
     first = exc.errors(include_url=False)[0]
     loc = prefix + tuple(first.get("loc", ()))
@@ -141,7 +144,7 @@ _UNION_TAGS = frozenset({"system", "developer", "user", "assistant", "tool", "te
 _TYPE_LABELS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
-def loc_to_param(loc: tuple) -> str:
+def loc_to_param(loc: Loc) -> str:
     """('messages', 0, 'user', 'content') -> 'messages[0].content'."""
     parts: list[str] = []
     previous: object = None
