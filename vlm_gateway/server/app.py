@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
@@ -79,16 +79,16 @@ def _install_error_handlers(app: FastAPI) -> None:
     """The only place errors become responses: one envelope, never FastAPI's own shapes."""
 
     @app.exception_handler(GatewayError)
-    async def gateway_error(_: Request, exc: GatewayError):
+    async def gateway_error(_: Request, exc: GatewayError) -> Response:
         return _envelope(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError):
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         return _envelope(InvalidRequestError(first.get("msg", "Invalid request.")))
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 404:
             return _envelope(NotFoundError(f"No route {request.method} {request.url.path}."))
         error = GatewayError(
@@ -97,12 +97,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _envelope(error)
 
     @app.exception_handler(Exception)
-    async def unexpected_error(_: Request, exc: Exception):
+    async def unexpected_error(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
         return _envelope(GatewayError("The gateway failed to handle the request."))
 
 
-def _envelope(exc: GatewayError):
+def _envelope(exc: GatewayError) -> Response:
     response = json_response(exc.envelope(), status_code=exc.status_code)
     response.headers.update(exc.headers)
     return response

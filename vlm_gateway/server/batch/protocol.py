@@ -114,7 +114,7 @@ class BatchCreateRequest(BaseModel):
 
     @field_validator("metadata")
     @classmethod
-    def _few_keys(cls, value: dict | None) -> dict | None:
+    def _few_keys(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         if value is not None and len(value) > 16:
             raise ValueError("at most 16 keys")
         return value

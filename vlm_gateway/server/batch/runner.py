@@ -9,10 +9,11 @@ and skip every custom_id already stored, so none is ever written twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ from vlm_gateway.backends.base import State
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.config.settings import BatchSettings
 from vlm_gateway.core.errors import GatewayError, ServiceUnavailableError
-from vlm_gateway.core.protocol import ChatCompletionRequest
+from vlm_gateway.core.protocol import ChatCompletionRequest, CompletionRequest
 from vlm_gateway.server.batch.protocol import Batch, BatchErrors
 from vlm_gateway.server.batch.store import ResultRow, Store, new_id
 from vlm_gateway.server.batch.validation import BatchLine, read_requests, validate_input
@@ -55,10 +56,8 @@ class ModelSlots:
     async def acquire(self, model: str) -> None:
         while not self._free(model):
             self._released.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._released.wait(), _LIVE_POLL_S)
-            except TimeoutError:
-                pass
         self.active[model] += 1
 
     def release(self, model: str) -> None:
@@ -79,7 +78,7 @@ class BatchRunner:
         self._registry = registry
         self._settings = settings
         self._slots = ModelSlots(registry, settings.concurrency_per_model)
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         """Resume every batch a previous run (or crash) left unfinished."""
@@ -109,12 +108,12 @@ class BatchRunner:
 
     # -- one batch ---------------------------------------------------------------------------
 
-    def _track(self, batch_id: str, work) -> None:
+    def _track(self, batch_id: str, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work, name=f"batch-{batch_id}")
         self._tasks[batch_id] = task
         task.add_done_callback(lambda done: self._forget(batch_id, done))
 
-    def _forget(self, batch_id: str, task: asyncio.Task) -> None:
+    def _forget(self, batch_id: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(batch_id) is task:
             del self._tasks[batch_id]
         if not task.cancelled() and task.exception() is not None:
@@ -124,17 +123,26 @@ class BatchRunner:
                 exc_info=task.exception(),
             )
 
-    async def _cancel_then_finish(self, batch_id: str, running: asyncio.Task | None) -> None:
+    async def _cancel_then_finish(self, batch_id: str, running: asyncio.Task[None] | None) -> None:
         if running is not None:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
         await self._finish(batch_id, "cancelled")
 
-    async def _drive(self, batch_id: str) -> None:
+    async def _batch(self, batch_id: str) -> Batch:
+        """A batch this runner was handed: it exists, or the store lost it (the task fails)."""
         batch = await self._store.get_batch(batch_id)
+        if batch is None:
+            raise KeyError(f"batch {batch_id} is not in the store")
+        return batch
+
+    async def _drive(self, batch_id: str) -> None:
+        batch = await self._batch(batch_id)
         if batch.status == "validating":
             batch = await self._validate(batch)
         if batch.status == "in_progress":
+            if batch.expires_at is None:  # create_batch always sets it: the row is corrupt
+                raise ValueError(f"batch {batch_id} has no expires_at")
             remaining = batch.expires_at - time.time()
             deadline = asyncio.timeout(max(remaining, 0))
             try:
@@ -190,7 +198,7 @@ class BatchRunner:
 
     async def _run_one(self, batch: Batch, line: BatchLine) -> None:
         try:
-            status, body = await self._call(batch.endpoint, line)
+            status, body = await self._call(line)
         finally:
             self._slots.release(line.model)
         ok = status == 200
@@ -212,13 +220,13 @@ class BatchRunner:
             ResultRow(batch.id, line.custom_id, ok, line.model, orjson.dumps(output))
         )
 
-    async def _call(self, endpoint: str, line: BatchLine) -> tuple[int, dict[str, Any]]:
+    async def _call(self, line: BatchLine) -> tuple[int, dict[str, Any]]:
         """(status, body) of one request; transient upstream trouble is retried, a model that
         is still starting is waited for (the completion window bounds the wait)."""
         retries = 0
         while True:
             try:
-                return 200, await self._call_once(endpoint, line)
+                return 200, await self._call_once(line)
             except ServiceUnavailableError as exc:
                 if self._model_failed(line.model):
                     return exc.status_code, exc.envelope()
@@ -232,16 +240,19 @@ class BatchRunner:
                 log.exception("batch request %s failed inside the gateway", line.custom_id)
                 return 500, GatewayError("The gateway failed to run this request.").envelope()
 
-    async def _call_once(self, endpoint: str, line: BatchLine) -> dict[str, Any]:
-        if endpoint == "/v1/chat/completions" and self._prepare_chat is not None:
-            await self._prepare_chat(line.request)
+    async def _call_once(self, line: BatchLine) -> dict[str, Any]:
+        # The request's type is the batch endpoint's body model (validation parses each line
+        # with it), so dispatching on the type is dispatching on the endpoint.
+        request = line.request
+        if isinstance(request, ChatCompletionRequest) and self._prepare_chat is not None:
+            await self._prepare_chat(request)
         backend = self._registry.pick(line.model)
         backend.in_flight += 1  # so the registry spreads live requests around ours
         self._slots.calling[line.model] += 1
         try:
-            if endpoint == "/v1/completions":
-                return await backend.completions(line.request)
-            return await backend.chat(line.request)
+            if isinstance(request, CompletionRequest):
+                return await backend.completions(request)
+            return await backend.chat(request)
         finally:
             backend.in_flight -= 1
             self._slots.calling[line.model] -= 1
@@ -251,7 +262,7 @@ class BatchRunner:
         return all(b.status.state in (State.FAILED, State.STOPPED) for b in replicas)
 
     async def _finish(self, batch_id: str, final: str) -> None:
-        batch = await self._store.get_batch(batch_id)
+        batch = await self._batch(batch_id)
         extra: list[bytes] = []
         if final == "expired":
             extra = await asyncio.to_thread(
@@ -266,20 +277,15 @@ class BatchRunner:
         """Error lines for the requests the completion window left unrun (OpenAI's shape)."""
         lines = []
         for chunk in read_requests(self._store.file_path(batch.input_file_id), batch.endpoint):
-            for line in chunk:
-                if line.custom_id not in done:
-                    lines.append(
-                        orjson.dumps(
-                            {
-                                "id": new_id("batch_req_"),
-                                "custom_id": line.custom_id,
-                                "response": None,
-                                "error": {
-                                    "code": "batch_expired",
-                                    "message": "This request could not be executed before the completion window "
-                                    "expired.",
-                                },
-                            }
-                        )
-                    )
+            lines += [_expired_line(line.custom_id) for line in chunk if line.custom_id not in done]
         return lines
+
+
+def _expired_line(custom_id: str) -> bytes:
+    error = {
+        "code": "batch_expired",
+        "message": "This request could not be executed before the completion window expired.",
+    }
+    return orjson.dumps(
+        {"id": new_id("batch_req_"), "custom_id": custom_id, "response": None, "error": error}
+    )

@@ -17,9 +17,10 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
@@ -63,12 +64,19 @@ def new_id(prefix: str) -> str:
     return prefix + uuid.uuid4().hex[:24]
 
 
-def _threaded(method):
-    """Run a sync method in a worker thread, under the store's lock."""
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _threaded(
+    method: Callable[Concatenate[Store, _P], _T],
+) -> Callable[Concatenate[Store, _P], Coroutine[Any, Any, _T]]:
+    """Run a sync method in a worker thread, under the store's lock: the decorated
+    `def f(self, ...) -> T` becomes a coroutine function returning T."""
 
     @functools.wraps(method)
-    async def wrapper(self: Store, *args, **kwargs):
-        def locked():
+    async def wrapper(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        def locked() -> _T:
             with self._lock:
                 return method(self, *args, **kwargs)
 
@@ -83,8 +91,15 @@ class Store:
         self.files_dir = self.data_dir / "files"
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
-        self._pending: list[tuple[ResultRow, asyncio.Future]] = []
-        self._flusher: asyncio.Task | None = None
+        self._pending: list[tuple[ResultRow, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """The open connection; using the store before `open` (or after `close`) is a bug."""
+        if self._db is None:
+            raise RuntimeError("the batch store is not open")
+        return self._db
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -132,14 +147,14 @@ class Store:
         )
         _fsync(upload)
         os.replace(upload, self.file_path(file.id))
-        self._db.execute(
+        self._conn.execute(
             "INSERT INTO files (id, doc) VALUES (?, ?)", (file.id, file.model_dump_json())
         )
         return file
 
     @_threaded
     def get_file(self, file_id: str) -> FileObject | None:
-        row = self._db.execute("SELECT doc FROM files WHERE id = ?", (file_id,)).fetchone()
+        row = self._conn.execute("SELECT doc FROM files WHERE id = ?", (file_id,)).fetchone()
         return FileObject.model_validate_json(row[0]) if row else None
 
     @_threaded
@@ -152,7 +167,7 @@ class Store:
 
     @_threaded
     def delete_file(self, file_id: str) -> bool:
-        deleted = self._db.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount
+        deleted = self._conn.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount
         self.file_path(file_id).unlink(missing_ok=True)
         return bool(deleted)
 
@@ -160,7 +175,7 @@ class Store:
     def file_in_use(self, file_id: str) -> bool:
         """True while an unfinished batch reads this file as its input."""
         marks = ",".join("?" * len(ACTIVE_STATUSES))
-        rows = self._db.execute(
+        rows = self._conn.execute(
             f"SELECT doc FROM batches WHERE status IN ({marks})", ACTIVE_STATUSES
         ).fetchall()
         return any(orjson.loads(doc)["input_file_id"] == file_id for (doc,) in rows)
@@ -169,7 +184,7 @@ class Store:
 
     @_threaded
     def add_batch(self, batch: Batch) -> None:
-        self._db.execute(
+        self._conn.execute(
             "INSERT INTO batches (id, status, doc) VALUES (?, ?, ?)",
             (batch.id, batch.status, batch.model_dump_json()),
         )
@@ -186,13 +201,15 @@ class Store:
     @_threaded
     def active_batch_ids(self) -> list[str]:
         marks = ",".join("?" * len(ACTIVE_STATUSES))
-        rows = self._db.execute(
+        rows = self._conn.execute(
             f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY seq", ACTIVE_STATUSES
         ).fetchall()
         return [batch_id for (batch_id,) in rows]
 
+    # `self, /` in the methods taking **changes: _threaded passes self positionally, and a
+    # keyword-only `self` could otherwise collide with a key of `changes`.
     @_threaded
-    def update_batch(self, batch_id: str, **changes) -> Batch:
+    def update_batch(self, /, batch_id: str, **changes: Any) -> Batch:
         """Set fields on a batch (e.g. status and its timestamp) in one commit."""
         return self._update(batch_id, **changes)
 
@@ -223,7 +240,7 @@ class Store:
     @_threaded
     def _insert_results(self, rows: list[ResultRow]) -> None:
         with self._transaction():
-            self._db.executemany(
+            self._conn.executemany(
                 "INSERT OR IGNORE INTO results (batch_id, custom_id, ok, model, line) "
                 "VALUES (?, ?, ?, ?, ?)",
                 [(r.batch_id, r.custom_id, int(r.ok), r.model, r.line) for r in rows],
@@ -231,18 +248,20 @@ class Store:
 
     @_threaded
     def done_custom_ids(self, batch_id: str) -> set[str]:
-        rows = self._db.execute("SELECT custom_id FROM results WHERE batch_id = ?", (batch_id,))
+        rows = self._conn.execute("SELECT custom_id FROM results WHERE batch_id = ?", (batch_id,))
         return {custom_id for (custom_id,) in rows}
 
     @_threaded
-    def finish_batch(self, batch_id: str, extra_errors: list[bytes], **changes) -> Batch:
+    def finish_batch(self, /, batch_id: str, extra_errors: list[bytes], **changes: Any) -> Batch:
         """Write the output and error files from the stored results, then set the final
         status (and `changes`) in the same commit. Safe to repeat after a crash: file ids
         are derived from the batch id, so a second run replaces the first's files."""
         batch = self._get_batch(batch_id)
-        file_ids = {}
+        if batch is None:
+            raise KeyError(batch_id)
+        file_ids: dict[str, FileObject] = {}
         for ok, kind in ((1, "output"), (0, "error")):
-            rows = self._db.execute(
+            rows = self._conn.execute(
                 "SELECT line FROM results WHERE batch_id = ? AND ok = ?", (batch_id, ok)
             )
             lines = itertools.chain((line for (line,) in rows), [] if ok else extra_errors)
@@ -251,7 +270,7 @@ class Store:
                 file_ids[f"{kind}_file_id"] = file
         with self._transaction():
             for file in file_ids.values():
-                self._db.execute(
+                self._conn.execute(
                     "INSERT OR REPLACE INTO files (id, doc) VALUES (?, ?)",
                     (file.id, file.model_dump_json()),
                 )
@@ -284,11 +303,11 @@ class Store:
     # -- helpers (called with the lock held) ----------------------------------------------------
 
     def _get_batch(self, batch_id: str) -> Batch | None:
-        row = self._db.execute("SELECT doc FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        row = self._conn.execute("SELECT doc FROM batches WHERE id = ?", (batch_id,)).fetchone()
         return self._with_counts(Batch.model_validate_json(row[0])) if row else None
 
     def _with_counts(self, batch: Batch) -> Batch:
-        rows = self._db.execute(
+        rows = self._conn.execute(
             "SELECT ok, count(*) FROM results WHERE batch_id = ? GROUP BY ok", (batch.id,)
         )
         by_ok = dict(rows.fetchall())
@@ -297,12 +316,12 @@ class Store:
         )
         return batch
 
-    def _update(self, batch_id: str, **changes) -> Batch:
+    def _update(self, batch_id: str, **changes: Any) -> Batch:
         batch = self._get_batch(batch_id)
         if batch is None:
             raise KeyError(batch_id)
         batch = batch.model_copy(update=changes)
-        self._db.execute(
+        self._conn.execute(
             "UPDATE batches SET status = ?, doc = ? WHERE id = ?",
             (batch.status, batch.model_dump_json(), batch_id),
         )
@@ -312,17 +331,17 @@ class Store:
         self, table: str, after: str | None, limit: int, ascending: bool
     ) -> tuple[list[str], bool]:
         order, cmp = ("ASC", ">") if ascending else ("DESC", "<")
-        where, args = "", []
+        where, args = "", list[str]()
         if after:
             where = f"WHERE seq {cmp} (SELECT seq FROM {table} WHERE id = ?)"
             args.append(after)
-        rows = self._db.execute(
+        rows = self._conn.execute(
             f"SELECT doc FROM {table} {where} ORDER BY seq {order} LIMIT ?", (*args, limit + 1)
         ).fetchall()
         return [doc for (doc,) in rows[:limit]], len(rows) > limit
 
-    def _transaction(self):
-        return _Transaction(self._db)
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn)
 
 
 class _Transaction:
@@ -332,7 +351,7 @@ class _Transaction:
     def __enter__(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type, *_) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 

@@ -14,7 +14,10 @@ from vlm_gateway.core.errors import loc_to_param
 from vlm_gateway.core.protocol import ChatCompletionRequest, CompletionRequest
 from vlm_gateway.server.batch.protocol import BatchError
 
-_BODY_MODELS = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest}
+_BODY_MODELS: dict[str, type[ChatCompletionRequest | CompletionRequest]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+}
 MAX_REPORTED_ERRORS = 100
 
 

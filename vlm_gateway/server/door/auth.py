@@ -15,6 +15,8 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from vlm_gateway.config.security import SecuritySettings
 from vlm_gateway.core.errors import InvalidAPIKeyError
 from vlm_gateway.server.door.reply import header, send_error
@@ -45,16 +47,17 @@ def _digest(key: str) -> bytes:
 
 
 class APIKeyMiddleware:
-    def __init__(self, app, key_digests: list[bytes], public_paths: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, key_digests: list[bytes], public_paths: Iterable[str]) -> None:
         self.app = app
         self._digests = list(key_digests)
         self._public = frozenset(public_paths)
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            return await self.app(scope, receive, send)
-        if scope["type"] == "http" and scope["path"] in self._public:
-            return await self.app(scope, receive, send)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or (
+            scope["type"] == "http" and scope["path"] in self._public
+        ):
+            await self.app(scope, receive, send)
+            return
         presented = _bearer_token(header(scope, b"authorization"))
         key_id = self._match(presented) if presented is not None else None
         if key_id is None:
@@ -65,10 +68,12 @@ class APIKeyMiddleware:
                 "missing" if presented is None else "invalid",
             )
             if scope["type"] == "websocket":
-                return await send({"type": "websocket.close", "code": 1008})
-            return await send_error(send, _refusal(presented))
+                await send({"type": "websocket.close", "code": 1008})
+            else:
+                await send_error(send, _refusal(presented))
+            return
         scope[KEY_ID_SCOPE] = key_id
-        return await self.app(scope, receive, send)
+        await self.app(scope, receive, send)
 
     def _match(self, presented: str) -> str | None:
         digest = _digest(presented)

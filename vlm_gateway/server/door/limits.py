@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from vlm_gateway.core.errors import PayloadTooLargeError, RateLimitError
 from vlm_gateway.server.door.auth import KEY_ID_SCOPE
 from vlm_gateway.server.door.reply import header, send_error
@@ -17,21 +19,25 @@ class BodyLimitMiddleware:
     """Refuses a declared Content-Length over the cap before reading a byte; a chunked body is
     counted as it arrives and refused as soon as it passes the cap."""
 
-    def __init__(self, app, max_bytes: int, path_limits: Mapping[str, int] | None = None):
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, path_limits: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self._max = max_bytes
         self._path_limits = dict(path_limits or {})
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         limit = self._path_limits.get(scope["path"], self._max)
         declared = header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return await send_error(send, _too_large(limit))
+            await send_error(send, _too_large(limit))
+            return
         received = 0
 
-        async def counted_receive():
+        async def counted_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
@@ -40,7 +46,7 @@ class BodyLimitMiddleware:
                     raise _too_large(limit)  # the route's handler answers it with a 413
             return message
 
-        return await self.app(scope, counted_receive, send)
+        await self.app(scope, counted_receive, send)
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:
@@ -65,7 +71,7 @@ class RateLimitMiddleware:
 
     def __init__(
         self,
-        app,
+        app: ASGIApp,
         requests_per_minute: int | None,
         max_in_flight: int | None,
         public_paths: Iterable[str] = (),
@@ -78,13 +84,15 @@ class RateLimitMiddleware:
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._public:
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         bucket = self._bucket(_caller(scope))
         refusal = self._refusal(bucket)
         if refusal is not None:
-            return await send_error(send, refusal)
+            await send_error(send, refusal)
+            return
         bucket.in_flight += 1
         try:
             await self.app(scope, receive, send)
@@ -130,9 +138,9 @@ class RateLimitMiddleware:
                 del self._buckets[caller]
 
 
-def _caller(scope) -> str:
-    key_id = scope.get(KEY_ID_SCOPE)
+def _caller(scope: Scope) -> str:
+    key_id: str | None = scope.get(KEY_ID_SCOPE)
     if key_id is not None:
         return key_id
-    client = scope.get("client")
+    client: tuple[str, int] | None = scope.get("client")
     return "addr-" + (client[0] if client else "unknown")

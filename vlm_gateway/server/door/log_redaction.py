@@ -14,7 +14,7 @@ def redact(text: str) -> str:
     return _BASE64_RUN.sub(_placeholder, text)
 
 
-def _placeholder(match: re.Match) -> str:
+def _placeholder(match: re.Match[str]) -> str:
     prefix = match.group(1) or ""
     return f"{prefix}<base64, {len(match.group(0)) - len(prefix)} characters>"
 
