@@ -7,8 +7,8 @@ same requests; only the gateway hop differs.
     .venv/bin/python -m tests.bench.bench_caption --count 2000 --rounds 2 --concurrency 32
 
 Rounds alternate direct and gateway (A, B, B, A, ...) so machine noise and vLLM's cache of
-processed images favour neither side; each round captions every image (a fresh --out). Reported: images/s per side (median over rounds)
-and the ratio gateway / direct (target >= 0.95).
+processed images favour neither side; each round captions every image (a fresh --out).
+Reported: images/s per side (median over rounds) and the ratio gateway / direct (target >= 0.95).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def main(argv=None) -> None:
         }
         gateway = GatewayProcess(config, work).start()
         sides = {"direct": vllm.base_url, "gateway": gateway.url}
-        for name, url in sides.items():  # warm both paths (vLLM's first requests are slow)
+        for url in sides.values():  # warm both paths (vLLM's first requests are slow)
             run_caption(url, "tiny-blip2", warmup, work / "warm.jsonl", args.concurrency)
         rates: dict[str, list[float]] = {name: [] for name in sides}
         for round_no in range(args.rounds):

@@ -173,7 +173,7 @@ def interleaved(direct: Target, gateway: Target, rounds: int, measure) -> None:
 
 
 def added(direct: Target, gateway: Target, metric: str) -> list[float]:
-    return [g - d for d, g in zip(direct.samples[metric], gateway.samples[metric])]
+    return [g - d for d, g in zip(direct.samples[metric], gateway.samples[metric], strict=True)]
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -222,7 +222,7 @@ def report(direct: Target, gateway: Target, args: argparse.Namespace, load_befor
             )
         )
     if "rps" in direct.samples:
-        ratios = [g / d for d, g in zip(direct.samples["rps"], gateway.samples["rps"])]
+        ratios = [g / d for d, g in zip(direct.samples["rps"], gateway.samples["rps"], strict=True)]
         verdict = "met" if med(ratios) >= TARGETS["ratio"] else "MISSED"
         print(
             row(

