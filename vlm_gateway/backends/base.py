@@ -57,7 +57,7 @@ class Backend(ABC):
     def set_status(self, state: State, reason: str | None = None) -> None:
         self._status = Status(state, reason)
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional: a kind may have nothing to start
         """Begin becoming ready. Must return promptly: slow work goes to a background task."""
 
     async def stop(self) -> None:

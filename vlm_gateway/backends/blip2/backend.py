@@ -7,8 +7,8 @@ in worker threads. Requests that arrive within `batch_wait_ms` of the first queu
 as soon as the previous one ends. Streaming is per token: the worker hands each row's new text
 to its request after every decoding step.
 
-torch and transformers are imported only by `vlm_gateway.backends.blip2.generate`, and that only inside
-the loading thread, so a gateway with no blip2 model never pays for them.
+torch and transformers are imported only by `vlm_gateway.backends.blip2.generate`, and that
+only inside the loading thread, so a gateway with no blip2 model never pays for them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from vlm_gateway.backends.blip2.request import (
     decode_image,
     sampling_options,
 )
+from vlm_gateway.backends.blip2.worker import ModelThread, threadsafe
 from vlm_gateway.core.errors import (
     ContextLengthExceededError,
     GatewayError,
@@ -42,7 +42,13 @@ from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.core.sse import DONE
 
 if TYPE_CHECKING:
+    import torch
+
     from vlm_gateway.backends.blip2.generate import LoadedBlip2, RowResult, RowSpec
+
+    # What a streaming request's queue carries, per choice: new text, then its result or error.
+    _Event = tuple[int, str | RowResult | GatewayError]
+    _GenerateBatch = Callable[[LoadedBlip2, list[RowSpec], threading.Event], list[RowResult]]
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +57,9 @@ log = logging.getLogger(__name__)
 class _Pending:
     """One request in flight: a future per choice and, when streaming, its event queue."""
 
-    futures: list[asyncio.Future]
+    futures: list[asyncio.Future[RowResult]]
     prompt_tokens: int
-    events: asyncio.Queue | None = None
+    events: asyncio.Queue[_Event] | None = None
     cancelled: bool = False
 
     def deliver(self, index: int, outcome: RowResult | GatewayError) -> None:
@@ -107,11 +113,11 @@ class Blip2Backend(Backend):
         self._default_max_tokens = default_max_tokens
         self._queue: asyncio.Queue[_Row] = asyncio.Queue()
         self._stopping = threading.Event()
-        self._task: asyncio.Task | None = None
-        self._worker: _ModelThread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._worker: ModelThread | None = None
         self._loaded: LoadedBlip2 | None = None
         self._row_spec: type[RowSpec] | None = None
-        self._generate: Callable | None = None
+        self._generate: _GenerateBatch | None = None
         self._stats = _Stats()
         self._noted_system = False
 
@@ -119,8 +125,8 @@ class Blip2Backend(Backend):
 
     async def start(self) -> None:
         self.set_status(State.STARTING, f"loading {self.model_ref}")
-        self._worker = _ModelThread(f"blip2-{self.name}")
-        self._task = asyncio.create_task(self._load_then_serve(), name=f"blip2-{self.name}")
+        worker = self._worker = ModelThread(f"blip2-{self.name}")
+        self._task = asyncio.create_task(self._load_then_serve(worker), name=f"blip2-{self.name}")
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -134,15 +140,14 @@ class Blip2Backend(Backend):
         self._loaded = None
         await super().stop()
 
-    async def _load_then_serve(self) -> None:
+    async def _load_then_serve(self, worker: ModelThread) -> None:
         try:
-            self._loaded = await self._worker.submit(self._load_blocking)
+            loaded = self._loaded = await worker.submit(self._load_blocking)
         except Exception as exc:
             reason = f"cannot load {self.model_ref}: {_short(exc)}"
             log.error("model %s: %s", self.name, reason)
             self.set_status(State.FAILED, reason)
             return
-        loaded = self._loaded
         log.info(
             "model %s: BLIP-2 loaded from %s on %s (%s), batches of up to %d",
             self.name,
@@ -152,7 +157,7 @@ class Blip2Backend(Backend):
             self.max_batch_size,
         )
         self.set_status(State.READY)
-        await self._batch_forever()
+        await self._batch_forever(worker)
 
     def _load_blocking(self) -> LoadedBlip2:
         try:
@@ -185,7 +190,7 @@ class Blip2Backend(Backend):
     # -- requests ---------------------------------------------------------------------------
 
     async def chat(self, request: ChatCompletionRequest) -> dict[str, Any]:
-        pending = await self._submit(request, streaming=False)
+        pending = await self._submit(request, events=None)
         try:
             results = await asyncio.gather(*pending.futures)
         finally:
@@ -193,17 +198,20 @@ class Blip2Backend(Backend):
         return blip2_output.chat_completion(self.name, results, pending.prompt_tokens)
 
     async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
-        pending = await self._submit(request, streaming=True)
-        return self._stream(pending, request.wants_usage_in_stream)
+        events: asyncio.Queue[_Event] = asyncio.Queue()
+        pending = await self._submit(request, events=events)
+        return self._stream(pending, events, request.wants_usage_in_stream)
 
-    async def _stream(self, pending: _Pending, include_usage: bool) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, pending: _Pending, events: asyncio.Queue[_Event], include_usage: bool
+    ) -> AsyncIterator[bytes]:
         writer = blip2_output.ChunkWriter(self.name, include_usage)
         try:
             for index in range(len(pending.futures)):
                 yield writer.role(index)
             remaining, completion_tokens = len(pending.futures), 0
             while remaining:
-                index, item = await pending.events.get()
+                index, item = await events.get()
                 if isinstance(item, str):
                     yield writer.content(index, item)
                 elif isinstance(item, GatewayError):
@@ -218,7 +226,10 @@ class Blip2Backend(Backend):
         finally:
             pending.cancelled = True
 
-    async def _submit(self, request: ChatCompletionRequest, streaming: bool) -> _Pending:
+    async def _submit(
+        self, request: ChatCompletionRequest, events: asyncio.Queue[_Event] | None
+    ) -> _Pending:
+        """Validate, prepare and queue one row per choice; `events` only when streaming."""
         loaded = self._loaded
         if loaded is None or not self.status.ready:
             raise ServiceUnavailableError(f"The model '{self.name}' is not ready.")
@@ -232,7 +243,7 @@ class Blip2Backend(Backend):
         pending = _Pending(
             futures=[loop.create_future() for _ in range(sampling.n)],
             prompt_tokens=len(prompt_ids),
-            events=asyncio.Queue() if streaming else None,
+            events=events,
         )
         for index in range(sampling.n):
             spec = self._row(prompt, prompt_ids, pixels, sampling, index, max_tokens, pending)
@@ -242,17 +253,19 @@ class Blip2Backend(Backend):
     def _row(
         self,
         prompt: Blip2Prompt,
-        prompt_ids,
-        pixels,
+        prompt_ids: list[int],
+        pixels: torch.Tensor,
         sampling: Sampling,
         index: int,
         max_tokens: int,
         pending: _Pending,
     ) -> RowSpec:
-        on_text = None
-        if pending.events is not None:
-            on_text = _threadsafe(lambda text: pending.events.put_nowait((index, text)))
-        return self._row_spec(
+        row_spec = self._row_spec
+        assert row_spec is not None  # the load sets it before `_loaded`, checked by _submit
+        events, on_text = pending.events, None
+        if events is not None:
+            on_text = threadsafe(lambda text: events.put_nowait((index, text)))
+        return row_spec(
             prompt_ids=prompt_ids,
             pixel_values=pixels,
             max_new_tokens=max_tokens,
@@ -292,11 +305,11 @@ class Blip2Backend(Backend):
 
     # -- batching ---------------------------------------------------------------------------
 
-    async def _batch_forever(self) -> None:
+    async def _batch_forever(self, worker: ModelThread) -> None:
         while True:
             batch = await self._next_batch()
             if batch:
-                await self._run_batch(batch)
+                await self._run_batch(worker, batch)
 
     async def _next_batch(self) -> list[_Row]:
         """Wait for one row, then gather more for up to `batch_wait_ms`, up to the limit."""
@@ -315,12 +328,10 @@ class Blip2Backend(Backend):
                 break
         return [row for row in batch if not row.pending.cancelled]
 
-    async def _run_batch(self, batch: list[_Row]) -> None:
+    async def _run_batch(self, worker: ModelThread, batch: list[_Row]) -> None:
         specs = [row.spec for row in batch]
         try:
-            results = await self._worker.submit(
-                lambda: self._generate(self._loaded, specs, self._stopping)
-            )
+            results = await worker.submit(lambda: self._generate_blocking(specs))
         except asyncio.CancelledError:
             for row in batch:
                 row.pending.deliver(
@@ -336,8 +347,15 @@ class Blip2Backend(Backend):
                 row.pending.deliver(row.index, error)
             return
         self._count(len(batch))
-        for row, result in zip(batch, results):
+        for row, result in zip(batch, results, strict=True):
             row.pending.deliver(row.index, result)
+
+    def _generate_blocking(self, specs: list[RowSpec]) -> list[RowResult]:
+        """In the model thread: one batch, with the functions the load brought in."""
+        generate, loaded = self._generate, self._loaded
+        if generate is None or loaded is None:  # stopped while the batch waited for the thread
+            raise RuntimeError("the model is not loaded")
+        return generate(loaded, specs, self._stopping)
 
     def _count(self, size: int) -> None:
         stats = self._stats
@@ -351,7 +369,7 @@ class Blip2Backend(Backend):
             row.pending.deliver(row.index, error)
 
 
-def _prepare(loaded: LoadedBlip2, prompt: Blip2Prompt):
+def _prepare(loaded: LoadedBlip2, prompt: Blip2Prompt) -> tuple[list[int], torch.Tensor]:
     """Blocking: decode and preprocess the image, tokenize the prompt."""
     image = decode_image(prompt.image_url, prompt.image_param)
     try:
@@ -361,52 +379,6 @@ def _prepare(loaded: LoadedBlip2, prompt: Blip2Prompt):
             "The image could not be processed for BLIP-2.", param=prompt.image_param
         ) from None
     return loaded.prompt_ids(prompt.text), pixels
-
-
-class _ModelThread:
-    """The one long-lived thread that loads a model and runs all its batches. Long-lived,
-    because torch's intra-op (OpenMP) threads belong to the calling thread: a fresh thread per
-    batch started a fresh set each time, and throughput fell tenfold within minutes. A daemon,
-    so a load still running when the gateway exits does not hold the process open."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[[], Any]) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._jobs.put((loop, future, fn))
-        return future
-
-    def close(self) -> None:
-        self._jobs.put(None)
-
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            loop, future, fn = job
-            try:
-                outcome = (True, fn())
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-                outcome = (False, exc)
-            with contextlib.suppress(RuntimeError):  # the loop closed while we worked
-                loop.call_soon_threadsafe(_settle, future, *outcome)
-
-
-def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
-    if not future.done():
-        future.set_result(value) if ok else future.set_exception(value)
-
-
-def _threadsafe(callback: Callable[[str], None]) -> Callable[[str], None]:
-    loop = asyncio.get_running_loop()
-
-    def call(text: str) -> None:
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(callback, text)
-
-    return call
 
 
 def _short(exc: BaseException) -> str:

@@ -16,17 +16,27 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import torch
+
+if TYPE_CHECKING:  # at run time transformers is imported by load_blip2 only, under its lock
+    from PIL import Image
+    from transformers import (
+        BaseImageProcessor,
+        Blip2ForConditionalGeneration,
+        Cache,
+        PreTrainedTokenizerBase,
+    )
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
 class LoadedBlip2:
-    model: object
-    tokenizer: object
-    image_processor: object
+    model: Blip2ForConditionalGeneration
+    tokenizer: PreTrainedTokenizerBase
+    image_processor: BaseImageProcessor
     device: torch.device
     dtype: torch.dtype
     num_query_tokens: int
@@ -41,12 +51,18 @@ class LoadedBlip2:
         text_ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
         return [self.image_token_id] * self.num_query_tokens + list(text_ids)
 
-    def pixel_values(self, image) -> torch.Tensor:
-        return self.image_processor(images=image, return_tensors="pt")["pixel_values"]
+    def pixel_values(self, image: Image.Image) -> torch.Tensor:
+        features = self.image_processor(images=image, return_tensors="pt")
+        pixels: torch.Tensor = features["pixel_values"]
+        return pixels
 
     def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(
-            token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        # One flat list of ids decodes to one string (a list of lists would give a list).
+        return cast(
+            str,
+            self.tokenizer.decode(
+                token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            ),
         )
 
 
@@ -76,14 +92,23 @@ def load_blip2(model_ref: str, device: str, dtype: str, context_length: int | No
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")
     torch_dtype = resolve_dtype(dtype, torch_device)
     with _LOAD_LOCK:
-        from transformers import AutoProcessor, Blip2ForConditionalGeneration
+        from transformers import AutoProcessor, Blip2ForConditionalGeneration, PreTrainedConfig
 
-        processor = AutoProcessor.from_pretrained(model_ref)
+        # transformers leaves AutoProcessor.from_pretrained unannotated.
+        processor = AutoProcessor.from_pretrained(model_ref)  # type: ignore[no-untyped-call]
         model = Blip2ForConditionalGeneration.from_pretrained(model_ref, dtype=torch_dtype)
+    # Typed `dict | PreTrainedConfig | None` because that is what the constructor takes; it is
+    # a PreTrainedConfig once built.
     text_config = model.config.text_config
+    if not isinstance(text_config, PreTrainedConfig):
+        raise RuntimeError("the BLIP-2 config has no text_config")
     if getattr(text_config, "is_encoder_decoder", False):
         raise RuntimeError("only BLIP-2 with a decoder-only language model (OPT) is supported")
-    model.to(torch_device).eval()
+    image_token_index = model.config.image_token_index
+    if image_token_index is None:
+        raise RuntimeError("the BLIP-2 config has no image_token_index")
+    # transformers wraps `to` with functools.wraps, so mypy reads the bound call as unbound.
+    model.to(torch_device).eval()  # type: ignore[arg-type]
     tokenizer = processor.tokenizer
     eos = {text_config.eos_token_id, tokenizer.eos_token_id} - {None}
     max_positions = int(getattr(text_config, "max_position_embeddings", 2048))
@@ -95,7 +120,7 @@ def load_blip2(model_ref: str, device: str, dtype: str, context_length: int | No
         device=torch_device,
         dtype=torch_dtype,
         num_query_tokens=int(model.config.num_query_tokens),
-        image_token_id=int(model.config.image_token_index),
+        image_token_id=int(image_token_index),
         pad_token_id=int(pad if pad is not None else 0),
         eos_token_ids=frozenset(int(t) for t in eos),
         context_length=min(context_length or max_positions, max_positions),
@@ -238,10 +263,12 @@ class _Decoder:
         longest = max(spec.max_new_tokens for spec in self.specs)
         for _ in range(longest):
             tokens = self._choose(logits)
-            for row, token in zip(self.rows, tokens.tolist()):
+            for row, token in zip(self.rows, tokens.tolist(), strict=True):
                 if row.finish is None:
                     row.add(token)
-            if all(r.finish or s.is_cancelled() for r, s in zip(self.rows, self.specs)):
+            if all(
+                r.finish or s.is_cancelled() for r, s in zip(self.rows, self.specs, strict=True)
+            ):
                 break
             if should_stop.is_set():
                 raise RuntimeError("the backend is stopping")
@@ -257,7 +284,7 @@ class _Decoder:
             logits, cache = out.logits[:, -1, :], out.past_key_values
         return [row.result() for row in self.rows]
 
-    def _prefill(self):
+    def _prefill(self) -> tuple[torch.Tensor, Cache, torch.Tensor, torch.Tensor]:
         loaded, model = self.loaded, self.loaded.model
         pixels = torch.cat([s.pixel_values for s in self.specs]).to(self.device, loaded.dtype)
         image_features = model.get_image_features(pixel_values=pixels).pooler_output

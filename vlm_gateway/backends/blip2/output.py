@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlm_gateway.core.sse import frame
+
+if TYPE_CHECKING:  # generate imports torch; only its types are needed here
+    from vlm_gateway.backends.blip2.generate import RowResult
 
 
 def completion_id() -> str:
@@ -22,7 +25,7 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_completion(model: str, results: list, prompt_tokens: int) -> dict[str, Any]:
+def chat_completion(model: str, results: list[RowResult], prompt_tokens: int) -> dict[str, Any]:
     """`results`: one RowResult (text, finish_reason, completion_tokens) per choice."""
     return {
         "id": completion_id(),
@@ -52,7 +55,7 @@ class ChunkWriter:
         self.model = model
         self.include_usage = include_usage
 
-    def _chunk(self, choices: list[dict[str, Any]], usage_: dict | None = None) -> bytes:
+    def _chunk(self, choices: list[dict[str, Any]], usage_: dict[str, int] | None = None) -> bytes:
         chunk: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk",

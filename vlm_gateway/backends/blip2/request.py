@@ -2,9 +2,9 @@
 and the 400s for what BLIP-2 cannot do. Pure Python (Pillow only, lazily, for decoding).
 
 Prompt mapping (the README's "In-process BLIP-2" section shows examples):
-- a user turn with the image and no text            -> plain captioning: "" (BOS only)
-- a user turn with text                             -> "Question: {text} Answer:"
-- earlier turns                                     -> "Question: q1 Answer: a1 Question: q2 Answer:"
+- a user turn with the image and no text  -> plain captioning: "" (BOS only)
+- a user turn with text                   -> "Question: {text} Answer:"
+- earlier turns                           -> "Question: q1 Answer: a1 Question: q2 Answer:"
   (an earlier textless turn contributes its answer alone: it was a caption)
 - `continue_final_message: true` and a last assistant message -> its text is a prefix the model
   continues (prompted captioning), e.g. "a photo of"; same field and meaning as in vLLM.
@@ -18,13 +18,25 @@ import base64
 import binascii
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vlm_gateway.core.errors import InvalidRequestError
 from vlm_gateway.core.image_errors import ImageError
-from vlm_gateway.core.protocol import ChatCompletionRequest
+from vlm_gateway.core.protocol import (
+    ChatCompletionContentPartImage,
+    ChatCompletionContentPartText,
+    ChatCompletionRequest,
+)
 from vlm_gateway.images.decode import ImageLimits
 from vlm_gateway.images.decode import decode_image as safe_decode_image
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# A message's content: text, or parts (only user messages carry image parts), or none.
+_Content = str | Sequence[ChatCompletionContentPartText | ChatCompletionContentPartImage] | None
 
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,", re.I)
 # Extra (non-OpenAI) fields some upstreams accept; harmless to ignore here, as they only tune
@@ -92,7 +104,9 @@ def build_prompt(request: ChatCompletionRequest) -> Blip2Prompt:
     return Blip2Prompt(text, url, param, prefix is not None, ignored_system)
 
 
-def _turns_and_images(request: ChatCompletionRequest):
+def _turns_and_images(
+    request: ChatCompletionRequest,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], bool]:
     """Consecutive messages of one role are one turn; texts are joined with a space."""
     turns: list[list[str]] = []  # [role, text]
     images: list[tuple[str, str]] = []
@@ -114,7 +128,7 @@ def _turns_and_images(request: ChatCompletionRequest):
     return [(role, text) for role, text in turns], images, ignored_system
 
 
-def _message_text(content, index: int, images: list[tuple[str, str]]) -> str:
+def _message_text(content: _Content, index: int, images: list[tuple[str, str]]) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -204,7 +218,7 @@ def _logit_bias(bias: dict[str, int] | None, vocab_size: int) -> dict[int, float
     return result
 
 
-def decode_image(url: str, param: str, max_pixels: int = 50_000_000):
+def decode_image(url: str, param: str, max_pixels: int = 50_000_000) -> Image.Image:
     """data: URL -> RGB PIL image. Blocking: call in a worker thread. Errors are ours, never
     the decoder's text (it can leak addresses and internals)."""
     if not url.startswith("data:"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -56,7 +56,7 @@ class OpenAIUpstreamBackend(Backend):
         self._probe_timeout = upstream_timeout(min(timeout, 5.0), connect_timeout)
         self._health_interval = health_interval
         self._wake = asyncio.Event()
-        self._watcher: asyncio.Task | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -135,7 +135,9 @@ class OpenAIUpstreamBackend(Backend):
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise UpstreamError(f"The upstream for '{self.name}' answered with invalid JSON.")
+            raise UpstreamError(
+                f"The upstream for '{self.name}' answered with invalid JSON."
+            ) from None
         if not isinstance(data, dict):
             raise UpstreamError(f"The upstream for '{self.name}' answered with a non-object.")
         data["model"] = self.name
@@ -189,7 +191,9 @@ class OpenAIUpstreamBackend(Backend):
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            raise UpstreamError(f"The upstream for '{self.name}' sent an invalid stream event.")
+            raise UpstreamError(
+                f"The upstream for '{self.name}' sent an invalid stream event."
+            ) from None
         if isinstance(data, dict) and "model" in data:
             data["model"] = self.name
         return frame(data)
@@ -200,21 +204,23 @@ class OpenAIUpstreamBackend(Backend):
         return orjson.dumps(payload)
 
     @contextlib.contextmanager
-    def _translate_errors(self):
+    def _translate_errors(self) -> Iterator[None]:
         try:
             yield
         except TimeoutError as exc:  # aiohttp's connect and read timeouts subclass it
             raise UpstreamTimeoutError(
                 f"The upstream for '{self.name}' did not answer in time ({_why(exc)})."
-            )
+            ) from exc
         except aiohttp.ClientConnectorError as exc:  # refused, DNS, unreachable: not up
             self._mark_unavailable(f"cannot connect to {self.base_url}: {_why(exc)}")
             self._wake.set()
-            raise UpstreamError(f"The upstream for '{self.name}' is unreachable ({_why(exc)}).")
+            raise UpstreamError(
+                f"The upstream for '{self.name}' is unreachable ({_why(exc)})."
+            ) from exc
         except aiohttp.ClientError as exc:  # disconnected, payload cut short, protocol errors
             raise UpstreamError(
                 f"The connection to the upstream for '{self.name}' failed ({_why(exc)})."
-            )
+            ) from exc
 
 
 def upstream_timeout(timeout: float, connect_timeout: float) -> aiohttp.ClientTimeout:

@@ -14,6 +14,7 @@ import logging
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,9 @@ class Supervision:
     stop_grace: float = 10.0
 
     def backoff(self, failures_in_a_row: int) -> float:
-        return min(self.restart_backoff_max, self.restart_backoff * 2 ** max(0, failures_in_a_row))
+        return min(
+            self.restart_backoff_max, self.restart_backoff * 2.0 ** max(0, failures_in_a_row)
+        )
 
 
 class StartFailed(Exception):
@@ -83,7 +86,7 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         self._max_model_len_setting = max_model_len
         self._policy = supervision
         self._process: ManagedProcess | None = None
-        self._supervisor: asyncio.Task | None = None
+        self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
         self.restarts = 0
         self.served_max_model_len: int | None = None
@@ -163,7 +166,9 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         command = self.command
         async with self._sequencer.turn(command.gpus):
             while True:
-                port = command.port or await asyncio.to_thread(_free_port)
+                port = command.port
+                if not port:  # None: a free port for each launch
+                    port = await asyncio.to_thread(_free_port)
                 process = await self._launch(command, port)
                 try:
                     card = await wait_until_serving(
@@ -179,7 +184,7 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
                     continue
                 except StartTimeout as exc:
                     tail = await process.log_tail()
-                    raise StartFailed(f"vLLM (pid {process.pid}) {exc}; log tail:\n{tail}")
+                    raise StartFailed(f"vLLM (pid {process.pid}) {exc}; log tail:\n{tail}") from exc
                 self._became_ready(card, process)
                 return
 
@@ -254,7 +259,7 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
 
     # -- liveness ---------------------------------------------------------------------------
 
-    def _on_exit(self, exited: asyncio.Future) -> None:
+    def _on_exit(self, exited: asyncio.Future[int]) -> None:
         """Runs the moment the process exits: not ready at once, so requests get 503."""
         if exited.cancelled() or self._stopping or self.status.state is State.STARTING:
             return  # a start that fails is reported by the start itself, with its log tail
@@ -268,9 +273,10 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         failures = 0
         while True:
             woken = asyncio.ensure_future(self._wake.wait())
+            waits: set[asyncio.Future[Any]] = {process.exited, woken}
             try:
                 await asyncio.wait(
-                    {process.exited, woken},
+                    waits,
                     timeout=self._policy.liveness_interval,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
@@ -321,7 +327,7 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         return None
 
     @contextlib.contextmanager
-    def _translate_errors(self):
+    def _translate_errors(self) -> Iterator[None]:
         """A broken connection mid-request may mean a dead server: stop routing to it until
         the supervisor has checked (it wakes at once)."""
         try:
@@ -382,4 +388,5 @@ def _free_port() -> int:
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
