@@ -25,11 +25,14 @@ KINDS: tuple[BackendKind[Any], ...] = (
 )
 
 
+Kinds = tuple[BackendKind[Any], ...]
+
+
 @functools.cache
-def settings_model() -> type[GatewaySettings]:
+def settings_model(kinds: Kinds = KINDS) -> type[GatewaySettings]:
     """`GatewaySettings` whose `models:` entries are validated as the registered kinds'
     settings, chosen by their `backend:` key. Load configuration through this class."""
-    entry_types = functools.reduce(operator.or_, (kind.settings for kind in KINDS))
+    entry_types = functools.reduce(operator.or_, (kind.settings for kind in kinds))
     # A union built at run time from the registry: valid for pydantic, opaque to mypy.
     entry = Annotated[entry_types, Field(discriminator="backend")]  # type: ignore[valid-type]
     return create_model(
@@ -40,17 +43,21 @@ def settings_model() -> type[GatewaySettings]:
     )
 
 
-def build_backends(settings: GatewaySettings, client: aiohttp.ClientSession) -> list[Backend]:
+def build_backends(
+    settings: GatewaySettings, client: aiohttp.ClientSession, kinds: Kinds = KINDS
+) -> list[Backend]:
     """Every configured entry -> its backends (one per replica), in config order."""
     # One sequencer per app: managed processes sharing a GPU start in turn.
     context = BuildContext(settings, client, StartSequencer())
     return [
-        backend for entry in settings.models for backend in _kind_of(entry).build(entry, context)
+        backend
+        for entry in settings.models
+        for backend in _kind_of(entry, kinds).build(entry, context)
     ]
 
 
-def _kind_of(entry: ModelEntry) -> BackendKind[Any]:
-    for kind in KINDS:
+def _kind_of(entry: ModelEntry, kinds: Kinds) -> BackendKind[Any]:
+    for kind in kinds:
         if isinstance(entry, kind.settings):
             return kind
     raise TypeError(f"no backend kind is registered for {type(entry).__name__}")
