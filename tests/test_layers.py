@@ -69,8 +69,10 @@ def layer_violations(package: Path = PACKAGE) -> list[str]:
             if there == here:
                 continue
             if there not in LAYERS or LAYERS[there] >= LAYERS[here]:
-                problems.append(f"{path.relative_to(package.parent)}:{line}: {here} imports "
-                                f"{module} ({there or 'the package root'})")
+                problems.append(
+                    f"{path.relative_to(package.parent)}:{line}: {here} imports "
+                    f"{module} ({there or 'the package root'})"
+                )
     return problems
 
 
@@ -103,6 +105,7 @@ def test_the_server_and_cli_import_without_torch_or_transformers():
         "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""

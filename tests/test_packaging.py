@@ -3,6 +3,7 @@ and the `vlm-gateway` console script."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,10 +13,29 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_holds_only_the_vlm_gateway_package(tmp_path):
+    # Built from a copy of what the Dockerfile copies: setuptools reuses a checkout's build/.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(
+        REPO / "vlm_gateway", source / "vlm_gateway", ignore=shutil.ignore_patterns("__pycache__")
+    )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
-         str(tmp_path), str(REPO)],
-        check=True, capture_output=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
     )
     (wheel,) = tmp_path.glob("vlm_gateway-*.whl")
     with zipfile.ZipFile(wheel) as archive:

@@ -17,7 +17,9 @@ DEADLINE_S = 30.0
 
 
 def wait_until(
-    condition: Callable[[], T], what: str = "", deadline_s: float = DEADLINE_S,
+    condition: Callable[[], T],
+    what: str = "",
+    deadline_s: float = DEADLINE_S,
     interval_s: float = 0.01,
 ) -> T:
     """Call `condition` until it returns something truthy, and return that."""
@@ -30,7 +32,9 @@ def wait_until(
 
 
 async def until(
-    condition: Callable[[], T], what: str = "", deadline_s: float = DEADLINE_S,
+    condition: Callable[[], T],
+    what: str = "",
+    deadline_s: float = DEADLINE_S,
     interval_s: float = 0.01,
 ) -> T:
     """wait_until for a test running on an event loop: other tasks run while it waits."""

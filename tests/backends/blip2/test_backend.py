@@ -4,7 +4,6 @@ tiny random BLIP-2 (its words are noise: these tests check shapes, counts and de
 from __future__ import annotations
 
 import re
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +12,8 @@ import openai
 import pytest
 
 from tests.support.images import image_message, png_data_url
-from tests.support.processes import GatewayProcess, wait_http
+from tests.support.polling import wait_until
+from tests.support.processes import GatewayProcess
 from tests.support.torch_device import TEST_DEVICE
 
 pytest.importorskip("torch")
@@ -24,12 +24,23 @@ QUESTION = "What is in the picture?"
 @pytest.fixture(scope="module")
 def gateway(tiny_models, workdir, tmp_path_factory):
     """One gateway: the tiny BLIP-2, and a blip2 model whose weights are missing."""
-    config = {"models": [
-        {"name": "tiny-blip2", "backend": "blip2", "model": str(tiny_models["blip2"]),
-         "device": TEST_DEVICE, "max_batch_size": 16, "batch_wait_ms": 50},
-        {"name": "broken-blip2", "backend": "blip2",
-         "model": str(tmp_path_factory.mktemp("no-weights"))},
-    ]}
+    config = {
+        "models": [
+            {
+                "name": "tiny-blip2",
+                "backend": "blip2",
+                "model": str(tiny_models["blip2"]),
+                "device": TEST_DEVICE,
+                "max_batch_size": 16,
+                "batch_wait_ms": 50,
+            },
+            {
+                "name": "broken-blip2",
+                "backend": "blip2",
+                "model": str(tmp_path_factory.mktemp("no-weights")),
+            },
+        ]
+    }
     with GatewayProcess(config, workdir).start(wait_ready=False) as process:
         _wait_until_loaded(process.url, "tiny-blip2")
         yield process
@@ -99,10 +110,13 @@ def test_multi_turn_is_question_answer_concatenation(client, tokenizer):
 
 
 def test_prompted_captioning_continues_the_prefix(client, tokenizer):
-    messages = [image_message(None, png_data_url(seed=1)),
-                {"role": "assistant", "content": "a photo of"}]
-    answer = ask(client, messages=messages, max_tokens=5,
-                 extra_body={"continue_final_message": True})
+    messages = [
+        image_message(None, png_data_url(seed=1)),
+        {"role": "assistant", "content": "a photo of"},
+    ]
+    answer = ask(
+        client, messages=messages, max_tokens=5, extra_body={"continue_final_message": True}
+    )
     assert answer.usage.prompt_tokens == 4 + len(tokenizer("a photo of")["input_ids"])
     assert not answer.choices[0].message.content.startswith("a photo of")
 
@@ -115,8 +129,9 @@ def test_n_choices_are_sampled_apart_and_counted(client):
 
 
 def test_a_seed_reproduces_a_sample(client):
-    first, again, other = (ask(client, temperature=1.0, top_p=0.9, seed=s, max_tokens=16)
-                           for s in (42, 42, 43))
+    first, again, other = (
+        ask(client, temperature=1.0, top_p=0.9, seed=s, max_tokens=16) for s in (42, 42, 43)
+    )
     assert first.choices[0].message.content == again.choices[0].message.content
     assert first.choices[0].message.content != other.choices[0].message.content
 
@@ -138,8 +153,7 @@ def test_penalties_are_applied(client):
 
 def test_streaming_matches_the_plain_answer_with_usage_last(client):
     plain = ask(client, max_tokens=20)
-    chunks = list(ask(client, max_tokens=20, stream=True,
-                      stream_options={"include_usage": True}))
+    chunks = list(ask(client, max_tokens=20, stream=True, stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain.choices[0].message.content
@@ -185,9 +199,15 @@ def test_too_long_a_request_is_context_length_exceeded(client):
     [
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
         ({"logprobs": True}, "logprobs"),
-        ({"response_format": {"type": "json_schema",
-                              "json_schema": {"name": "x", "schema": {"type": "object"}}}},
-         "response_format"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "object"}},
+                }
+            },
+            "response_format",
+        ),
     ],
 )
 def test_unsupported_fields_are_named(client, fields, param):
@@ -210,8 +230,9 @@ def test_a_load_failure_is_reported_and_the_gateway_stays_up(gateway, client):
     assert broken["state"] == "failed"
     assert broken["reason"].startswith("cannot load")
     with pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(model="broken-blip2",
-                                       messages=[image_message(None, png_data_url())])
+        client.chat.completions.create(
+            model="broken-blip2", messages=[image_message(None, png_data_url())]
+        )
     assert caught.value.status_code == 503
     assert ask(client, max_tokens=2).choices[0].message.content is not None
 
@@ -221,8 +242,10 @@ def test_a_load_failure_is_reported_and_the_gateway_stays_up(gateway, client):
 
 def _varied_requests(count: int) -> list[dict]:
     questions = [None, "What?", "What is on the left of the picture?", "Is it red or blue?"]
-    return [{"text": questions[i % 4], "seed_image": i, "max_tokens": 5 + 3 * i, "temperature": 0}
-            for i in range(count)]
+    return [
+        {"text": questions[i % 4], "seed_image": i, "max_tokens": 5 + 3 * i, "temperature": 0}
+        for i in range(count)
+    ]
 
 
 def test_batched_requests_answer_exactly_as_alone(gateway, client):
@@ -235,23 +258,24 @@ def test_batched_requests_answer_exactly_as_alone(gateway, client):
     assert replica(gateway)["largest_batch"] > max(before, 1)
 
 
-def test_health_answers_in_milliseconds_while_a_batch_generates(gateway, client):
-    batches_before = replica(gateway)["batches"]
-    with ThreadPoolExecutor(16) as pool:
-        running = [pool.submit(ask, client, None, i, max_tokens=150) for i in range(16)]
-        wait_http(gateway.url + "/health", 10)
-        latencies = []
-        with httpx.Client(base_url=gateway.url) as http:
-            # A quiet machine runs the batch in about 0.1 s: sample often enough to see it.
-            while not all(f.done() for f in running) and len(latencies) < 200:
-                start = time.perf_counter()
-                assert http.get("/health").status_code == 200
-                latencies.append(time.perf_counter() - start)
-                time.sleep(0.003)
-        answers = [f.result() for f in running]
-    assert all(a.usage.completion_tokens == 150 for a in answers)
-    assert replica(gateway)["batches"] - batches_before <= 4  # they really were batched
-    assert len(latencies) >= 5
-    # The issue's bound: milliseconds, on a shared 2-core CI machine.
-    assert statistics.median(latencies) < 0.05, latencies
-    assert max(latencies) < 0.5, latencies
+def test_health_answers_while_a_batch_generates(gateway, client, tokenizer):
+    """Generation runs off the event loop: /health is answered between a batch's first token
+    and its end. (The latency figure is tests/bench/bench_blip2_batching.py's.)"""
+    before = replica(gateway)
+    room = before["context_length"] - (4 + 1)  # 4 query tokens, then BOS
+    no_eos = {str(token): -100 for token in {tokenizer.eos_token_id} - {None}}
+    stream = ask(client, None, max_tokens=room, temperature=0, logit_bias=no_eos, stream=True)
+    try:
+        assert any(chunk.choices and chunk.choices[0].delta.content for chunk in stream)
+        # The batch has begun: it produced a token, and it can only end at `room` tokens or
+        # when this stream is closed. The event loop answers meanwhile...
+        assert httpx.get(gateway.url + "/health", timeout=30).status_code == 200
+        # ...before the batch ends: it is counted only when it ends, and a loop blocked by
+        # the generation would have counted it before it could answer at all.
+        assert replica(gateway)["batches"] == before["batches"]
+    finally:
+        stream.close()
+    wait_until(
+        lambda: replica(gateway)["batches"] == before["batches"] + 1,
+        "the batch stopping once its only stream is closed",
+    )

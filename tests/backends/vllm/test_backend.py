@@ -15,15 +15,19 @@ import httpx
 import openai
 import pytest
 
+from tests.support.images import image_message, png_data_url
+from tests.support.managed import (
+    process_group_members,
+    replicas,
+    stop_gateway,
+    vllm_entry,
+    wait_model,
+)
+from tests.support.processes import REPO, VLLM_BIN, VLLM_SMALL_ARGS, GatewayProcess
 from vlm_gateway.backends.base import State
 from vlm_gateway.backends.vllm.backend import ManagedVllmBackend, Supervision
 from vlm_gateway.launch.gpu_sharing import StartSequencer
 from vlm_gateway.launch.vllm_command import VllmCommand
-from tests.support.images import image_message, png_data_url
-from tests.support.managed import (
-    process_group_members, replicas, stop_gateway, vllm_entry, wait_model)
-from tests.support.processes import REPO, VLLM_BIN, VLLM_SMALL_ARGS, GatewayProcess
-
 
 
 def _client(gateway: GatewayProcess, **kwargs) -> openai.OpenAI:
@@ -32,19 +36,25 @@ def _client(gateway: GatewayProcess, **kwargs) -> openai.OpenAI:
 
 def _caption(client: openai.OpenAI, model: str, max_tokens: int = 8):
     return client.chat.completions.create(
-        model=model, messages=[image_message("Describe.", png_data_url())],
-        max_tokens=max_tokens, temperature=0)
+        model=model,
+        messages=[image_message("Describe.", png_data_url())],
+        max_tokens=max_tokens,
+        temperature=0,
+    )
 
 
 @pytest.fixture(scope="module")
 def shared_gateway(tiny_models, workdir):
     """One gateway managing tiny BLIP-2 and tiny LLaVA (started one after another), plus an
     entry whose model path does not exist (it fails at once and must not disturb the others)."""
-    config = {"data_dir": str(workdir / "shared-data"), "models": [
-        vllm_entry("broken", workdir / "no-such-model", VLLM_SMALL_ARGS),
-        vllm_entry("blip2", tiny_models["blip2"], VLLM_SMALL_ARGS),
-        vllm_entry("llava", tiny_models["llava"], VLLM_SMALL_ARGS),
-    ]}
+    config = {
+        "data_dir": str(workdir / "shared-data"),
+        "models": [
+            vllm_entry("broken", workdir / "no-such-model", VLLM_SMALL_ARGS),
+            vllm_entry("blip2", tiny_models["blip2"], VLLM_SMALL_ARGS),
+            vllm_entry("llava", tiny_models["llava"], VLLM_SMALL_ARGS),
+        ],
+    }
     gateway = GatewayProcess(config, workdir).start(wait_ready=False)
     try:
         wait_model(gateway, "blip2")
@@ -62,9 +72,15 @@ def test_sdk_chat_through_managed_blip2_and_llava(shared_gateway):
         completion = _caption(client, model)
         assert completion.model == model
         assert completion.usage.completion_tokens > 0
-        chunks = list(client.chat.completions.create(
-            model=model, messages=[image_message("Describe.", png_data_url())],
-            max_tokens=4, temperature=0, stream=True))
+        chunks = list(
+            client.chat.completions.create(
+                model=model,
+                messages=[image_message("Describe.", png_data_url())],
+                max_tokens=4,
+                temperature=0,
+                stream=True,
+            )
+        )
         assert chunks[-1].choices[0].finish_reason in ("length", "stop")
 
 
@@ -121,29 +137,43 @@ def test_gateway_stop_leaves_no_process_alive(shared_gateway):
 @pytest.mark.vllm
 @pytest.mark.skipif(not VLLM_BIN.exists(), reason=f"{VLLM_BIN} not installed")
 def test_kill_9_of_vllm_mid_stream_then_of_the_gateway(tiny_models, workdir):
-    config = {"data_dir": str(workdir / "kill-data"), "models": [vllm_entry(
-        "blip2", tiny_models["blip2"], VLLM_SMALL_ARGS, restart_backoff=0.5,
-        liveness_interval=2)]}
+    config = {
+        "data_dir": str(workdir / "kill-data"),
+        "models": [
+            vllm_entry(
+                "blip2",
+                tiny_models["blip2"],
+                VLLM_SMALL_ARGS,
+                restart_backoff=0.5,
+                liveness_interval=2,
+            )
+        ],
+    }
     with GatewayProcess(config, workdir).start(wait_ready=False) as gateway:
         pid = wait_model(gateway, "blip2")["pid"]
-        client = _client(gateway)
+        client = _client(gateway, timeout=60)  # only so that a hang fails instead of waiting
         stream = client.chat.completions.create(
-            model="blip2", messages=[image_message("Describe.", png_data_url())],
-            max_tokens=400, temperature=0, stream=True,
-            extra_body={"ignore_eos": True, "min_tokens": 400})
+            model="blip2",
+            messages=[image_message("Describe.", png_data_url())],
+            max_tokens=400,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True, "min_tokens": 400},
+        )
         next(iter(stream))
-        killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        with pytest.raises(openai.APIError):
+        with pytest.raises(openai.APIError) as ended:
             for _ in stream:
                 pass
-        assert time.monotonic() - killed_at < 1.0
+        # Ended by the lost connection (an error event), not left to run into a timeout.
+        assert not isinstance(ended.value, openai.APITimeoutError), ended.value
+        assert "did not answer in time" not in str(ended.value)
 
-        started = time.monotonic()
         with pytest.raises(openai.APIStatusError) as caught:
             _caption(client, "blip2")
-        assert time.monotonic() - started < 0.05
         assert caught.value.status_code == 503
+        # Refused at once, not held until vLLM is back: when the 503 came, it was not back yet.
+        assert replicas(gateway, "blip2")[0]["state"] != "ready"
 
         report = wait_model(gateway, "blip2", deadline_s=300)
         assert report["restarts"] == 1 and report["pid"] != pid
@@ -170,9 +200,11 @@ def test_auto_max_model_len_relaunches_with_vllm_estimate(tiny_models, workdir):
     small_kv_cache = [arg for arg in VLLM_SMALL_ARGS]
     small_kv_cache[small_kv_cache.index("--kv-cache-memory-bytes") + 1] = "300000"
     at = small_kv_cache.index("--max-model-len")
-    del small_kv_cache[at:at + 2]
-    config = {"data_dir": str(workdir / "auto-data"), "models": [vllm_entry(
-        "blip2", tiny_models["blip2"], small_kv_cache, max_model_len="auto")]}
+    del small_kv_cache[at : at + 2]
+    config = {
+        "data_dir": str(workdir / "auto-data"),
+        "models": [vllm_entry("blip2", tiny_models["blip2"], small_kv_cache, max_model_len="auto")],
+    }
     with GatewayProcess(config, workdir).start(wait_ready=False) as gateway:
         report = wait_model(gateway, "blip2", deadline_s=400)
         assert report["max_model_len"] == 128
@@ -188,14 +220,31 @@ FAKE_VLLM = (sys.executable, "-m", "tests.support.fake_vllm")
 
 
 def _fake_backend(client, tmp_path, env=None, max_model_len=None, **policy) -> ManagedVllmBackend:
-    command = VllmCommand(command=FAKE_VLLM, model="tiny", served_name="m",
-                          max_model_len=512 if max_model_len else None,
-                          env=tuple({"PYTHONPATH": str(REPO), **(env or {})}.items()))
-    policy = {"startup_timeout": 20, "liveness_interval": 0.2, "liveness_timeout": 0.5,
-              "liveness_failures": 2, "restart_backoff": 0.1, "stop_grace": 2, **policy}
-    return ManagedVllmBackend("m", command, client, sequencer=StartSequencer(),
-                              log_path=tmp_path / "vllm-m-0.log", max_model_len=max_model_len,
-                              supervision=Supervision(**policy))
+    command = VllmCommand(
+        command=FAKE_VLLM,
+        model="tiny",
+        served_name="m",
+        max_model_len=512 if max_model_len else None,
+        env=tuple({"PYTHONPATH": str(REPO), **(env or {})}.items()),
+    )
+    policy = {
+        "startup_timeout": 20,
+        "liveness_interval": 0.2,
+        "liveness_timeout": 0.5,
+        "liveness_failures": 2,
+        "restart_backoff": 0.1,
+        "stop_grace": 2,
+        **policy,
+    }
+    return ManagedVllmBackend(
+        "m",
+        command,
+        client,
+        sequencer=StartSequencer(),
+        log_path=tmp_path / "vllm-m-0.log",
+        max_model_len=max_model_len,
+        supervision=Supervision(**policy),
+    )
 
 
 async def _until(predicate, deadline_s: float = 20) -> None:
@@ -209,6 +258,7 @@ def _run(scenario) -> None:
     async def main():
         async with aiohttp.ClientSession() as client:
             await scenario(client)
+
     asyncio.run(main())
 
 
@@ -239,13 +289,14 @@ def test_wedged_process_is_killed_and_restarted(tmp_path):
 
 def test_process_exit_marks_not_ready_at_once_then_restarts(tmp_path):
     async def scenario(client):
-        backend = _fake_backend(client, tmp_path, liveness_interval=30)
+        # No liveness probe runs within this test: only the exit itself can tell the backend.
+        backend = _fake_backend(client, tmp_path, liveness_interval=3600)
         await backend.start()
         try:
             await _until(lambda: backend.status.ready)
             pid = backend.describe()["pid"]
             os.kill(pid, signal.SIGKILL)
-            await _until(lambda: not backend.status.ready, deadline_s=0.5)
+            await _until(lambda: not backend.status.ready)
             assert "exited with code -9" in backend.status.reason
             await _until(lambda: backend.status.ready and backend.restarts == 1)
         finally:
@@ -271,11 +322,17 @@ def test_process_exiting_at_start_is_failed_with_its_log_tail(tmp_path):
     _run(scenario)
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (("{tmp}/no-vllm",), ["cannot launch", "No such file or directory"]),
-    ((sys.executable, "-c", "import time; print('loading forever'); time.sleep(60)"),
-     ["not ready within the startup deadline of 1 s", "loading forever"]),
-], ids=["missing-executable", "never-ready"])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (("{tmp}/no-vllm",), ["cannot launch", "No such file or directory"]),
+        (
+            (sys.executable, "-c", "import time; print('loading forever'); time.sleep(60)"),
+            ["not ready within the startup deadline of 1 s", "loading forever"],
+        ),
+    ],
+    ids=["missing-executable", "never-ready"],
+)
 def test_process_that_cannot_start_is_failed_with_the_reason(tmp_path, argv, expected):
     async def scenario(client):
         backend = _fake_backend(client, tmp_path, startup_timeout=1)
@@ -294,8 +351,9 @@ def test_process_that_cannot_start_is_failed_with_the_reason(tmp_path, argv, exp
 
 def test_auto_max_model_len_uses_the_estimate_after_the_exit(tmp_path):
     async def scenario(client):
-        backend = _fake_backend(client, tmp_path, env={"FAKE_VLLM_KV_LIMIT": "128"},
-                                max_model_len="auto")
+        backend = _fake_backend(
+            client, tmp_path, env={"FAKE_VLLM_KV_LIMIT": "128"}, max_model_len="auto"
+        )
         await backend.start()
         try:
             await _until(lambda: backend.status.ready)

@@ -34,8 +34,9 @@ class GatedUpstream(FakeUpstream):
         self.held_on_arrival: dict[str, int] = {}
         self._gates: dict[str, asyncio.Event] = {}
 
-    async def _dispatch(self, req: dict, chat: bool, http11: bool, keep: bool,
-                        reader, writer) -> bool:
+    async def _dispatch(
+        self, req: dict, chat: bool, http11: bool, keep: bool, reader, writer
+    ) -> bool:
         tag = req["messages"][-1]["content"]
         if tag != LIVE:
             gate = self._gates.setdefault(tag, asyncio.Event())
@@ -70,10 +71,25 @@ def gateway(upstream, gated, tmp_path_factory):
     config = {
         "data_dir": str(work / "data"),
         "batch": {"concurrency_per_model": SLOTS, "max_file_bytes": 65536},
-        "models": [{"name": name, "backend": "openai", "base_url": upstream.base_url,
-                    "upstream_model": name, "timeout": 20} for name in MODELS]
-                  + [{"name": "held", "backend": "openai", "base_url": gated.base_url,
-                      "upstream_model": "ok", "timeout": 60}],
+        "models": [
+            {
+                "name": name,
+                "backend": "openai",
+                "base_url": upstream.base_url,
+                "upstream_model": name,
+                "timeout": 20,
+            }
+            for name in MODELS
+        ]
+        + [
+            {
+                "name": "held",
+                "backend": "openai",
+                "base_url": gated.base_url,
+                "upstream_model": "ok",
+                "timeout": 60,
+            }
+        ],
     }
     with GatewayProcess(config, work) as proc:
         yield proc
@@ -121,13 +137,21 @@ def test_batch_completes_with_output_and_error_files(client, upstream):
     lines = [chat_line(f"ok-{i}", "ok") for i in range(20)]
     lines += [chat_line(f"bad-{i}", "fault-400") for i in range(3)]
     file = upload(client, lines)
-    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h", metadata={"job": "t1"})
+    batch = client.batches.create(
+        input_file_id=file.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"job": "t1"},
+    )
     assert batch.status == "validating" and batch.metadata == {"job": "t1"}
+    assert batch.completion_window == "24h" and batch.expires_at == batch.created_at + 24 * 3600
     batch = wait_final(client, batch.id)
     assert isinstance(batch, Batch) and batch.status == "completed"
-    assert (batch.request_counts.total, batch.request_counts.completed,
-            batch.request_counts.failed) == (23, 20, 3)
+    assert (
+        batch.request_counts.total,
+        batch.request_counts.completed,
+        batch.request_counts.failed,
+    ) == (23, 20, 3)
     assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
     output = result_lines(client, batch.output_file_id)
     errors = result_lines(client, batch.error_file_id)
@@ -140,34 +164,52 @@ def test_batch_completes_with_output_and_error_files(client, upstream):
 
 
 def test_bad_lines_fail_the_batch_with_line_numbers(client):
-    lines = [jsonl([chat_line("a", "ok")]), b"{not json}\n", jsonl([chat_line("a", "ok")]),
-             jsonl([chat_line("c", "no-such-model")]),
-             jsonl([{**chat_line("d", "ok"), "url": "/v1/embeddings"}])]
+    lines = [
+        jsonl([chat_line("a", "ok")]),
+        b"{not json}\n",
+        jsonl([chat_line("a", "ok")]),
+        jsonl([chat_line("c", "no-such-model")]),
+        jsonl([{**chat_line("d", "ok"), "url": "/v1/embeddings"}]),
+    ]
     file = client.files.create(file=("bad.jsonl", io.BytesIO(b"".join(lines))), purpose="batch")
-    batch = wait_final(client, client.batches.create(
-        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h").id)
+    batch = wait_final(
+        client,
+        client.batches.create(
+            input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id,
+    )
     assert batch.status == "failed" and batch.failed_at
     found = {(e.line, e.code) for e in batch.errors.data}
-    assert found == {(2, "invalid_json"), (3, "duplicate_custom_id"), (4, "model_not_found"),
-                     (5, "invalid_url")}
+    assert found == {
+        (2, "invalid_json"),
+        (3, "duplicate_custom_id"),
+        (4, "model_not_found"),
+        (5, "invalid_url"),
+    }
     assert batch.output_file_id is None
 
 
 def test_create_rejects_unknown_file_and_endpoint(client):
     with pytest.raises(openai.NotFoundError):
-        client.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions",
-                              completion_window="24h")
+        client.batches.create(
+            input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h"
+        )
     file = upload(client, [chat_line("a", "ok")])
     with pytest.raises(openai.BadRequestError) as caught:
-        client.batches.create(input_file_id=file.id, endpoint="/v1/embeddings",
-                              completion_window="24h")
+        client.batches.create(
+            input_file_id=file.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
     assert caught.value.body["param"] == "endpoint"
 
 
 def test_list_pages_newest_first(client):
     file = upload(client, [chat_line("a", "ok")])
-    ids = [client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                 completion_window="24h").id for _ in range(3)]
+    ids = [
+        client.batches.create(
+            input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id
+        for _ in range(3)
+    ]
     first = client.batches.list(limit=2)
     assert [b.id for b in first.data] == ids[::-1][:2] and first.has_more
     second = client.batches.list(limit=2, after=first.data[-1].id)
@@ -177,27 +219,41 @@ def test_list_pages_newest_first(client):
 
 
 def test_cancel_keeps_what_is_done(client):
-    file = upload(client, [chat_line("fast", "ok")] + [chat_line(f"stall-{i}", "fault-stall")
-                                                       for i in range(6)])
-    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
-    wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 1,
-               "the fast request done")
+    file = upload(
+        client,
+        [chat_line("fast", "ok")] + [chat_line(f"stall-{i}", "fault-stall") for i in range(6)],
+    )
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    wait_until(
+        lambda: client.batches.retrieve(batch.id).request_counts.completed >= 1,
+        "the fast request done",
+    )
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at
     batch = wait_final(client, batch.id, deadline_s=10)
     assert batch.status == "cancelled" and batch.cancelled_at
     assert [o["custom_id"] for o in result_lines(client, batch.output_file_id)] == ["fast"]
     with pytest.raises(openai.ConflictError):
-        client.batches.cancel(wait_final(client, client.batches.create(
-            input_file_id=upload(client, [chat_line("x", "ok")]).id,
-            endpoint="/v1/chat/completions", completion_window="24h").id).id)
+        client.batches.cancel(
+            wait_final(
+                client,
+                client.batches.create(
+                    input_file_id=upload(client, [chat_line("x", "ok")]).id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                ).id,
+            ).id
+        )
 
 
 def test_expired_window_keeps_partial_output(client):
     file = upload(client, [chat_line("fast", "ok"), chat_line("slow", "fault-stall")])
-    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                  completion_window="2s")
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="2s"
+    )
+    assert batch.expires_at == batch.created_at + 2
     batch = wait_final(client, batch.id, deadline_s=15)
     assert batch.status == "expired" and batch.expired_at
     assert [o["custom_id"] for o in result_lines(client, batch.output_file_id)] == ["fast"]
@@ -209,8 +265,11 @@ def test_live_request_is_served_while_a_batch_runs(client, gated):
     """Live first: a batch holding every slot of a model doesn't delay a live request to it,
     and a batch request only starts where live requests leave a slot free."""
     lines = [chat_line(f"b-{i}", "held", content=f"b-{i}") for i in range(SLOTS + 2)]
-    batch = client.batches.create(input_file_id=upload(client, lines).id,
-                                  endpoint="/v1/chat/completions", completion_window="24h")
+    batch = client.batches.create(
+        input_file_id=upload(client, lines).id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
     first = [f"b-{i}" for i in range(SLOTS)]
     wait_until(lambda: gated.holding("b-") == first, "the batch holding every slot")
 
@@ -223,18 +282,22 @@ def test_live_request_is_served_while_a_batch_runs(client, gated):
     # start another until the live request is done.
     held_live = [{"role": "user", "content": "live-held"}]
     with ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(client.chat.completions.create, model="held",
-                                messages=held_live, timeout=30)
+        in_flight = pool.submit(
+            client.chat.completions.create, model="held", messages=held_live, timeout=30
+        )
         wait_until(lambda: gated.holding("live"), "the live request reaching the upstream")
         gated.release("b-0")
-        wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed == 1,
-                   "b-0 recorded as done")
+        wait_until(
+            lambda: client.batches.retrieve(batch.id).request_counts.completed == 1,
+            "b-0 recorded as done",
+        )
         gated.release("live-held")
         assert in_flight.result().choices[0].message.content == "hello"
     refilled = [f"b-{i}" for i in range(1, SLOTS + 1)]
     wait_until(lambda: gated.holding("b-") == refilled, "the batch taking the freed slot")
-    crowded = {tag: n for tag, n in gated.held_on_arrival.items()
-               if tag.startswith("b-") and n >= SLOTS}
+    crowded = {
+        tag: n for tag, n in gated.held_on_arrival.items() if tag.startswith("b-") and n >= SLOTS
+    }
     assert not crowded, f"batch requests started with every slot taken: {crowded}"
 
     client.batches.cancel(batch.id)
@@ -243,10 +306,18 @@ def test_live_request_is_served_while_a_batch_runs(client, gated):
 
 
 def test_completions_endpoint_batch(client):
-    lines = [{"custom_id": f"p{i}", "method": "POST", "url": "/v1/completions",
-              "body": {"model": "ok", "prompt": "Once upon", "max_tokens": 4}} for i in range(3)]
-    batch = client.batches.create(input_file_id=upload(client, lines).id,
-                                  endpoint="/v1/completions", completion_window="24h")
+    lines = [
+        {
+            "custom_id": f"p{i}",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "ok", "prompt": "Once upon", "max_tokens": 4},
+        }
+        for i in range(3)
+    ]
+    batch = client.batches.create(
+        input_file_id=upload(client, lines).id, endpoint="/v1/completions", completion_window="24h"
+    )
     batch = wait_final(client, batch.id)
     assert batch.status == "completed" and batch.request_counts.completed == 3
     bodies = [o["response"]["body"] for o in result_lines(client, batch.output_file_id)]

@@ -4,13 +4,13 @@ batch resumes and every custom_id is in the output or error file exactly once.""
 from __future__ import annotations
 
 import io
-import time
 from collections import Counter
 
 import openai
 
 from tests.server.batch.batch_support import chat_line, jsonl, result_lines, wait_final
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.polling import wait_until
 from tests.support.processes import GatewayProcess
 
 TOTAL = 1500
@@ -39,11 +39,13 @@ def test_batch_survives_kill_9(tmp_path):
             batch = client.batches.create(
                 input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
             )
-            done = 0
-            while done < 100:
+
+            def done_if_100() -> int | None:
                 counts = client.batches.retrieve(batch.id).request_counts
                 done = counts.completed + counts.failed
-                time.sleep(0.01)
+                return done if done >= 100 else None
+
+            done = wait_until(done_if_100, "100 requests done")
             gateway.proc.kill()  # SIGKILL: no shutdown code runs
             gateway.proc.wait()
             assert done < TOTAL, "the batch finished before the kill; raise TOTAL"

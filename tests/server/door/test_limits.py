@@ -4,15 +4,15 @@ Each test uses its own key, so the per-key buckets don't leak between tests."""
 from __future__ import annotations
 
 import socket
-import time
 
 import httpx
 import openai
 import pytest
 
-from vlm_gateway.server.door.limits import RateLimitMiddleware
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.polling import wait_until
 from tests.support.processes import GatewayProcess
+from vlm_gateway.server.door.limits import RateLimitMiddleware
 
 KEYS = [f"sk-limits-{i}" for i in range(6)]
 MAX_BODY = 100_000
@@ -25,13 +25,25 @@ def gateway(tmp_path_factory):
     with FakeUpstream() as upstream:
         config = {
             "data_dir": str(work / "data"),
-            "security": {"api_keys": KEYS, "max_body_bytes": MAX_BODY,
-                         "requests_per_minute": 3, "max_in_flight_per_key": 1},
+            "security": {
+                "api_keys": KEYS,
+                "max_body_bytes": MAX_BODY,
+                "requests_per_minute": 3,
+                "max_in_flight_per_key": 1,
+            },
             "models": [
-                {"name": "m", "backend": "openai", "base_url": upstream.base_url,
-                 "upstream_model": "ok"},
-                {"name": "slow", "backend": "openai", "base_url": upstream.base_url,
-                 "upstream_model": "slow-stream"},
+                {
+                    "name": "m",
+                    "backend": "openai",
+                    "base_url": upstream.base_url,
+                    "upstream_model": "ok",
+                },
+                {
+                    "name": "slow",
+                    "backend": "openai",
+                    "base_url": upstream.base_url,
+                    "upstream_model": "slow-stream",
+                },
             ],
         }
         gateway = GatewayProcess(config, work).start()
@@ -47,17 +59,22 @@ def auth(key: str) -> dict[str, str]:
 
 def test_a_body_over_the_cap_is_413_in_the_envelope(gateway):
     big = [{"role": "user", "content": "x" * (MAX_BODY + 1)}]
-    response = httpx.post(gateway.url + "/v1/chat/completions", headers=auth(KEYS[0]),
-                          json={"model": "m", "messages": big})
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        headers=auth(KEYS[0]),
+        json={"model": "m", "messages": big},
+    )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
 
 
 def test_a_declared_length_over_the_cap_is_refused_before_the_body_is_sent(gateway):
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as conn:
-        conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                     f"Authorization: Bearer {KEYS[4]}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {50 * MAX_BODY}\r\n\r\n{{".encode())
+        conn.sendall(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {KEYS[4]}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {50 * MAX_BODY}\r\n\r\n{{".encode()
+        )
         head = conn.recv(4096)  # answered although almost none of the body was sent
     assert head.startswith(b"HTTP/1.1 413")
 
@@ -69,8 +86,9 @@ def test_a_chunked_body_is_cut_off_at_the_cap(gateway):
             yield b"x" * 10_000
         yield b'"}]}'
 
-    response = httpx.post(gateway.url + "/v1/chat/completions", headers=auth(KEYS[5]),
-                          content=chunks())
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions", headers=auth(KEYS[5]), content=chunks()
+    )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
 
@@ -90,24 +108,38 @@ def test_requests_per_minute_give_429_with_retry_after(gateway):
 
 def test_requests_in_flight_per_key_give_429(gateway):
     body = {"model": "slow", "messages": HI, "stream": True}
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", headers=auth(KEYS[3]),
-                      json=body, timeout=30) as first:
+    with httpx.stream(
+        "POST", gateway.url + "/v1/chat/completions", headers=auth(KEYS[3]), json=body, timeout=30
+    ) as first:
         assert first.status_code == 200
-        second = httpx.post(gateway.url + "/v1/chat/completions", headers=auth(KEYS[3]),
-                            json={"model": "m", "messages": HI})
+        second = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            headers=auth(KEYS[3]),
+            json={"model": "m", "messages": HI},
+        )
         assert second.status_code == 429 and second.headers["retry-after"] == "1"
         assert "in flight" in second.json()["error"]["message"]
         first.read()
-    time.sleep(0.1)
-    third = httpx.post(gateway.url + "/v1/chat/completions", headers=auth(KEYS[3]),
-                       json={"model": "m", "messages": HI})
+
+    def unless_in_flight() -> httpx.Response | None:
+        """The answer, unless the key's slot is still held (a refusal that costs no token)."""
+        response = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            headers=auth(KEYS[3]),
+            json={"model": "m", "messages": HI},
+        )
+        refused = response.status_code == 429 and "in flight" in response.text
+        return None if refused else response
+
+    third = wait_until(unless_in_flight, "the first request's slot given back")
     assert third.status_code == 200
 
 
 def test_retry_after_counts_the_seconds_until_a_token_is_back():
     now = [0.0]
-    limiter = RateLimitMiddleware(None, requests_per_minute=6, max_in_flight=None,
-                                  clock=lambda: now[0])
+    limiter = RateLimitMiddleware(
+        None, requests_per_minute=6, max_in_flight=None, clock=lambda: now[0]
+    )
     bucket = limiter._bucket("key-a")
     assert all(limiter._refusal(bucket) is None for _ in range(6))
     refusal = limiter._refusal(bucket)

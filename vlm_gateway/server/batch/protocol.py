@@ -20,12 +20,12 @@ BatchStatus = Literal[
 ]
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 # OpenAI accepts only "24h"; shorter windows (e.g. "90s", "30m") are our extension.
-_WINDOW = re.compile(r"^(\d+)([smh])$")
+_WINDOW = re.compile(r"(\d+)([smh])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
 def window_seconds(window: str) -> int:
-    match = _WINDOW.match(window)
+    match = _WINDOW.fullmatch(window)
     if match is None:
         raise ValueError("must look like '24h' (or a number of s, m or h)")
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
