@@ -130,9 +130,12 @@ def test_setup_problems_exit_2_without_an_output(tmp_path, config):
 
 
 class SlowOpenAI(BaseHTTPRequestHandler):
-    """A deliberately slow OpenAI-compatible server, so a kill lands mid-run."""
+    """An OpenAI-compatible server that answers `answer_first` requests, then holds the rest
+    until `release` is set, so a kill always lands mid-run."""
 
     requests = 0
+    answer_first = 20
+    release = threading.Event()
 
     def do_GET(self):
         self._reply({"object": "list", "data": [{"id": "slow", "object": "model"}]})
@@ -140,7 +143,8 @@ class SlowOpenAI(BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers["content-length"]))
         type(self).requests += 1
-        time.sleep(0.02)
+        if type(self).requests > self.answer_first:
+            self.release.wait(60)
         self._reply(
             {
                 "id": "c",
@@ -193,16 +197,18 @@ def test_resume_after_kill_9_with_url(tmp_path):
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 60
-        while not out.exists() or out.read_text().count("\n") < 20:
+        while not out.exists() or out.read_text().count("\n") < SlowOpenAI.answer_first:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.01)
         proc.kill()
         proc.wait()
         kept = out.read_text().count("\n")
-        assert kept < len(images), "finished before the kill"
+        assert kept == SlowOpenAI.answer_first  # the held requests were never answered
+        SlowOpenAI.release.set()
         SlowOpenAI.requests = 0
         caption(*args)
     finally:
+        SlowOpenAI.release.set()
         server.shutdown()
     records = read_out(out)
     assert sorted(r["image"] for r in records) == sorted(map(str, images))
