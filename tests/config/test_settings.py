@@ -3,24 +3,10 @@ overrides)."""
 
 from __future__ import annotations
 
+from tests.support.settings import two_upstreams
 from vlm_gateway.backends.kinds import settings_model
 
-
-def settings(**images):
-    return settings_model().model_validate(
-        {
-            "images": images,
-            "models": [
-                {"name": "wide", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
-                {
-                    "name": "one",
-                    "backend": "openai",
-                    "base_url": "http://127.0.0.1:9/v1",
-                    "images": {"max_images": 1, "max_image_side": 64},
-                },
-            ],
-        }
-    )
+settings = two_upstreams
 
 
 def test_per_model_overrides_inherit_the_gateway_defaults():

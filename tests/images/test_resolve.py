@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.image_server import ImageServer
 from tests.support.images import png_bytes, png_data_url
-from vlm_gateway.backends.kinds import settings_model
+from tests.support.settings import two_upstreams
 from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.core.image_errors import ImageError
 from vlm_gateway.core.protocol import ChatCompletionRequest
@@ -20,21 +20,7 @@ from vlm_gateway.images.resolve import ImageResolver
 PNG = png_bytes(32, 32)
 
 
-def settings(**images) -> GatewaySettings:
-    return settings_model().model_validate(
-        {
-            "images": images,
-            "models": [
-                {"name": "wide", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
-                {
-                    "name": "one",
-                    "backend": "openai",
-                    "base_url": "http://127.0.0.1:9/v1",
-                    "images": {"max_images": 1, "max_image_side": 64},
-                },
-            ],
-        }
-    )
+settings = two_upstreams
 
 
 def request(model: str, *urls: str, detail: str = "auto") -> ChatCompletionRequest:

@@ -16,6 +16,16 @@ T = TypeVar("T")
 DEADLINE_S = 30.0
 
 
+class _Deadline:
+    def __init__(self, condition: Callable[[], object], what: str, deadline_s: float) -> None:
+        self._at = time.monotonic() + deadline_s
+        self._message = f"not reached within {deadline_s} s: {what or condition}"
+
+    def check(self) -> None:
+        if time.monotonic() > self._at:
+            raise AssertionError(self._message)
+
+
 def wait_until(
     condition: Callable[[], T],
     what: str = "",
@@ -23,10 +33,9 @@ def wait_until(
     interval_s: float = 0.01,
 ) -> T:
     """Call `condition` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + deadline_s
+    deadline = _Deadline(condition, what, deadline_s)
     while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {deadline_s} s: {what or condition}")
+        deadline.check()
         time.sleep(interval_s)
     return value
 
@@ -38,9 +47,8 @@ async def until(
     interval_s: float = 0.01,
 ) -> T:
     """wait_until for a test running on an event loop: other tasks run while it waits."""
-    deadline = time.monotonic() + deadline_s
+    deadline = _Deadline(condition, what, deadline_s)
     while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {deadline_s} s: {what or condition}")
+        deadline.check()
         await asyncio.sleep(interval_s)
     return value
