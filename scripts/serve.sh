@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/vlm-gateway ]; then
-  "$PY" -m venv .venv
+# Installs again when the console script does not run (a fresh machine, or a .venv from before
+# the `vlm_gateway` package, whose script points at a module that is gone).
+if ! .venv/bin/vlm-gateway --help >/dev/null 2>&1; then
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -e ".[blip2]"
 fi
