@@ -23,9 +23,13 @@ _ENV_KEYS = (
     "host",
     "port",
     "log_level",
+    "log_format",
     "access_log",
+    "ready_policy",
+    "api_docs",
     "shutdown_grace",
     "max_upstream_connections",
+    "data_dir",  # containers point it at their mounted volume
 )
 
 

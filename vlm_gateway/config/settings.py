@@ -65,7 +65,13 @@ class GatewaySettings(Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # text: one line per record with a timestamp; json: one object per line (docs/operations.md).
+    log_format: Literal["text", "json"] = "text"
     access_log: bool = True
+    # Bare GET /ready: 200 when all models are ready, or when any one is (GET /ready?model=NAME
+    # asks about one model).
+    ready_policy: Literal["all", "any"] = "all"
+    api_docs: bool = True  # GET /docs and /openapi.json
     shutdown_grace: Annotated[float, Field(gt=0)] = 10.0
     max_upstream_connections: Annotated[int, Field(ge=1)] = 1000
     models: list[ModelEntry] = Field(default_factory=list)
