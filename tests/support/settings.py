@@ -27,3 +27,14 @@ def two_upstreams(**images: Any) -> GatewaySettings:
             ],
         }
     )
+
+
+def upstream_entry(name: str, base_url: str, upstream_model: str) -> dict[str, Any]:
+    """A `backend: openai` model entry: `name` served by `upstream_model` at `base_url` (the
+    fake upstream's model names choose its behaviour, e.g. `fault-400`)."""
+    return {
+        "name": name,
+        "backend": "openai",
+        "base_url": base_url,
+        "upstream_model": upstream_model,
+    }

@@ -90,6 +90,11 @@ class Backend(ABC):
             param="model",
         )
 
+    async def exported_metrics(self) -> str | None:
+        """Prometheus text of a process this replica runs itself (a managed vLLM's own
+        /metrics), for the gateway's /metrics to re-export; None when there is none."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What /ready and /v1/models report about this replica (our extension fields)."""
         status = self.status

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
-from vlm_gateway.backends.base import Backend
+from vlm_gateway.backends.base import Backend, State
 from vlm_gateway.core.errors import ModelNotFoundError, ServiceUnavailableError
+
+ReadyPolicy = Literal["all", "any"]  # bare GET /ready: every model ready, or at least one
+
+# A model's state is its most hopeful replica's: one ready replica serves, a starting one may.
+_MOST_HOPEFUL_FIRST = (State.READY, State.STARTING, State.UNAVAILABLE, State.FAILED, State.STOPPED)
 
 
 class BackendRegistry:
@@ -24,6 +29,13 @@ class BackendRegistry:
     def replicas(self, name: str) -> list[Backend]:
         return self._by_name.get(name, [])
 
+    def replica_index(self, backend: Backend) -> int:
+        """The backend's place among its model's replicas (the `replica` label of metrics)."""
+        for index, candidate in enumerate(self._by_name.get(backend.name, [])):
+            if candidate is backend:
+                return index
+        raise ValueError(f"{backend.name}: this backend is not in the registry")
+
     def pick(self, name: str) -> Backend:
         """The ready replica with the fewest requests in flight; 404 or 503 at once otherwise."""
         replicas = self._by_name.get(name)
@@ -40,15 +52,28 @@ class BackendRegistry:
             )
         return best
 
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
-        report = {
-            name: {
-                "ready": any(b.status.ready for b in replicas),
-                "replicas": [b.describe() for b in replicas],
-            }
-            for name, replicas in self._by_name.items()
-        }
-        return all(entry["ready"] for entry in report.values()), report
+    def readiness(self, policy: ReadyPolicy = "all") -> tuple[bool, dict[str, Any]]:
+        """Whether the gateway is ready under `policy`, and every model's report."""
+        report = {name: _model_report(replicas) for name, replicas in self._by_name.items()}
+        verdicts = [entry["ready"] for entry in report.values()]
+        return (all(verdicts) if policy == "all" else any(verdicts)), report
+
+    def model_readiness(self, name: str) -> dict[str, Any]:
+        """One model's report (`ready`, `state`, `replicas`); 404 for an unknown model."""
+        replicas = self._by_name.get(name)
+        if replicas is None:
+            raise ModelNotFoundError(name, self.names())
+        return _model_report(replicas)
+
+
+def _model_report(replicas: list[Backend]) -> dict[str, Any]:
+    states = {backend.status.state for backend in replicas}
+    state = next(s for s in _MOST_HOPEFUL_FIRST if s in states)
+    return {
+        "ready": state is State.READY,
+        "state": state.value,
+        "replicas": [backend.describe() for backend in replicas],
+    }
 
 
 def _states(replicas: list[Backend]) -> str:

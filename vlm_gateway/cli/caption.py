@@ -22,12 +22,14 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 import orjson
+
+from vlm_gateway.cli.caption_progress import open_progress
 
 if TYPE_CHECKING:
     from vlm_gateway.backends.registry import BackendRegistry
@@ -179,46 +181,6 @@ async def caption_one(client: httpx.AsyncClient, job: CaptionJob, source: str) -
 # -- running -------------------------------------------------------------------------------------
 
 
-@dataclass
-class Progress:
-    """One line on stderr: done/total, images/s, ETA, errors. Redrawn a few times a second on
-    a terminal, logged every 10 s otherwise."""
-
-    total: int
-    stream: TextIO = field(default_factory=lambda: sys.stderr)
-    done: int = 0
-    errors: int = 0
-    started: float = field(default_factory=time.monotonic)
-    _drawn: float = 0.0
-
-    def step(self, failed: bool) -> None:
-        self.done += 1
-        self.errors += failed
-        now = time.monotonic()
-        interval = 0.2 if self.stream.isatty() else 10.0
-        if now - self._drawn >= interval or self.done == self.total:
-            self._drawn = now
-            self.draw(final=self.done == self.total)
-
-    def draw(self, final: bool = False) -> None:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = self.done / elapsed
-        left = (self.total - self.done) / rate if rate else 0.0
-        line = (
-            f"{self.done}/{self.total} images | {rate:.1f} images/s | "
-            f"ETA {_clock(left)} | {self.errors} errors"
-        )
-        end = "\n" if final or not self.stream.isatty() else ""
-        self.stream.write(("\r" if self.stream.isatty() else "") + line + end)
-        self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
 async def caption_all(
     client: httpx.AsyncClient, job: CaptionJob, progress_stream: TextIO | None = None
 ) -> Summary:
@@ -226,10 +188,10 @@ async def caption_all(
     done = await asyncio.to_thread(resume, job.out)
     todo = [source for source in images if source not in done]
     summary = Summary(total=len(images), skipped=len(images) - len(todo))
-    progress = Progress(len(todo), stream=progress_stream or sys.stderr)
     pending = iter(todo)
     started = time.monotonic()
-    with open(job.out, "ab") as out:
+    progress = open_progress(len(todo), progress_stream or sys.stderr)
+    with open(job.out, "ab") as out, progress:
 
         async def worker() -> None:
             for source in pending:  # a shared iterator: each image is taken by one worker

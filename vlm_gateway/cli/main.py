@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +19,30 @@ cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config file.", dir_okay=False)
 ]
+
+
+def _print_version(requested: bool) -> None:
+    if requested:
+        # The installed package's metadata (vlm_gateway.__version__ reads the same; the CLI
+        # layer may not import the package root).
+        try:
+            installed = version("vlm-gateway")
+        except PackageNotFoundError:
+            installed = "0+unknown"
+        typer.echo(f"vlm-gateway {installed}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _global_options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 def _load_or_exit(config: Path | None, **overrides: Any) -> GatewaySettings:
@@ -49,6 +73,7 @@ def serve(
     import uvicorn
 
     from vlm_gateway.server.app import create_app
+    from vlm_gateway.server.logging_setup import configure_logging
 
     settings = _load_or_exit(config, host=host, port=port, log_level=log_level)
     if not settings.models:
@@ -60,18 +85,14 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # httpx (the image fetcher) logs every request at INFO: noise, and slow. aiohttp, the
-    # upstream client, logs nothing per request.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    configure_logging(settings)  # our format for uvicorn's lines too (docs/operations.md)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=settings.access_log,
+        log_config=None,  # configured above; uvicorn's own would replace our handler
+        access_log=False,  # the request-id middleware writes the access line (settings.access_log)
         # uvicorn annotates an int but only hands it to asyncio.wait_for, which takes a float.
         timeout_graceful_shutdown=settings.shutdown_grace,  # type: ignore[arg-type]
     )
@@ -175,7 +196,8 @@ def caption(
     ] = 900.0,
 ) -> None:
     """Caption images into --out, one JSON line each: {image, caption, model, error}.
-    Progress (images/s, ETA) goes to stderr; an unreadable image is an error line."""
+    Progress (images/s, ETA, errors) goes to stderr: a bar on a terminal, else a line every
+    few seconds. An unreadable image is an error line."""
     import asyncio
 
     from vlm_gateway.cli.caption import CaptionError, CaptionJob, collect_images, run_caption

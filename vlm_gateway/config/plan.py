@@ -12,6 +12,8 @@ def describe_plan(settings: GatewaySettings) -> list[str]:
         f"batches: data in {settings.data_dir}, up to "
         f"{settings.batch.concurrency_per_model} requests in flight per model (live first)",
     ]
+    if settings.tracing.enabled:
+        lines.append(settings.tracing.plan_line())
     names = settings.model_names()
     lines.append(f"models: {len(names)}" + ("" if names else " (none configured)"))
     for name in names:

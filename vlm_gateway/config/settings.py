@@ -14,6 +14,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vlm_gateway.config.security import SecuritySettings
+from vlm_gateway.config.tracing import TracingSettings
 from vlm_gateway.images.decode import ImageLimits
 from vlm_gateway.images.settings import ImageSettings, ModelImageLimits, limits_for
 from vlm_gateway.launch.gpu_sharing import GpuClaim, split_gpu_memory
@@ -80,6 +81,7 @@ class GatewaySettings(Section):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)  # off by default
 
     @model_validator(mode="after")
     def _gpu_memory_fits(self) -> GatewaySettings:

@@ -12,8 +12,10 @@ import asyncio
 import base64
 import binascii
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote
 
 from vlm_gateway.core.image_errors import (
@@ -35,6 +37,22 @@ from vlm_gateway.images.urls import parse_http_url, scheme_of
 LimitsOf = Callable[[str], ImageLimits | None]
 
 
+class ImageObserver(Protocol):
+    """Told about every image the resolver accepts and every request it refuses (the app's
+    metrics implement it: vlm_gateway/core/metrics.py)."""
+
+    def image_resolved(
+        self,
+        model: str,
+        source: str,
+        size_bytes: int,
+        fetch_seconds: float | None,
+        decode_seconds: float,
+    ) -> None: ...
+
+    def image_refused(self, model: str, code: str | None) -> None: ...
+
+
 def image_parts(request: ChatCompletionRequest) -> list[tuple[str, ChatCompletionContentPartImage]]:
     """(param, part) for every image part, in order; param names it OpenAI-style."""
     found = []
@@ -48,10 +66,17 @@ def image_parts(request: ChatCompletionRequest) -> list[tuple[str, ChatCompletio
 
 
 class ImageResolver:
-    def __init__(self, images: ImageSettings, limits_of: LimitsOf, fetcher: ImageFetcher) -> None:
+    def __init__(
+        self,
+        images: ImageSettings,
+        limits_of: LimitsOf,
+        fetcher: ImageFetcher,
+        observer: ImageObserver | None = None,
+    ) -> None:
         self._limits_of = limits_of
         self._fetcher = fetcher
         self._media_dir = _real_dir(images.local_media_dir)
+        self._observer = observer
 
     async def resolve(self, request: ChatCompletionRequest) -> None:
         """Rewrite the request's image URLs in place; raise a 400 naming the first bad one."""
@@ -59,6 +84,19 @@ class ImageResolver:
         parts = image_parts(request)
         if limits is None or not parts:
             return  # an unknown model is the router's 404 to give
+        try:
+            await self._resolve_parts(request, parts, limits)
+        except ImageError as exc:
+            if self._observer is not None:
+                self._observer.image_refused(request.model, exc.code)
+            raise
+
+    async def _resolve_parts(
+        self,
+        request: ChatCompletionRequest,
+        parts: list[tuple[str, ChatCompletionContentPartImage]],
+        limits: ImageLimits,
+    ) -> None:
         if len(parts) > limits.max_images:
             raise TooManyImagesError(
                 f"The model '{request.model}' accepts at most {limits.max_images} image(s) per "
@@ -66,7 +104,7 @@ class ImageResolver:
                 param="messages",
             )
         results = await asyncio.gather(
-            *(self._resolve_part(param, part, limits) for param, part in parts),
+            *(self._resolve_part(request.model, param, part, limits) for param, part in parts),
             return_exceptions=True,
         )
         for result in results:
@@ -74,16 +112,19 @@ class ImageResolver:
                 raise result
 
     async def _resolve_part(
-        self, param: str, part: ChatCompletionContentPartImage, limits: ImageLimits
+        self, model: str, param: str, part: ChatCompletionContentPartImage, limits: ImageLimits
     ) -> None:
         url, detail = part.image_url.url, part.image_url.detail
         what = f"The image in {param}"
         try:
             scheme = scheme_of(url)
+            started = time.perf_counter()
             if scheme == "data":
                 part.image_url.url = await asyncio.to_thread(
                     prepare_data_url, url, detail, limits, what
                 )
+                size = _base64_size(url.partition(",")[2])
+                self._resolved(model, scheme, size, None, time.perf_counter() - started)
                 return
             if scheme in ("http", "https"):
                 fetched = await self._fetcher.fetch(parse_http_url(url), limits.max_bytes)
@@ -94,11 +135,20 @@ class ImageResolver:
                 raise InvalidImageURLError(
                     f"Unsupported image URL '{shorten(url)}': use a data: URL or an http(s) URL."
                 )
+            fetched_at = time.perf_counter()
             prepared = await asyncio.to_thread(prepare_image, data, detail, limits, what)
             part.image_url.url = to_data_url(prepared, data)
+            decoded_at = time.perf_counter()
+            self._resolved(model, scheme, len(data), fetched_at - started, decoded_at - fetched_at)
         except ImageError as exc:
             exc.param = exc.param or param + ".url"
             raise
+
+    def _resolved(
+        self, model: str, source: str, size: int, fetch_s: float | None, decode_s: float
+    ) -> None:
+        if self._observer is not None:
+            self._observer.image_resolved(model, source, size, fetch_s, decode_s)
 
     def _read_local(self, url: str, max_bytes: int) -> bytes:
         if self._media_dir is None:
@@ -171,6 +221,11 @@ def local_media_path(url: str, media_dir: Path) -> Path:
             "file under the local media directory."
         )
     return real
+
+
+def _base64_size(payload: str) -> int:
+    """Decoded length of checked base64 (strict: no whitespace, padding only at the end)."""
+    return len(payload) * 3 // 4 - payload[-2:].count("=")
 
 
 def _real_dir(path: Path | None) -> Path | None:

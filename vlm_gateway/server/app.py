@@ -3,10 +3,12 @@ one typed `GatewayState` (vlm_gateway/server/state.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 from fastapi import FastAPI, Request, Response
@@ -18,37 +20,64 @@ from vlm_gateway.backends.kinds import build_backends
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.core.errors import GatewayError, InvalidRequestError, NotFoundError
+from vlm_gateway.core.metrics import Metrics
+from vlm_gateway.core.request_context import REQUEST_ID_HEADER, RequestContext, bound_request
 from vlm_gateway.server.batch.runner import BatchRunner
 from vlm_gateway.server.batch.store import Store
 from vlm_gateway.server.door.install import install_security, open_image_resolver
+from vlm_gateway.server.door.request_id import REQUEST_CONTEXT_SCOPE, RequestIdMiddleware
+from vlm_gateway.server.door.request_metrics import RequestMetricsMiddleware
+from vlm_gateway.server.openapi import DocumentedApp
 from vlm_gateway.server.route_helpers import json_response
-from vlm_gateway.server.routes import batches, chat, completions, files, health, models
+from vlm_gateway.server.routes import batches, chat, completions, files, health, metrics, models
+from vlm_gateway.server.startup import startup_summary
 from vlm_gateway.server.state import GatewayState
+from vlm_gateway.server.tracing import build_tracer
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger(__name__)
 
 BackendBuilder = Callable[[GatewaySettings, aiohttp.ClientSession], list[Backend]]
 
 
-def create_app(settings: GatewaySettings, build: BackendBuilder = build_backends) -> FastAPI:
+def create_app(
+    settings: GatewaySettings,
+    build: BackendBuilder = build_backends,
+    *,
+    span_exporter: SpanExporter | None = None,  # replaces the configured one (tests)
+) -> FastAPI:
     started_at = int(time.time())
+    tracer = build_tracer(settings.tracing, span_exporter)  # a no-op one unless enabled
+    app_metrics = Metrics.from_environment(settings.model_names())  # this app's own registry
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with (
-            upstream_session(settings) as client,
-            open_image_resolver(settings) as image_resolver,
+            upstream_session(settings, tracer.upstream_trace_configs()) as client,
+            open_image_resolver(settings, app_metrics) as image_resolver,
         ):
             registry = BackendRegistry(build(settings, client))
             for backend in registry.backends():
                 await backend.start()
             store = Store(settings.data_dir)
             await store.open()
-            runner = BatchRunner(store, registry, settings.batch, image_resolver.resolve)
+            runner = BatchRunner(
+                store, registry, settings.batch, image_resolver.resolve, metrics=app_metrics
+            )
             await runner.start()
             app.state.gateway = GatewayState(
-                settings, started_at, registry, image_resolver, store, runner
+                settings,
+                started_at,
+                registry,
+                image_resolver,
+                store,
+                runner,
+                app_metrics,
+                tracer=tracer,
             )
+            log.info("%s", startup_summary(settings, registry))
             try:
                 yield
             finally:
@@ -56,23 +85,43 @@ def create_app(settings: GatewaySettings, build: BackendBuilder = build_backends
                 await store.close()
                 for backend in registry.backends():
                     await backend.stop()
+                # The spans still buffered go out last; in a thread, since an exporter may
+                # wait on an unreachable collector.
+                await asyncio.to_thread(tracer.shutdown)
 
-    app = FastAPI(
-        title="vlm-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    # /docs and /openapi.json: on unless `api_docs: false`; then both are a 404 envelope. They
+    # follow the API-key rule of every non-public path (security.public_paths).
+    app = DocumentedApp(
+        title="vlm-gateway",
+        lifespan=lifespan,
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
+        # The request span, around every middleware (refusals at the door get one too).
+        telemetry=tracer.fastapi_telemetry(),
     )
-    for module in (chat, completions, models, health, files, batches):
+    for module in (chat, completions, models, health, files, batches, metrics):
         app.include_router(module.router)
     _install_error_handlers(app)
     install_security(app, settings)
+    # Outside the door's middlewares, so their refusals are counted too.
+    app.add_middleware(RequestMetricsMiddleware, metrics=app_metrics, routes=app.routes)
+    # Added last, so outermost: the door's refusals carry the request id too.
+    app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)
     return app
 
 
-def upstream_session(settings: GatewaySettings) -> aiohttp.ClientSession:
+def upstream_session(
+    settings: GatewaySettings, trace_configs: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
     """The one pooled client for every upstream (remote and managed vLLM): aiohttp costs about
     a fifth of httpx's CPU per request (docs/benchmarks.md). Each call passes its own timeout.
-    No cookie jar: cookies one upstream sets must not travel with later requests."""
+    No cookie jar: cookies one upstream sets must not travel with later requests.
+    `trace_configs`: the tracer's hooks (they add `traceparent` to each request)."""
     connector = aiohttp.TCPConnector(limit=settings.max_upstream_connections)
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+    return aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trace_configs=trace_configs
+    )
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -97,9 +146,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _envelope(error)
 
     @app.exception_handler(Exception)
-    async def unexpected_error(_: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", exc_info=exc)
-        return _envelope(GatewayError("The gateway failed to handle the request."))
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        # Starlette runs this one outside every middleware: the request id comes from the scope.
+        context: RequestContext | None = request.scope.get(REQUEST_CONTEXT_SCOPE)
+        if context is None:
+            log.exception("unhandled error", exc_info=exc)
+            return _envelope(GatewayError("The gateway failed to handle the request."))
+        with bound_request(context):
+            log.exception("unhandled error", exc_info=exc)
+        response = _envelope(GatewayError("The gateway failed to handle the request."))
+        response.headers[REQUEST_ID_HEADER] = context.request_id
+        return response
 
 
 def _envelope(exc: GatewayError) -> Response:

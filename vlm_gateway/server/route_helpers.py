@@ -14,7 +14,10 @@ from pydantic import BaseModel, ValidationError
 
 from vlm_gateway.backends.base import Backend
 from vlm_gateway.core.errors import GatewayError, InvalidRequestError, validation_error_to_gateway
+from vlm_gateway.core.request_context import note_model
 from vlm_gateway.core.sse import error_event
+from vlm_gateway.server.door.request_metrics import RequestTracker, request_tracker
+from vlm_gateway.server.state import gateway_state
 
 log = logging.getLogger(__name__)
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -30,9 +33,16 @@ async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
     if not body:
         raise InvalidRequestError("The request body is empty; send a JSON object.")
     try:
-        return model.model_validate_json(body)
+        parsed = model.model_validate_json(body)
     except ValidationError as exc:
         raise validation_error_to_gateway(exc) from None
+    named_model = getattr(parsed, "model", None)
+    if isinstance(named_model, str):
+        note_model(named_model)  # for the request's log lines, also when it turns out unknown
+        tracker = request_tracker(request.scope)
+        if tracker is not None:
+            tracker.named_model(named_model)  # for its metrics (an unknown one counts as "")
+    return parsed
 
 
 def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
@@ -44,6 +54,7 @@ async def call_tracked(
 ) -> Response:
     """Run a non-streaming call, abandoning it if the client disconnects first, so an upstream
     request (or a generation) nobody waits for any more is stopped, not finished."""
+    tracker = _served_by(request, backend)
     backend.in_flight += 1
     work = asyncio.ensure_future(call)
     client_gone = asyncio.ensure_future(_wait_for_disconnect(request))
@@ -53,7 +64,10 @@ async def call_tracked(
             work.cancel()
             log.info("client left before model %s answered: request abandoned", backend.name)
             return Response(status_code=CLIENT_CLOSED_REQUEST)
-        return json_response(work.result())
+        result = work.result()
+        if tracker is not None:
+            tracker.usage(result.get("usage"))
+        return json_response(result)
     finally:
         client_gone.cancel()
         backend.in_flight -= 1
@@ -64,9 +78,21 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
-async def stream_tracked(backend: Backend, opening: Awaitable[AsyncIterator[bytes]]) -> Response:
+def _served_by(request: Request, backend: Backend) -> RequestTracker | None:
+    """Label the request's metrics with the replica that serves it."""
+    tracker = request_tracker(request.scope)
+    if tracker is not None:
+        replica = gateway_state(request).registry.replica_index(backend)
+        tracker.served_by(backend.name, str(replica))
+    return tracker
+
+
+async def stream_tracked(
+    request: Request, backend: Backend, opening: Awaitable[AsyncIterator[bytes]]
+) -> Response:
     """Open the backend's stream first: an error before the first event is a plain JSON error
     with the right status; only then do we commit to a 200 event stream."""
+    tracker = _served_by(request, backend)
     backend.in_flight += 1
     try:
         events = await opening
@@ -74,13 +100,17 @@ async def stream_tracked(backend: Backend, opening: Awaitable[AsyncIterator[byte
         backend.in_flight -= 1
         raise
     return StreamingResponse(
-        _guarded(backend, events), media_type="text/event-stream", headers=_SSE_HEADERS
+        _guarded(backend, events, tracker), media_type="text/event-stream", headers=_SSE_HEADERS
     )
 
 
-async def _guarded(backend: Backend, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _guarded(
+    backend: Backend, events: AsyncIterator[bytes], tracker: RequestTracker | None
+) -> AsyncIterator[bytes]:
     try:
         async for event in events:
+            if tracker is not None:
+                tracker.stream_event(event)
             yield event
     except GatewayError as exc:
         log.warning("stream for model %s ended with an error: %s", backend.name, exc.message)

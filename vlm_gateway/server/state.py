@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.config.settings import GatewaySettings
+from vlm_gateway.core.metrics import Metrics
 from vlm_gateway.images.resolve import ImageResolver
 from vlm_gateway.server.batch.runner import BatchRunner
 from vlm_gateway.server.batch.store import Store
+from vlm_gateway.server.tracing import Tracer
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class GatewayState:
     image_resolver: ImageResolver
     batch_store: Store
     batch_runner: BatchRunner
+    metrics: Metrics
+    tracer: Tracer = field(default_factory=Tracer)  # a no-op one unless tracing is on
 
 
 def state_of(app: Any) -> GatewayState:

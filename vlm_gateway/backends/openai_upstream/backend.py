@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from vlm_gateway.backends.base import Backend, State
 from vlm_gateway.core.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from vlm_gateway.core.protocol import ChatCompletionRequest, CompletionRequest
+from vlm_gateway.core.request_context import REQUEST_ID_HEADER, current_request_id
 from vlm_gateway.core.sse import DONE, frame
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class OpenAIUpstreamBackend(Backend):
             async with self._client.post(
                 self.base_url + path,
                 data=self._body(request),
-                headers=self._headers,
+                headers=self._request_headers(),
                 timeout=self._timeout,
             ) as response:
                 body = await response.read()
@@ -149,7 +150,7 @@ class OpenAIUpstreamBackend(Backend):
             response = await self._client.post(
                 self.base_url + path,
                 data=self._body(request),
-                headers=self._headers,
+                headers=self._request_headers(),
                 timeout=self._timeout,
             )
         if response.status >= 400:
@@ -197,6 +198,14 @@ class OpenAIUpstreamBackend(Backend):
         if isinstance(data, dict) and "model" in data:
             data["model"] = self.name
         return frame(data)
+
+    def _request_headers(self) -> dict[str, str]:
+        """The client's request id travels on (vLLM takes X-Request-Id as its own id), so one
+        id names the request in the gateway's log and the upstream's."""
+        request_id = current_request_id()
+        if request_id is None:
+            return self._headers
+        return {**self._headers, REQUEST_ID_HEADER: request_id}
 
     def _body(self, request: BaseModel) -> bytes:
         payload = request.model_dump(mode="json", exclude_unset=True)

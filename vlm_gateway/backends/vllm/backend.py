@@ -8,12 +8,9 @@ restart with capped exponential backoff, `max_model_len: auto`, and a clean grou
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import struct
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,8 @@ import aiohttp
 
 from vlm_gateway.backends.base import State
 from vlm_gateway.backends.openai_upstream.backend import OpenAIUpstreamBackend
+from vlm_gateway.backends.vllm.probe import probe_body
+from vlm_gateway.backends.vllm.progress import StartProgress
 from vlm_gateway.core.errors import UpstreamError
 from vlm_gateway.launch.gpu_sharing import StartSequencer
 from vlm_gateway.launch.process import LAUNCH_MARKER, ManagedProcess, read_tail
@@ -33,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # A process that served this long before dying starts its backoff over.
 _STABLE_UPTIME_S = 60.0
+# The gateway's scrape waits for every vLLM's /metrics: a stuck one must not stall it.
+_METRICS_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Supervision:
     restart_backoff_max: float = 60.0
     max_restarts: int = 10
     stop_grace: float = 10.0
+    progress_interval: float = 5.0  # seconds between progress lines while it starts
 
     def backoff(self, failures_in_a_row: int) -> float:
         return min(
@@ -71,6 +73,7 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         max_model_len: int | str | None = None,
         supervision: Supervision = Supervision(),
         timeout: float = 600.0,
+        replica: int = 0,
     ) -> None:
         super().__init__(
             name,
@@ -90,6 +93,8 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         self._stopping = False
         self.restarts = 0
         self.served_max_model_len: int | None = None
+        self.replica = replica
+        self.progress = StartProgress(name, replica, log_path, supervision.progress_interval)
         self.set_status(State.STARTING, "waiting for its turn to start")
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -133,6 +138,7 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
                 if not ever_ready or failures_in_a_row > self._policy.max_restarts:
                     self._fail(str(exc))
                     return
+                log.error("model %s: restart failed: %s", self.name, exc)  # with the log tail
                 await self._back_off(failures_in_a_row, str(exc))
                 continue
             ever_ready = True
@@ -171,13 +177,14 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
                     port = await asyncio.to_thread(_free_port)
                 process = await self._launch(command, port)
                 try:
-                    card = await wait_until_serving(
-                        self._client,
-                        self._root_url(port),
-                        command.served_name,
-                        process,
-                        self._policy.startup_timeout,
-                    )
+                    async with self.progress.watching(process.pid):
+                        card = await wait_until_serving(
+                            self._client,
+                            self._root_url(port),
+                            command.served_name,
+                            process,
+                            self._policy.startup_timeout,
+                        )
                 except ProcessExited as exc:
                     command = await self._retry_command(command, exc)
                     await self._stop_process()
@@ -306,7 +313,7 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         try:
             async with self._client.post(
                 self.base_url + "/chat/completions",
-                json=_probe_body(self.upstream_model or self.name, self._policy.probe_image),
+                json=probe_body(self.upstream_model or self.name, self._policy.probe_image),
                 timeout=aiohttp.ClientTimeout(total=self._policy.liveness_timeout),
             ) as response:
                 text = (await response.read())[:200].decode(errors="replace")
@@ -339,6 +346,19 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
             self._wake.set()
             raise
 
+    async def exported_metrics(self) -> str | None:
+        """vLLM's own /metrics text, fetched now; None while no process answers."""
+        process = self._process
+        if process is None or process.exited.done():
+            return None
+        url = self.base_url.removesuffix("/v1") + "/metrics"
+        try:
+            timeout = aiohttp.ClientTimeout(total=_METRICS_TIMEOUT_S)
+            async with self._client.get(url, timeout=timeout) as response:
+                return await response.text() if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
     def describe(self) -> dict[str, Any]:
         process = self._process
         return super().describe() | {
@@ -346,41 +366,10 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
             "url": self.base_url if process else None,
             "max_model_len": self.served_max_model_len or self.command.max_model_len,
             "restarts": self.restarts,
+            "replica": self.replica,
+            "phase": self.progress.phase.value if self.progress.phase else None,
             "log_file": str(self.log_path),
         }
-
-
-def _probe_body(model: str, with_image: bool) -> dict[str, Any]:
-    content: list[dict[str, Any]] = [{"type": "text", "text": "Describe."}]
-    if with_image:
-        content.insert(0, {"type": "image_url", "image_url": {"url": _TINY_PNG}})
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": 1,
-        "temperature": 0,
-    }
-
-
-def _gray_png(size: int = 32) -> str:
-    """A size x size gray PNG as a data URL (a 1x1 image has crashed servers: CVE-2026-22773)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    rows = b"".join(b"\x00" + b"\x80" * (3 * size) for _ in range(size))
-    png = (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
-    return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-_TINY_PNG = _gray_png()
 
 
 def _free_port() -> int:

@@ -76,7 +76,8 @@ def describe_processes(settings: GatewaySettings, entry: VllmBackendSettings) ->
         f"  startup timeout {entry.startup_timeout:g} s; liveness every "
         f"{entry.liveness_interval:g} s ({'image' if entry.probe_image else 'text'} "
         f"1-token chat); restart backoff {entry.restart_backoff:g} s .. "
-        f"{entry.restart_backoff_max:g} s"
+        f"{entry.restart_backoff_max:g} s; a progress line every {entry.progress_interval:g} s "
+        "while it starts"
     )
     return lines
 
@@ -116,6 +117,7 @@ def build_managed_vllm(
             max_model_len=entry.max_model_len,
             supervision=supervision,
             timeout=entry.timeout,
+            replica=process.replica,
         )
         for process in planned_processes(context.settings, entry)
     ]

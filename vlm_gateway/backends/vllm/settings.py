@@ -39,6 +39,7 @@ class VllmBackendSettings(ModelEntry):
     restart_backoff_max: Annotated[float, Field(gt=0)] = 60.0
     max_restarts: Annotated[int, Field(ge=0)] = 10  # failed restarts in a row, then `failed`
     stop_grace: Annotated[float, Field(gt=0)] = 10.0
+    progress_interval: Annotated[float, Field(gt=0)] = 5.0  # a log line while it starts
 
     @model_validator(mode="after")
     def _no_flags_the_gateway_sets(self) -> VllmBackendSettings:

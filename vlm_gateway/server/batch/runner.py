@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import Counter
@@ -22,7 +23,14 @@ from vlm_gateway.backends.base import State
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.config.settings import BatchSettings
 from vlm_gateway.core.errors import GatewayError, ServiceUnavailableError
+from vlm_gateway.core.metrics import Metrics
 from vlm_gateway.core.protocol import ChatCompletionRequest, CompletionRequest
+from vlm_gateway.core.request_context import (
+    RequestContext,
+    accepted_request_id,
+    bound_request,
+    new_request_id,
+)
 from vlm_gateway.server.batch.protocol import Batch, BatchErrors
 from vlm_gateway.server.batch.store import ResultRow, Store, new_id
 from vlm_gateway.server.batch.validation import BatchLine, read_requests, validate_input
@@ -72,8 +80,11 @@ class BatchRunner:
         registry: BackendRegistry,
         settings: BatchSettings,
         prepare_chat: Prepare | None = None,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._prepare_chat = prepare_chat
         self._registry = registry
         self._settings = settings
@@ -109,7 +120,9 @@ class BatchRunner:
     # -- one batch ---------------------------------------------------------------------------
 
     def _track(self, batch_id: str, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work, name=f"batch-{batch_id}")
+        # A fresh context: the batch outlives the request that submitted it, and its lines
+        # bind their own request ids (_run_one).
+        task = asyncio.create_task(work, name=f"batch-{batch_id}", context=contextvars.Context())
         self._tasks[batch_id] = task
         task.add_done_callback(lambda done: self._forget(batch_id, done))
 
@@ -197,11 +210,17 @@ class BatchRunner:
                     group.create_task(self._run_one(batch, line))
 
     async def _run_one(self, batch: Batch, line: BatchLine) -> None:
+        # Each line is a request of its own: its id goes upstream, on its log lines and into
+        # its output row (response.request_id). Retries of the line keep it.
+        context = RequestContext(_line_request_id(batch.id, line.custom_id), model=line.model)
         try:
-            status, body = await self._call(line)
+            with bound_request(context):
+                status, body = await self._call(line)
         finally:
             self._slots.release(line.model)
         ok = status == 200
+        if self._metrics is not None:
+            self._metrics.batch_request(line.model, ok)
         error = (
             None
             if ok
@@ -213,7 +232,7 @@ class BatchRunner:
         output = {
             "id": new_id("batch_req_"),
             "custom_id": line.custom_id,
-            "response": {"status_code": status, "request_id": new_id("req_"), "body": body},
+            "response": {"status_code": status, "request_id": context.request_id, "body": body},
             "error": error,
         }
         await self._store.add_result(
@@ -251,11 +270,16 @@ class BatchRunner:
         self._slots.calling[line.model] += 1
         try:
             if isinstance(request, CompletionRequest):
-                return await backend.completions(request)
-            return await backend.chat(request)
+                response = await backend.completions(request)
+            else:
+                response = await backend.chat(request)
         finally:
             backend.in_flight -= 1
             self._slots.calling[line.model] -= 1
+        if self._metrics is not None:
+            replica = str(self._registry.replica_index(backend))
+            self._metrics.usage(line.model, replica, response.get("usage"))
+        return response
 
     def _model_failed(self, model: str) -> bool:
         replicas = self._registry.replicas(model)
@@ -279,6 +303,12 @@ class BatchRunner:
         for chunk in read_requests(self._store.file_path(batch.input_file_id), batch.endpoint):
             lines += [_expired_line(line.custom_id) for line in chunk if line.custom_id not in done]
         return lines
+
+
+def _line_request_id(batch_id: str, custom_id: str) -> str:
+    """`<batch id>-<custom_id>` when that is a usable request id (the same on a resumed run),
+    else a new one: custom_id is the client's free text."""
+    return accepted_request_id(f"{batch_id}-{custom_id}") or new_request_id()
 
 
 def _expired_line(custom_id: str) -> bytes:

@@ -206,6 +206,12 @@ class Store:
         ).fetchall()
         return [batch_id for (batch_id,) in rows]
 
+    @_threaded
+    def batch_status_counts(self) -> dict[str, int]:
+        """Batches per status, for /metrics (statuses with none are absent)."""
+        rows = self._conn.execute("SELECT status, COUNT(*) FROM batches GROUP BY status")
+        return {status: count for status, count in rows.fetchall()}
+
     # `self, /` in the methods taking **changes: _threaded passes self positionally, and a
     # keyword-only `self` could otherwise collide with a key of `changes`.
     @_threaded

@@ -19,7 +19,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vlm_gateway.config.security import SecuritySettings
 from vlm_gateway.core.errors import InvalidAPIKeyError
+from vlm_gateway.core.metrics import AUTH
 from vlm_gateway.server.door.reply import header, send_error
+from vlm_gateway.server.door.request_metrics import note_refusal
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class APIKeyMiddleware:
                 scope["path"][:200],
                 "missing" if presented is None else "invalid",
             )
+            note_refusal(scope, AUTH)
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             else:

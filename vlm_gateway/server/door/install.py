@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.images.fetch import ImageFetcher
-from vlm_gateway.images.resolve import ImageResolver
+from vlm_gateway.images.resolve import ImageObserver, ImageResolver
 from vlm_gateway.server.door.auth import APIKeyMiddleware, configured_key_digests
 from vlm_gateway.server.door.limits import BodyLimitMiddleware, RateLimitMiddleware
 from vlm_gateway.server.door.log_redaction import install_log_redaction
@@ -41,12 +41,14 @@ def install_security(app: FastAPI, settings: GatewaySettings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_image_resolver(settings: GatewaySettings) -> AsyncIterator[ImageResolver]:
+async def open_image_resolver(
+    settings: GatewaySettings, observer: ImageObserver | None = None
+) -> AsyncIterator[ImageResolver]:
     """The resolver and its fetcher's own HTTP client (never the upstream pool: that one may
     dial private addresses), for the app's lifetime."""
     install_log_redaction()
     fetcher = ImageFetcher(settings.images)
     try:
-        yield ImageResolver(settings.images, settings.image_limits, fetcher)
+        yield ImageResolver(settings.images, settings.image_limits, fetcher, observer)
     finally:
         await fetcher.aclose()

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlm_gateway.core.errors import PayloadTooLargeError, RateLimitError
+from vlm_gateway.core.metrics import BODY_SIZE, RATE_LIMIT
 from vlm_gateway.server.door.auth import KEY_ID_SCOPE
 from vlm_gateway.server.door.reply import header, send_error
+from vlm_gateway.server.door.request_metrics import note_refusal
 
 
 class BodyLimitMiddleware:
@@ -33,6 +35,7 @@ class BodyLimitMiddleware:
         limit = self._path_limits.get(scope["path"], self._max)
         declared = header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            note_refusal(scope, BODY_SIZE)
             await send_error(send, _too_large(limit))
             return
         received = 0
@@ -43,6 +46,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    note_refusal(scope, BODY_SIZE)
                     raise _too_large(limit)  # the route's handler answers it with a 413
             return message
 
@@ -91,6 +95,7 @@ class RateLimitMiddleware:
         bucket = self._bucket(_caller(scope))
         refusal = self._refusal(bucket)
         if refusal is not None:
+            note_refusal(scope, RATE_LIMIT)
             await send_error(send, refusal)
             return
         bucket.in_flight += 1

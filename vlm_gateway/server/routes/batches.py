@@ -15,6 +15,7 @@ from vlm_gateway.server.batch.protocol import (
     window_seconds,
 )
 from vlm_gateway.server.batch.store import Store, new_id
+from vlm_gateway.server.openapi import json_body
 from vlm_gateway.server.route_helpers import json_response, parse_body
 from vlm_gateway.server.state import gateway_state
 
@@ -32,7 +33,7 @@ async def _existing(store: Store, batch_id: str) -> Batch:
     return batch
 
 
-@router.post("/v1/batches")
+@router.post("/v1/batches", response_model=Batch, openapi_extra=json_body(BatchCreateRequest))
 async def create_batch(request: Request) -> Response:
     body = await parse_body(request, BatchCreateRequest)
     store = _store(request)
@@ -61,7 +62,7 @@ async def create_batch(request: Request) -> Response:
     return json_response(batch.model_dump())
 
 
-@router.get("/v1/batches")
+@router.get("/v1/batches", response_model=ListPage)
 async def list_batches(
     request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100)
 ) -> Response:
@@ -75,12 +76,12 @@ async def list_batches(
     return json_response(page.model_dump())
 
 
-@router.get("/v1/batches/{batch_id}")
+@router.get("/v1/batches/{batch_id}", response_model=Batch)
 async def retrieve_batch(request: Request, batch_id: str) -> Response:
     return json_response((await _existing(_store(request), batch_id)).model_dump())
 
 
-@router.post("/v1/batches/{batch_id}/cancel")
+@router.post("/v1/batches/{batch_id}/cancel", response_model=Batch)
 async def cancel_batch(request: Request, batch_id: str) -> Response:
     batch = await _existing(_store(request), batch_id)
     if batch.status in ("cancelling", "cancelled"):

@@ -1,18 +1,26 @@
 from fastapi import APIRouter, Request, Response
 
 from vlm_gateway.core.protocol import ChatCompletionRequest
+from vlm_gateway.server.openapi import json_body, streamed_or_json
 from vlm_gateway.server.route_helpers import call_tracked, parse_body, stream_tracked
 from vlm_gateway.server.state import gateway_state
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
+@router.post(
+    "/v1/chat/completions",
+    openapi_extra=json_body(ChatCompletionRequest)
+    | streamed_or_json("A chat.completion object, or chat.completion.chunk events if streaming."),
+)
 async def create_chat_completion(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     state = gateway_state(request)
-    await state.image_resolver.resolve(body)
+    state.tracer.annotate_request(body.model)
+    with state.tracer.resolving_images(body):
+        await state.image_resolver.resolve(body)
     backend = state.registry.pick(body.model)
+    traced = state.tracer.backend_call(backend, state.registry)
     if body.stream:
-        return await stream_tracked(backend, backend.chat_stream(body))
-    return await call_tracked(request, backend, backend.chat(body))
+        return await stream_tracked(request, backend, traced.stream(backend.chat_stream(body)))
+    return await call_tracked(request, backend, traced.call(backend.chat(body)))

@@ -11,12 +11,20 @@ from vlm_gateway.core.errors import ConflictError, InvalidRequestError, NotFound
 from vlm_gateway.server.batch.multipart import receive_upload
 from vlm_gateway.server.batch.protocol import FileDeleted, FileObject, ListPage
 from vlm_gateway.server.batch.store import Store
+from vlm_gateway.server.openapi import multipart_upload
 from vlm_gateway.server.route_helpers import json_response
 from vlm_gateway.server.state import gateway_state
 
 router = APIRouter()
 
 _PURPOSES = ("batch",)
+_UPLOAD_FORM = multipart_upload(
+    {
+        "file": {"type": "string", "format": "binary", "description": "JSONL, one request a line"},
+        "purpose": {"type": "string", "enum": list(_PURPOSES)},
+    },
+    required=["file", "purpose"],
+)
 
 
 def _store(request: Request) -> Store:
@@ -30,7 +38,7 @@ async def _existing(store: Store, file_id: str) -> FileObject:
     return file
 
 
-@router.post("/v1/files")
+@router.post("/v1/files", response_model=FileObject, openapi_extra=_UPLOAD_FORM)
 async def create_file(request: Request) -> Response:
     store = _store(request)
     dest = store.upload_path()
@@ -50,7 +58,7 @@ async def create_file(request: Request) -> Response:
     return json_response(file.model_dump())
 
 
-@router.get("/v1/files")
+@router.get("/v1/files", response_model=ListPage)
 async def list_files(
     request: Request,
     after: str | None = None,
@@ -68,7 +76,7 @@ async def list_files(
     return json_response(page.model_dump())
 
 
-@router.get("/v1/files/{file_id}")
+@router.get("/v1/files/{file_id}", response_model=FileObject)
 async def retrieve_file(request: Request, file_id: str) -> Response:
     return json_response((await _existing(_store(request), file_id)).model_dump())
 
@@ -82,7 +90,7 @@ async def file_content(request: Request, file_id: str) -> Response:
     )
 
 
-@router.delete("/v1/files/{file_id}")
+@router.delete("/v1/files/{file_id}", response_model=FileDeleted)
 async def delete_file(request: Request, file_id: str) -> Response:
     store = _store(request)
     await _existing(store, file_id)

@@ -13,10 +13,18 @@ async def health() -> Response:
 
 
 @router.get("/ready")
-async def ready(request: Request) -> Response:
-    """200 only when every configured model has a ready backend; else 503 with each state."""
-    all_ready, models = gateway_state(request).registry.readiness()
+async def ready(request: Request, model: str | None = None) -> Response:
+    """`?model=NAME`: 200 when that model has a ready backend, else 503 with its state (404 for
+    an unknown one). Bare: 200 when `ready_policy` holds (all: every model ready; any: one)."""
+    state = gateway_state(request)
+    if model is not None:
+        report = state.registry.model_readiness(model)
+        is_ready, body = report["ready"], {"model": model, "models": {model: report}}
+    else:
+        policy = state.settings.ready_policy
+        is_ready, models = state.registry.readiness(policy)
+        body = {"policy": policy, "models": models}
     return json_response(
-        {"status": "ready" if all_ready else "not_ready", "models": models},
-        status_code=200 if all_ready else 503,
+        {"status": "ready" if is_ready else "not_ready", **body},
+        status_code=200 if is_ready else 503,
     )

@@ -10,14 +10,14 @@ from vlm_gateway.server.state import GatewayState, gateway_state
 router = APIRouter()
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> Response:
     state = gateway_state(request)
     data = [_card(state, name) for name in state.registry.names()]
     return json_response(ModelList(data=data).model_dump(exclude_none=True))
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", response_model=Model)
 async def retrieve_model(model_id: str, request: Request) -> Response:
     state = gateway_state(request)
     if not state.registry.replicas(model_id):

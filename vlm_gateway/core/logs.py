@@ -1,0 +1,82 @@
+"""Log records for people and for machines: one text format with UTC timestamps and one JSON
+object per line, for our loggers and uvicorn's alike, each tagged with the id of the request
+it is about (vlm_gateway/core/request_context.py). docs/operations.md shows both."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from vlm_gateway.core.request_context import current_request
+
+# Record attributes that become JSON fields when a line has them (the access line sets them
+# all; the filter sets model on every line of a request once it is known).
+EXTRA_FIELDS = ("model", "status", "duration_ms", "method", "path", "client")
+
+
+class RequestContextFilter(logging.Filter):
+    """Tags each record with the current request's id and model, unless the caller already
+    passed them (`extra={"request_id": ...}`): a handler filter, so it sees every logger's
+    records, uvicorn's included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = current_request()
+        if getattr(record, "request_id", None) is None:
+            record.request_id = context.request_id if context is not None else None
+        if getattr(record, "model", None) is None and context is not None:
+            record.model = context.model
+        return True
+
+
+def timestamp(record: logging.LogRecord) -> str:
+    """ISO 8601 in UTC with milliseconds: 2026-05-01T12:34:56.789Z."""
+    moment = datetime.fromtimestamp(record.created, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    # The redaction filter may have stored a cleaned traceback in exc_text: prefer it.
+    if record.exc_info and not record.exc_text:
+        record.exc_text = formatter.formatException(record.exc_info)
+    text = record.exc_text or ""
+    if record.stack_info:
+        text = (text + "\n" if text else "") + formatter.formatStack(record.stack_info)
+    return text or None
+
+
+class TextFormatter(logging.Formatter):
+    """`2026-05-01T12:34:56.789Z INFO vlm_gateway.access [req_ab12]: message`; the brackets
+    only when the line is about a request."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", None)
+        tag = f" [{request_id}]" if request_id else ""
+        line = f"{timestamp(record)} {record.levelname} {record.name}{tag}: {record.getMessage()}"
+        details = _exception_text(self, record)
+        return line + "\n" + details if details else line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, request_id (null outside a request),
+    then model, status, duration_ms, method, path and client where the line has them, and exc
+    with the traceback of a logged exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": getattr(record, "request_id", None),
+        }
+        for field in EXTRA_FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                entry[field] = value
+        details = _exception_text(self, record)
+        if details:
+            entry["exc"] = details
+        return orjson.dumps(entry, default=str).decode()

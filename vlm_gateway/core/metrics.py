@@ -1,0 +1,222 @@
+"""The gateway's Prometheus metrics: one `Metrics` object per app, on its own registry.
+
+The app factory builds it and hands it to whatever observes traffic (the request middleware,
+the route helpers, the image resolver, the batch runner); nothing here is a module-level
+default-registry singleton, so two apps in one process never share a series. What is live
+state rather than a count (requests in flight, replica states, vLLM restarts, batches by
+status, vLLM's own series) is read at scrape time by collectors the server hands to `render`.
+
+Multiprocess: when `PROMETHEUS_MULTIPROC_DIR` is set before prometheus_client is imported,
+its counters and histograms keep their values in files in that directory, one per process,
+and `render` reads them all through `MultiProcessCollector`, so several worker processes can
+answer one scrape with the sum of their counts (docs/operations.md, "Metrics").
+
+Label values stay bounded: a model label is a configured model name or "" (a client naming
+any model cannot add series), a route label is the route's template, never the raw path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from vlm_gateway.core.image_errors import (
+    BlockedImageURLError,
+    ImageTooLargeError,
+    TooManyImagesError,
+)
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus 2.x reads
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Refusal reasons (`vlmgw_refusals_total{reason}`): policy said no, before any model ran.
+AUTH = "auth"
+RATE_LIMIT = "rate_limit"
+BODY_SIZE = "body_size"
+IMAGE_LIMITS = "image_limits"
+SSRF = "ssrf"
+_IMAGE_REFUSALS = {
+    BlockedImageURLError.default_code: SSRF,
+    TooManyImagesError.default_code: IMAGE_LIMITS,
+    ImageTooLargeError.default_code: IMAGE_LIMITS,
+}
+
+# Vision requests run from milliseconds (a refusal) to minutes (a long generation).
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_IMAGE_BYTES_BUCKETS = tuple(4096 * 4**i for i in range(9))  # 4 KiB .. 256 MiB
+_FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_DECODE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class Metrics:
+    """Every counter and histogram the gateway keeps, and the one exposition of them."""
+
+    def __init__(self, models: Iterable[str], multiprocess_dir: str | None = None) -> None:
+        self._models = frozenset(models)
+        self.registry = CollectorRegistry()
+        self._source: Collector = self.registry
+        if multiprocess_dir:
+            # Every process's files, summed; prometheus_client leaves this class unannotated.
+            self._source = MultiProcessCollector(None, multiprocess_dir)  # type: ignore[no-untyped-call]
+        self._define_requests()
+        self._define_images()
+        self._refusals = self._counter(
+            "vlmgw_refusals_total", "Requests refused by policy.", "reason", "model"
+        )
+        self._batch_requests = self._counter(
+            "vlmgw_batch_requests_total",
+            "Batch requests finished, by outcome (completed or failed).",
+            "model",
+            "outcome",
+        )
+
+    @classmethod
+    def from_environment(cls, models: Iterable[str]) -> Metrics:
+        """Multiprocess mode exactly when prometheus_client itself chose it (at its import)."""
+        return cls(models, os.environ.get(MULTIPROCESS_ENV) or None)
+
+    def _define_requests(self) -> None:
+        request = ("route", "method", "model", "replica")
+        self._requests = self._counter(
+            "vlmgw_requests_total", "HTTP requests answered.", *request, "status"
+        )
+        self._duration = self._histogram(
+            "vlmgw_request_duration_seconds",
+            "From the request's arrival to the end of its response (the whole stream).",
+            _DURATION_BUCKETS,
+            *request,
+        )
+        self._ttft = self._histogram(
+            "vlmgw_time_to_first_token_seconds",
+            "Streams: from the request's arrival to its first event.",
+            _TTFT_BUCKETS,
+            "route",
+            "model",
+            "replica",
+        )
+        self._prompt_tokens = self._counter(
+            "vlmgw_prompt_tokens_total", "Prompt tokens, from responses' usage.", "model", "replica"
+        )
+        self._completion_tokens = self._counter(
+            "vlmgw_completion_tokens_total",
+            "Completion tokens, from responses' usage.",
+            "model",
+            "replica",
+        )
+
+    def _define_images(self) -> None:
+        self._image_bytes = self._histogram(
+            "vlmgw_image_size_bytes",
+            "Size of each image accepted (its bytes before any resizing).",
+            _IMAGE_BYTES_BUCKETS,
+            "model",
+            "source",
+        )
+        self._image_fetch = self._histogram(
+            "vlmgw_image_fetch_seconds",
+            "Fetching an http(s) image or reading a file: image.",
+            _FETCH_BUCKETS,
+            "model",
+            "source",
+        )
+        self._image_decode = self._histogram(
+            "vlmgw_image_decode_seconds",
+            "Checking, decoding and (when needed) re-encoding an image.",
+            _DECODE_BUCKETS,
+            "model",
+            "source",
+        )
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
+
+    def _histogram(
+        self, name: str, documentation: str, buckets: tuple[float, ...], *labels: str
+    ) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
+
+    def model_label(self, name: str | None) -> str:
+        """The name when it is a configured model, else "": clients cannot grow the series."""
+        return name if name is not None and name in self._models else ""
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def request_done(
+        self, route: str, method: str, status: int, model: str, replica: str, seconds: float
+    ) -> None:
+        model = self.model_label(model)
+        self._requests.labels(route, method, model, replica, str(status)).inc()
+        self._duration.labels(route, method, model, replica).observe(seconds)
+
+    def first_token(self, route: str, model: str, replica: str, seconds: float) -> None:
+        self._ttft.labels(route, self.model_label(model), replica).observe(seconds)
+
+    def usage(self, model: str, replica: str, usage: Mapping[str, Any] | None) -> None:
+        """Count the tokens of an OpenAI `usage` object; anything else is ignored."""
+        if not isinstance(usage, Mapping):
+            return
+        model = self.model_label(model)
+        for key, counter in (
+            ("prompt_tokens", self._prompt_tokens),
+            ("completion_tokens", self._completion_tokens),
+        ):
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                counter.labels(model, replica).inc(value)
+
+    def refusal(self, reason: str, model: str = "") -> None:
+        self._refusals.labels(reason, self.model_label(model)).inc()
+
+    # -- images (the resolver's observer) -----------------------------------------------------
+
+    def image_resolved(
+        self,
+        model: str,
+        source: str,
+        size_bytes: int,
+        fetch_seconds: float | None,
+        decode_seconds: float,
+    ) -> None:
+        model = self.model_label(model)
+        self._image_bytes.labels(model, source).observe(size_bytes)
+        if fetch_seconds is not None:
+            self._image_fetch.labels(model, source).observe(fetch_seconds)
+        self._image_decode.labels(model, source).observe(decode_seconds)
+
+    def image_refused(self, model: str, code: str | None) -> None:
+        """Image errors that are policy (limits, blocked URLs) count as refusals; a broken
+        image is the client's mistake and shows only as a 400 in vlmgw_requests_total."""
+        reason = _IMAGE_REFUSALS.get(code or "")
+        if reason is not None:
+            self.refusal(reason, model)
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def batch_request(self, model: str, ok: bool) -> None:
+        self._batch_requests.labels(self.model_label(model), "completed" if ok else "failed").inc()
+
+    # -- exposition ----------------------------------------------------------------------------
+
+    def render(self, live: Iterable[Collector] = ()) -> bytes:
+        """The text exposition: our counts (every process's, in multiprocess mode) followed by
+        the families of the scrape-time collectors in `live`."""
+        return generate_latest(_Chain([self._source, *live]))
+
+
+class _Chain:
+    """Several collectors exposed as one (generate_latest takes a single one)."""
+
+    def __init__(self, collectors: list[Collector]) -> None:
+        self._collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self._collectors:
+            yield from collector.collect()

@@ -1,0 +1,158 @@
+"""Request metrics as a pure ASGI middleware: every HTTP request is counted by route template,
+method, status, model and replica, and its duration observed, once its response has ended
+(for a stream, after its last event).
+
+The middleware leaves a `RequestTracker` in the scope. What only later code learns is written
+into it: the model (route_helpers.parse_body), the replica that served (call_tracked and
+stream_tracked), the first event of a stream, the tokens from `usage`, and the reason a door
+middleware refused the request (`note_refusal`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import orjson
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vlm_gateway.core.metrics import Metrics
+
+METRICS_SCOPE = "vlmgw.metrics"
+UNMATCHED_ROUTE = "unmatched"  # a path no route serves: one label value, not the raw path
+# What an app that raised before answering ends up sending (the last-resort handler's 500).
+_UNANSWERED_STATUS = 500
+
+
+class RequestTracker:
+    def __init__(self, metrics: Metrics, scope: Scope, clock: Callable[[], float]) -> None:
+        self._metrics = metrics
+        self._scope = scope
+        self._clock = clock
+        self.started = clock()
+        self.model = ""
+        self.replica = ""
+        self.refusal: str | None = None
+        self._first_event_seen = False
+        self._stream_usage: Mapping[str, Any] | None = None
+
+    def named_model(self, model: str) -> None:
+        self.model = model
+
+    def served_by(self, model: str, replica: str) -> None:
+        self.model, self.replica = model, replica
+
+    def usage(self, usage: Mapping[str, Any] | None) -> None:
+        self._metrics.usage(self.model, self.replica, usage)
+
+    def stream_event(self, event: bytes) -> None:
+        """One SSE event on its way to the client: the first one is the time to first token;
+        a `usage` object (sent when stream_options.include_usage is set) is kept, the last one
+        counted when the stream ends (some servers repeat a running total on every chunk)."""
+        if not self._first_event_seen:
+            self._first_event_seen = True
+            elapsed = self._clock() - self.started
+            self._metrics.first_token(
+                _route_template(self._scope), self.model, self.replica, elapsed
+            )
+        if b'"prompt_tokens"' in event:  # cheap test: only usage objects carry it
+            self._stream_usage = _event_usage(event) or self._stream_usage
+
+    def finish(self) -> None:
+        if self._stream_usage is not None:
+            self.usage(self._stream_usage)
+            self._stream_usage = None
+
+
+def request_tracker(scope: Scope) -> RequestTracker | None:
+    """The request's tracker; None where the middleware is not installed (unit tests)."""
+    tracker = scope.get(METRICS_SCOPE)
+    return tracker if isinstance(tracker, RequestTracker) else None
+
+
+def note_refusal(scope: Scope, reason: str) -> None:
+    """Called by the door's middlewares as they refuse: the reason joins the request's count."""
+    tracker = request_tracker(scope)
+    if tracker is not None:
+        tracker.refusal = reason
+
+
+class RequestMetricsMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        routes: Sequence[BaseRoute],
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.app = app
+        self._metrics = metrics
+        self._routes = routes  # the app's own list: routes included later are seen too
+        self._leaves: list[BaseRoute] | None = None
+        self._clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        tracker = RequestTracker(self._metrics, scope, self._clock)
+        scope[METRICS_SCOPE] = tracker
+        status: int | None = None
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            tracker.finish()
+            self._count(scope, tracker, status or _UNANSWERED_STATUS)
+
+    def _count(self, scope: Scope, tracker: RequestTracker, status: int) -> None:
+        route = _route_template(scope) or self._match_route(scope)
+        elapsed = self._clock() - tracker.started
+        method: str = scope.get("method", "")
+        self._metrics.request_done(route, method, status, tracker.model, tracker.replica, elapsed)
+        if tracker.refusal is not None:
+            self._metrics.refusal(tracker.refusal, tracker.model)
+
+    def _match_route(self, scope: Scope) -> str:
+        """The template of the route a request refused at the door was meant for (the router
+        never saw it); runs only for those and for paths no route serves."""
+        if self._leaves is None:  # on the first such request: every route is included by then
+            self._leaves = list(_leaf_routes(self._routes))
+        for route in self._leaves:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return str(getattr(route, "path", UNMATCHED_ROUTE))
+        return UNMATCHED_ROUTE
+
+
+def _leaf_routes(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:
+    """The routes themselves: FastAPI wraps each included router in one entry of app.routes
+    (its `original_router` holds the routes; the gateway includes them without a prefix)."""
+    for route in routes:
+        included = getattr(getattr(route, "original_router", None), "routes", None)
+        if included is not None:
+            yield from _leaf_routes(included)
+        else:
+            yield route
+
+
+def _event_usage(event: bytes) -> Mapping[str, Any] | None:
+    try:
+        data = orjson.loads(event.removeprefix(b"data:").strip())
+    except orjson.JSONDecodeError:
+        return None
+    usage = data.get("usage") if isinstance(data, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def _route_template(scope: Scope) -> str:
+    """The template the router matched ("/v1/files/{file_id}"), or "" before routing."""
+    return str(getattr(scope.get("route"), "path", ""))
