@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.images.fetch import ImageFetcher
 from vlm_gateway.images.resolve import ImageObserver, ImageResolver
-from vlm_gateway.server.door.auth import APIKeyMiddleware, configured_key_digests
+from vlm_gateway.server.door.auth import APIKeyMiddleware
+from vlm_gateway.server.door.keys import KeyRing
 from vlm_gateway.server.door.limits import BodyLimitMiddleware, RateLimitMiddleware
 from vlm_gateway.server.door.log_redaction import install_log_redaction
 
@@ -33,11 +34,9 @@ def install_security(app: FastAPI, settings: GatewaySettings) -> None:
             max_in_flight=security.max_in_flight_per_key,
             public_paths=security.public_paths,
         )
-    digests = configured_key_digests(security)
-    if digests:
-        app.add_middleware(
-            APIKeyMiddleware, key_digests=digests, public_paths=security.public_paths
-        )
+    keys = KeyRing.from_settings(security)
+    if keys:
+        app.add_middleware(APIKeyMiddleware, keys=keys, public_paths=security.public_paths)
 
 
 @contextlib.asynccontextmanager

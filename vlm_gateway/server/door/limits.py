@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlm_gateway.core.errors import PayloadTooLargeError, RateLimitError
 from vlm_gateway.core.metrics import BODY_SIZE, RATE_LIMIT
-from vlm_gateway.server.door.auth import KEY_ID_SCOPE
+from vlm_gateway.server.door.keys import CALLER_SCOPE
 from vlm_gateway.server.door.reply import header, send_error
 from vlm_gateway.server.door.request_metrics import note_refusal
 
@@ -144,8 +144,8 @@ class RateLimitMiddleware:
 
 
 def _caller(scope: Scope) -> str:
-    key_id: str | None = scope.get(KEY_ID_SCOPE)
-    if key_id is not None:
-        return key_id
+    caller = scope.get(CALLER_SCOPE)
+    if caller is not None:
+        return str(caller.name)
     client: tuple[str, int] | None = scope.get("client")
     return "addr-" + (client[0] if client else "unknown")
