@@ -54,5 +54,6 @@ def test_image_limits_are_said_per_model_with_the_kinds_own_limit():
     images = [line for line in lines if line.startswith("    images:")]
     assert images == [
         "    images: at most 8 per request, 2 MiB and 40,000,000 pixels each",
-        "    images: at most 1 per request, 2 MiB and 40,000,000 pixels each",
+        "    images: at most 1 per request, 2 MiB and 40,000,000 pixels each, "
+        "shrunk to cover 224x224",
     ]

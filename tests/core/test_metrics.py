@@ -40,15 +40,34 @@ def test_model_label_is_a_configured_model_or_empty():
     assert {dict(labels)["model"]: value for labels, value in counts.items()} == {"m": 1, "": 2}
 
 
-def test_usage_counts_tokens_and_ignores_what_is_not_a_count():
+def test_usage_counts_tokens_by_key_and_ignores_what_is_not_a_count():
     metrics = Metrics(["m"])
-    metrics.usage("m", "1", {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
-    metrics.usage("m", "1", {"prompt_tokens": True, "completion_tokens": -4})
-    metrics.usage("m", "1", None)
+    usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    metrics.usage("m", "1", usage, key="alpha")
+    metrics.usage("m", "1", usage, key="beta")
+    metrics.usage("m", "1", {"prompt_tokens": True, "completion_tokens": -4}, key="alpha")
+    metrics.usage("m", "1", None, key="alpha")
     text = metrics.render()
     labels = (("model", "m"), ("replica", "1"))
-    assert samples(text, "vlmgw_prompt_tokens_total") == {labels: 7}
-    assert samples(text, "vlmgw_completion_tokens_total") == {labels: 3}
+    assert samples(text, "vlmgw_prompt_tokens_total") == {
+        (("key", "alpha"), *labels): 7,
+        (("key", "beta"), *labels): 7,
+    }
+    assert samples(text, "vlmgw_completion_tokens_total") == {
+        (("key", "alpha"), *labels): 3,
+        (("key", "beta"), *labels): 3,
+    }
+
+
+def test_requests_and_images_carry_the_key_name():
+    metrics = Metrics(["m"])
+    metrics.request_done("/v1/chat/completions", "POST", 200, "m", "0", 0.1, key="alpha")
+    metrics.request_images("m", "alpha", 2)
+    metrics.request_images("m", "alpha", 0)  # a request without images adds nothing
+    text = metrics.render()
+    [labels] = samples(text, "vlmgw_requests_total")
+    assert dict(labels)["key"] == "alpha"
+    assert samples(text, "vlmgw_request_images_total") == {(("key", "alpha"), ("model", "m")): 2}
 
 
 def test_image_refusals_by_reason_and_broken_images_not_counted():
@@ -96,7 +115,8 @@ def test_multiprocess_mode_sums_every_process(tmp_path):
         ("replica", "0"),
         ("route", "/v1/chat/completions"),
     )
-    assert samples(text, "vlmgw_requests_total") == {(*labels, ("status", "200")): 7}
+    counted = (("key", ""), *labels, ("status", "200"))
+    assert samples(text, "vlmgw_requests_total") == {counted: 7}
     assert samples(text, "vlmgw_request_duration_seconds_sum") == {labels: 3.5}
     failed = (("model", "m"), ("outcome", "failed"))
     assert samples(text, "vlmgw_batch_requests_total") == {failed: 7}

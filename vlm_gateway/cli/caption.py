@@ -14,9 +14,7 @@ user's knob. The Batch API is there for clients that want the gateway to hold th
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import mimetypes
 import os
 import sys
 import tempfile
@@ -29,7 +27,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 import httpx
 import orjson
 
+from vlm_gateway.cli.caption_images import ImageReader, served_limits
 from vlm_gateway.cli.caption_progress import open_progress
+from vlm_gateway.images.pool import ImagePreparer
 
 if TYPE_CHECKING:
     from vlm_gateway.backends.registry import BackendRegistry
@@ -122,15 +122,6 @@ def resume(out: Path) -> set[str]:
 # -- the requests --------------------------------------------------------------------------------
 
 
-async def image_url(source: str) -> str:
-    """A URL as is; a local file as a data URL (read in a worker thread)."""
-    if source.startswith(("http://", "https://", "data:")):
-        return source
-    data = await asyncio.to_thread(Path(source).read_bytes)
-    mime = mimetypes.guess_type(source)[0] or "application/octet-stream"
-    return f"data:{mime};base64," + base64.b64encode(data).decode()
-
-
 def chat_body(job: CaptionJob, url: str) -> dict[str, Any]:
     content = [{"type": "image_url", "image_url": {"url": url}}]
     if job.prompt:
@@ -160,10 +151,12 @@ async def _post(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Respon
     raise AssertionError("unreachable")
 
 
-async def caption_one(client: httpx.AsyncClient, job: CaptionJob, source: str) -> dict[str, Any]:
+async def caption_one(
+    client: httpx.AsyncClient, job: CaptionJob, source: str, reader: ImageReader
+) -> dict[str, Any]:
     record: dict[str, Any] = {"image": source, "caption": None, "model": job.model, "error": None}
     try:
-        response = await _post(client, chat_body(job, await image_url(source)))
+        response = await _post(client, chat_body(job, await reader.url(source)))
         reply = response.json()
         if response.status_code != 200:
             error = reply.get("error") if isinstance(reply, dict) else None
@@ -182,8 +175,12 @@ async def caption_one(client: httpx.AsyncClient, job: CaptionJob, source: str) -
 
 
 async def caption_all(
-    client: httpx.AsyncClient, job: CaptionJob, progress_stream: TextIO | None = None
+    client: httpx.AsyncClient,
+    job: CaptionJob,
+    progress_stream: TextIO | None = None,
+    reader: ImageReader | None = None,
 ) -> Summary:
+    reader = reader or ImageReader()
     images = job.sources
     done = await asyncio.to_thread(resume, job.out)
     todo = [source for source in images if source not in done]
@@ -195,7 +192,7 @@ async def caption_all(
 
         async def worker() -> None:
             for source in pending:  # a shared iterator: each image is taken by one worker
-                record = await caption_one(client, job, source)
+                record = await caption_one(client, job, source, reader)
                 # A short line into the page cache: flushing it per image is what makes a kill
                 # lose nothing, and costs microseconds, so it stays on the loop.
                 out.write(orjson.dumps(record) + b"\n")
@@ -293,10 +290,22 @@ async def run_caption(
     ready_timeout: float = 900.0,
 ) -> Summary:
     if url:
-        opener = remote_client(url, job)
-    elif settings is not None:
-        opener = in_process_client(settings, job, ready_timeout)
-    else:
+        async with remote_client(url, job) as client:
+            listing = (await client.get("/v1/models")).json()
+            reader = ImageReader(ImagePreparer(), served_limits(listing, job.model))
+            try:
+                return await caption_all(client, job, reader=reader)
+            finally:
+                await reader.aclose()
+    if settings is None:
         raise ValueError("run_caption needs a url or settings")
-    async with opener as client:
-        return await caption_all(client, job)
+    limits = settings.image_limits(job.model)
+    reader = ImageReader(ImagePreparer(settings.images.prepare_workers), limits)
+    if reader.preparer is not None:  # one pool per run: the gateway's check runs in a thread
+        no_pool = settings.images.model_copy(update={"prepare_workers": 0})
+        settings = settings.model_copy(update={"images": no_pool})
+    try:
+        async with in_process_client(settings, job, ready_timeout) as client:
+            return await caption_all(client, job, reader=reader)
+    finally:
+        await reader.aclose()

@@ -21,9 +21,10 @@ def describe_plan(settings: GatewaySettings) -> list[str]:
         suffix = f" ({len(replicas)} replicas, least in-flight first)" if len(replicas) > 1 else ""
         lines.append(f"- {name}{suffix}")
         limits = replicas[0].image_limits(settings.images)
+        resized = f", shrunk to cover {limits.describe()['resize']}" if limits.resize else ""
         lines.append(
             f"    images: at most {limits.max_images} per request, "
-            f"{limits.max_bytes / 2**20:g} MiB and {limits.max_pixels:,} pixels each"
+            f"{limits.max_bytes / 2**20:g} MiB and {limits.max_pixels:,} pixels each{resized}"
         )
         for index, entry in enumerate(replicas):
             lines.extend("    " + line for line in entry.plan_lines(index, settings))

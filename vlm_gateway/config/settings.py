@@ -11,12 +11,12 @@ import os
 from collections.abc import Hashable
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from vlm_gateway.config.security import SecuritySettings
 from vlm_gateway.config.tracing import TracingSettings
 from vlm_gateway.images.decode import ImageLimits
-from vlm_gateway.images.settings import ImageSettings, ModelImageLimits, limits_for
+from vlm_gateway.images.settings import ImageSettings, ModelImageLimits, limits_for, parse_resize
 from vlm_gateway.launch.gpu_sharing import GpuClaim, split_gpu_memory
 
 
@@ -34,13 +34,34 @@ class ModelEntry(Section):
 
     # Images per request this kind's models take when not configured (None: `images.max_images`).
     kind_max_images: ClassVar[int | None] = None
+    # `images.resize` when the entry does not set it: kinds that know their model's input
+    # size say "auto" (docs/operations.md, "Image preparation").
+    kind_image_resize: ClassVar[str] = "none"
+    _input_size: tuple[int, int] | None = PrivateAttr(default=None)  # found once, then kept
 
     def gpu_claims(self) -> list[GpuClaim]:
         """GPU memory this entry's processes claim (only kinds that launch processes do)."""
         return []
 
+    def preferred_image_size(self) -> tuple[int, int] | None:
+        """(width, height) this entry's model takes images at, for `images.resize: auto`
+        (None: unknown, images go on at their own size)."""
+        return None
+
+    def image_resize(self) -> tuple[int, int] | None:
+        """The input size images are shrunk to cover for this model (None: not shrunk)."""
+        setting = parse_resize((self.images and self.images.resize) or self.kind_image_resize)
+        if setting == "none":
+            return None
+        if isinstance(setting, tuple):
+            return setting
+        # Not found yet is asked again: a hub model may only reach the local cache later.
+        if self._input_size is None:
+            self._input_size = self.preferred_image_size()
+        return self._input_size
+
     def image_limits(self, defaults: ImageSettings) -> ImageLimits:
-        return limits_for(defaults, self.images, self.kind_max_images)
+        return limits_for(defaults, self.images, self.kind_max_images, self.image_resize())
 
     def plan_lines(self, index: int, settings: GatewaySettings) -> list[str]:
         """check-config's lines for this entry as replica `index` of its model."""

@@ -13,13 +13,24 @@ import orjson
 from vlm_gateway.core.request_context import current_request
 
 # Record attributes that become JSON fields when a line has them (the access line sets them
-# all; the filter sets model on every line of a request once it is known).
-EXTRA_FIELDS = ("model", "status", "duration_ms", "method", "path", "client")
+# all; the filter sets model and key on every line of a request once they are known).
+EXTRA_FIELDS = (
+    "model",
+    "key",
+    "status",
+    "duration_ms",
+    "method",
+    "path",
+    "client",
+    "prompt_tokens",
+    "completion_tokens",
+    "images",
+)
 
 
 class RequestContextFilter(logging.Filter):
-    """Tags each record with the current request's id and model, unless the caller already
-    passed them (`extra={"request_id": ...}`): a handler filter, so it sees every logger's
+    """Tags each record with the current request's id, model and key name, unless the caller
+    already passed them (`extra={"request_id": ...}`): a handler filter, so it sees every logger's
     records, uvicorn's included."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -28,6 +39,8 @@ class RequestContextFilter(logging.Filter):
             record.request_id = context.request_id if context is not None else None
         if getattr(record, "model", None) is None and context is not None:
             record.model = context.model
+        if getattr(record, "key", None) is None and context is not None:
+            record.key = context.key
         return True
 
 
@@ -61,8 +74,8 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, request_id (null outside a request),
-    then model, status, duration_ms, method, path and client where the line has them, and exc
-    with the traceback of a logged exception."""
+    then model, key, status, duration_ms, method, path, client and the usage counts where the
+    line has them, and exc with the traceback of a logged exception."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {

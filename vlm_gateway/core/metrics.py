@@ -12,7 +12,8 @@ and `render` reads them all through `MultiProcessCollector`, so several worker p
 answer one scrape with the sum of their counts (docs/operations.md, "Metrics").
 
 Label values stay bounded: a model label is a configured model name or "" (a client naming
-any model cannot add series), a route label is the route's template, never the raw path.
+any model cannot add series), a route label is the route's template, never the raw path, and a
+key label is the name of a configured API key (or `anonymous`), never anything a client wrote.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from vlm_gateway.core.image_errors import (
     ImageTooLargeError,
     TooManyImagesError,
 )
+from vlm_gateway.core.usage import token_counts
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus 2.x reads
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -86,7 +88,7 @@ class Metrics:
     def _define_requests(self) -> None:
         request = ("route", "method", "model", "replica")
         self._requests = self._counter(
-            "vlmgw_requests_total", "HTTP requests answered.", *request, "status"
+            "vlmgw_requests_total", "HTTP requests answered.", *request, "status", "key"
         )
         self._duration = self._histogram(
             "vlmgw_request_duration_seconds",
@@ -103,13 +105,21 @@ class Metrics:
             "replica",
         )
         self._prompt_tokens = self._counter(
-            "vlmgw_prompt_tokens_total", "Prompt tokens, from responses' usage.", "model", "replica"
+            "vlmgw_prompt_tokens_total",
+            "Prompt tokens, from responses' usage.",
+            "model",
+            "replica",
+            "key",
         )
         self._completion_tokens = self._counter(
             "vlmgw_completion_tokens_total",
             "Completion tokens, from responses' usage.",
             "model",
             "replica",
+            "key",
+        )
+        self._request_images = self._counter(
+            "vlmgw_request_images_total", "Images in requests, once accepted.", "model", "key"
         )
 
     def _define_images(self) -> None:
@@ -150,27 +160,40 @@ class Metrics:
     # -- requests ------------------------------------------------------------------------------
 
     def request_done(
-        self, route: str, method: str, status: int, model: str, replica: str, seconds: float
+        self,
+        route: str,
+        method: str,
+        status: int,
+        model: str,
+        replica: str,
+        seconds: float,
+        key: str = "",
     ) -> None:
+        """`key`: the caller's key name (a configured one or `anonymous`: bounded)."""
         model = self.model_label(model)
-        self._requests.labels(route, method, model, replica, str(status)).inc()
+        self._requests.labels(route, method, model, replica, str(status), key).inc()
         self._duration.labels(route, method, model, replica).observe(seconds)
 
     def first_token(self, route: str, model: str, replica: str, seconds: float) -> None:
         self._ttft.labels(route, self.model_label(model), replica).observe(seconds)
 
-    def usage(self, model: str, replica: str, usage: Mapping[str, Any] | None) -> None:
+    def usage(
+        self, model: str, replica: str, usage: Mapping[str, Any] | None, key: str = ""
+    ) -> None:
         """Count the tokens of an OpenAI `usage` object; anything else is ignored."""
-        if not isinstance(usage, Mapping):
-            return
+        counts = token_counts(usage)
         model = self.model_label(model)
-        for key, counter in (
+        for field, counter in (
             ("prompt_tokens", self._prompt_tokens),
             ("completion_tokens", self._completion_tokens),
         ):
-            value = usage.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                counter.labels(model, replica).inc(value)
+            if counts.get(field):
+                counter.labels(model, replica, key).inc(counts[field])
+
+    def request_images(self, model: str, key: str, count: int) -> None:
+        """Images a live request carried, counted once the resolver accepted them all."""
+        if count > 0:
+            self._request_images.labels(self.model_label(model), key).inc(count)
 
     def refusal(self, reason: str, model: str = "") -> None:
         self._refusals.labels(reason, self.model_label(model)).inc()

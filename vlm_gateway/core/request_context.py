@@ -1,5 +1,6 @@
-"""The request being served, as a context variable: its id (the `X-Request-Id` header) and the
-model it names once that is known. Set once per request by the server's request-id middleware
+"""The request being served, as a context variable: its id (the `X-Request-Id` header), the
+model it names and the name of its API key once those are known, and its usage (tokens,
+images) for the access line. Set once per request by the server's request-id middleware
 (and per batch line by the batch runner); read by the upstream client (it forwards the id) and
 by the log filter (every line about the request carries it). asyncio tasks copy the context
 when they are created, so work a request spawns sees its id, and background work started
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -24,6 +25,11 @@ _ACCEPTED_ID = re.compile(rf"[A-Za-z0-9._:+/=-]{{1,{MAX_REQUEST_ID_CHARS}}}")
 class RequestContext:
     request_id: str
     model: str | None = None  # filled in once the body has been parsed
+    key: str | None = None  # the caller's key name (never the key itself), once known
+    # Usage, for the access line: tokens from the answer's `usage`, images in the request.
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    images: int = 0
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("vlmgw_request", default=None)
@@ -55,6 +61,28 @@ def note_model(model: str) -> None:
     context = _current.get()
     if context is not None:
         context.model = model
+
+
+def note_key(name: str) -> None:
+    """Record the name of the API key the current request came with."""
+    context = _current.get()
+    if context is not None:
+        context.key = name
+
+
+def note_usage(counts: Mapping[str, int]) -> None:
+    """Record the request's token counts (`core.usage.token_counts` of its answer's usage)."""
+    context = _current.get()
+    if context is not None:
+        context.prompt_tokens = counts.get("prompt_tokens", context.prompt_tokens)
+        context.completion_tokens = counts.get("completion_tokens", context.completion_tokens)
+
+
+def note_images(count: int) -> None:
+    """Record how many images the current request carried once they were accepted."""
+    context = _current.get()
+    if context is not None:
+        context.images = count
 
 
 @contextlib.contextmanager

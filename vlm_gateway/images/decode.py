@@ -34,8 +34,10 @@ class ImageLimits:
     min_side: int = 8
     max_side: int | None = None
     low_detail_side: int = 512
+    # (WIDTH, HEIGHT) the model takes: larger images are shrunk to cover it (images/prepare.py).
+    resize: tuple[int, int] | None = None
 
-    def describe(self) -> dict[str, int | None]:
+    def describe(self) -> dict[str, int | str | None]:
         """What a client may send, in the config's own key names (for /v1/models)."""
         return {
             "max_images": self.max_images,
@@ -43,6 +45,7 @@ class ImageLimits:
             "max_image_pixels": self.max_pixels,
             "min_image_side": self.min_side,
             "max_image_side": self.max_side,
+            "resize": f"{self.resize[0]}x{self.resize[1]}" if self.resize else "none",
         }
 
     def target_side(self, detail: str) -> int | None:
@@ -78,11 +81,11 @@ def prepare_image(
     data: bytes, detail: str, limits: ImageLimits, what: str = "The image"
 ) -> PreparedImage:
     """Validate `data`; re-encode only if the model must not see it as it is."""
-    image_format = _check_bytes(data, limits, what)
-    with _open(data, image_format, what) as image:
-        width, height = _check_size(image, limits, what)
+    image_format = check_bytes(data, limits, what)
+    with open_image(data, image_format, what) as image:
+        width, height = check_size(image, limits, what)
         if not _ends_with_trailer(data, image_format):
-            _load_or_refuse(image, image_format, what)
+            load_or_refuse(image, image_format, what)
         if not _needs_change(image, image_format, width, height, limits.target_side(detail)):
             return PreparedImage(image_format, None, width, height)
         converted = _normalized(image, what, limits.target_side(detail))
@@ -94,14 +97,14 @@ def prepare_image(
 
 def decode_image(data: bytes, limits: ImageLimits, what: str = "The image") -> Image.Image:
     """A fully loaded RGB image, for backends that run the model in-process."""
-    image_format = _check_bytes(data, limits, what)
-    with _open(data, image_format, what) as image:
-        _check_size(image, limits, what)
+    image_format = check_bytes(data, limits, what)
+    with open_image(data, image_format, what) as image:
+        check_size(image, limits, what)
         converted = _normalized(image, what, limits.max_side)
     return converted if converted.mode == "RGB" else converted.convert("RGB")
 
 
-def _check_bytes(data: bytes, limits: ImageLimits, what: str) -> str:
+def check_bytes(data: bytes, limits: ImageLimits, what: str) -> str:
     if not data:
         raise ImageError(f"{what} is empty (0 bytes).")
     if len(data) > limits.max_bytes:
@@ -128,7 +131,7 @@ def _ends_with_trailer(data: bytes, image_format: str) -> bool:
     return b";" in data[-16:]  # GIF trailer
 
 
-def _open(data: bytes, image_format: str, what: str) -> Image.Image:
+def open_image(data: bytes, image_format: str, what: str) -> Image.Image:
     from PIL import Image
 
     try:
@@ -141,14 +144,14 @@ def _open(data: bytes, image_format: str, what: str) -> Image.Image:
         ) from None
 
 
-def _load_or_refuse(image: Image.Image, image_format: str, what: str) -> None:
+def load_or_refuse(image: Image.Image, image_format: str, what: str) -> None:
     try:
         image.load()
     except Exception:
         raise ImageError(f"{what} is truncated or corrupt ({image_format}).") from None
 
 
-def _check_size(image: Image.Image, limits: ImageLimits, what: str) -> tuple[int, int]:
+def check_size(image: Image.Image, limits: ImageLimits, what: str) -> tuple[int, int]:
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageTooLargeError(
@@ -170,12 +173,12 @@ def _needs_change(
     if target_side is not None and max(width, height) > target_side:
         return True
     try:
-        return _orientation(image) not in (0, 1)
+        return orientation(image) not in (0, 1)
     except Exception:
         return True  # unreadable EXIF: decoding and re-encoding drops it
 
 
-def _orientation(image: Image.Image) -> object:
+def orientation(image: Image.Image) -> object:
     """The EXIF orientation tag as the file has it (normally an int 1-8, but unchecked)."""
     from PIL import Image
 
@@ -199,7 +202,7 @@ def _normalized(image: Image.Image, what: str, target_side: int | None) -> Image
         image.seek(0)
         image.load()
         image = ImageOps.exif_transpose(image)
-        image = _convert_mode(image)
+        image = convert_mode(image)
         if target_side is not None and max(image.size) > target_side:
             image.thumbnail((target_side, target_side), Image.Resampling.LANCZOS)
     except Exception:
@@ -207,7 +210,7 @@ def _normalized(image: Image.Image, what: str, target_side: int | None) -> Image
     return image
 
 
-def _convert_mode(image: Image.Image) -> Image.Image:
+def convert_mode(image: Image.Image) -> Image.Image:
     if image.mode in _PASS_THROUGH_MODES:
         return image
     if image.mode.startswith("I;16") or image.mode == "I":

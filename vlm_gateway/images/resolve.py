@@ -3,14 +3,14 @@
 data: URLs are validated and forwarded byte for byte when nothing must change (the declared
 MIME type is corrected to the sniffed one); http(s) URLs are fetched by the SSRF-safe fetcher;
 file: URLs are read only under the configured local media directory. Backends therefore never
-fetch anything from the network or the disk on a client's behalf.
+fetch anything from the network or the disk on a client's behalf. For a model whose limits
+carry an input size (`images.resize`), larger images are shrunk to it in the preparer's process
+pool (prepare.py, pool.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import os
 import time
 from collections.abc import Callable
@@ -27,8 +27,10 @@ from vlm_gateway.core.image_errors import (
     shorten,
 )
 from vlm_gateway.core.protocol import ChatCompletionContentPartImage, ChatCompletionRequest
-from vlm_gateway.images.decode import ImageLimits, PreparedImage, prepare_image
+from vlm_gateway.images.decode import ImageLimits
 from vlm_gateway.images.fetch import ImageFetcher
+from vlm_gateway.images.pool import ImagePreparer
+from vlm_gateway.images.prepare import prepare_bytes_url, prepare_data_url
 from vlm_gateway.images.settings import ImageSettings
 from vlm_gateway.images.urls import parse_http_url, scheme_of
 
@@ -72,11 +74,14 @@ class ImageResolver:
         limits_of: LimitsOf,
         fetcher: ImageFetcher,
         observer: ImageObserver | None = None,
+        preparer: ImagePreparer | None = None,
     ) -> None:
         self._limits_of = limits_of
         self._fetcher = fetcher
         self._media_dir = _real_dir(images.local_media_dir)
         self._observer = observer
+        # Shrinks images for models that resize; its owner closes it. Without one: a thread.
+        self._preparer = preparer if preparer is not None else ImagePreparer(workers=0)
 
     async def resolve(self, request: ChatCompletionRequest) -> None:
         """Rewrite the request's image URLs in place; raise a 400 naming the first bad one."""
@@ -120,8 +125,8 @@ class ImageResolver:
             scheme = scheme_of(url)
             started = time.perf_counter()
             if scheme == "data":
-                part.image_url.url = await asyncio.to_thread(
-                    prepare_data_url, url, detail, limits, what
+                part.image_url.url = await self._prepare(
+                    limits, what, prepare_data_url, url, detail, limits, what
                 )
                 size = _base64_size(url.partition(",")[2])
                 self._resolved(model, scheme, size, None, time.perf_counter() - started)
@@ -136,13 +141,23 @@ class ImageResolver:
                     f"Unsupported image URL '{shorten(url)}': use a data: URL or an http(s) URL."
                 )
             fetched_at = time.perf_counter()
-            prepared = await asyncio.to_thread(prepare_image, data, detail, limits, what)
-            part.image_url.url = to_data_url(prepared, data)
+            part.image_url.url = await self._prepare(
+                limits, what, prepare_bytes_url, data, detail, limits, what
+            )
             decoded_at = time.perf_counter()
             self._resolved(model, scheme, len(data), fetched_at - started, decoded_at - fetched_at)
         except ImageError as exc:
             exc.param = exc.param or param + ".url"
             raise
+
+    async def _prepare(
+        self, limits: ImageLimits, what: str, function: Callable[..., str], *args: object
+    ) -> str:
+        """In the preparer's pool when the model wants images shrunk (decoding a photo takes
+        tens of milliseconds); otherwise this is mostly a header check, done in a thread."""
+        if limits.resize is None:
+            return await asyncio.to_thread(function, *args)
+        return await self._preparer.run(what, function, *args)
 
     def _resolved(
         self, model: str, source: str, size: int, fetch_s: float | None, decode_s: float
@@ -162,40 +177,6 @@ class ImageResolver:
                 f"The file '{shorten(url)}' is larger than the limit of {max_bytes} bytes."
             )
         return path.read_bytes()
-
-
-def prepare_data_url(url: str, detail: str, limits: ImageLimits, what: str) -> str:
-    """The data URL to forward: the same string when nothing must change."""
-    header, comma, payload = url.partition(",")
-    media_type, _, params = header[5:].partition(";")
-    if not comma or "base64" not in params.lower().split(";"):
-        raise InvalidImageURLError(f"{what} is a data URL without ';base64,'.")
-    media_type = media_type.strip().lower()
-    if (
-        media_type
-        and not media_type.startswith("image/")
-        and media_type != "application/octet-stream"
-    ):
-        raise InvalidImageURLError(
-            f"{what} is a data URL of type '{media_type[:40]}', not an image type."
-        )
-    if len(payload) > (limits.max_bytes + 2) // 3 * 4 + 4:
-        raise ImageTooLargeError(f"{what} is larger than the limit of {limits.max_bytes} bytes.")
-    try:
-        data = binascii.a2b_base64(payload, strict_mode=True)  # faster than b64decode(validate)
-    except (binascii.Error, ValueError):
-        raise ImageError(f"{what} is not valid base64.", code="invalid_base64") from None
-    prepared = prepare_image(data, detail, limits, what)
-    if prepared.data is None and media_type == prepared.mime:
-        return url
-    return to_data_url(prepared, data, payload if prepared.data is None else None)
-
-
-def to_data_url(prepared: PreparedImage, original: bytes, original_b64: str | None = None) -> str:
-    if prepared.data is None and original_b64 is not None:
-        return f"data:{prepared.mime};base64,{original_b64}"
-    data = original if prepared.data is None else prepared.data
-    return f"data:{prepared.mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def local_media_path(url: str, media_dir: Path) -> Path:

@@ -25,6 +25,7 @@ from vlm_gateway.core.request_context import REQUEST_ID_HEADER, RequestContext, 
 from vlm_gateway.server.batch.runner import BatchRunner
 from vlm_gateway.server.batch.store import Store
 from vlm_gateway.server.door.install import install_security, open_image_resolver
+from vlm_gateway.server.door.keys import KeyRing
 from vlm_gateway.server.door.request_id import REQUEST_CONTEXT_SCOPE, RequestIdMiddleware
 from vlm_gateway.server.door.request_metrics import RequestMetricsMiddleware
 from vlm_gateway.server.openapi import DocumentedApp
@@ -64,7 +65,13 @@ def create_app(
             store = Store(settings.data_dir)
             await store.open()
             runner = BatchRunner(
-                store, registry, settings.batch, image_resolver.resolve, metrics=app_metrics
+                store,
+                registry,
+                settings.batch,
+                image_resolver.resolve,
+                metrics=app_metrics,
+                # Each batch runs as its owner: the models that key may call (issue 12).
+                callers=KeyRing.from_settings(settings.security).caller_named,
             )
             await runner.start()
             app.state.gateway = GatewayState(

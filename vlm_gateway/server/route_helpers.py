@@ -14,8 +14,10 @@ from pydantic import BaseModel, ValidationError
 
 from vlm_gateway.backends.base import Backend
 from vlm_gateway.core.errors import GatewayError, InvalidRequestError, validation_error_to_gateway
+from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.core.request_context import note_model
 from vlm_gateway.core.sse import error_event
+from vlm_gateway.images.resolve import image_parts
 from vlm_gateway.server.door.request_metrics import RequestTracker, request_tracker
 from vlm_gateway.server.state import gateway_state
 
@@ -43,6 +45,17 @@ async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
         if tracker is not None:
             tracker.named_model(named_model)  # for its metrics (an unknown one counts as "")
     return parsed
+
+
+async def resolve_images(request: Request, body: ChatCompletionRequest) -> None:
+    """Resolve the request's images (traced), then count them for its usage: metrics and log."""
+    state = gateway_state(request)
+    with state.tracer.resolving_images(body):
+        await state.image_resolver.resolve(body)
+    tracker = request_tracker(request.scope)
+    count = len(image_parts(body))
+    if tracker is not None and count:
+        tracker.images(count)
 
 
 def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:

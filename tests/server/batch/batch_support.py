@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from pathlib import Path
 
 import openai
 
@@ -42,3 +44,68 @@ def result_lines(client: openai.OpenAI, file_id: str | None) -> list[dict]:
         return []
     text = client.files.content(file_id).text
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# The store's tables before files and batches had owners (vlm_gateway/server/batch/store.py at
+# commit 589b5cc), for the in-place upgrade tests.
+OLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    status TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    batch_id TEXT NOT NULL,
+    custom_id TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    line BLOB NOT NULL,
+    PRIMARY KEY (batch_id, custom_id)
+) WITHOUT ROWID;
+"""
+OLD_FILE_ID = "file-0123456789abcdef01234567"
+OLD_BATCH_ID = "batch_0123456789abcdef01234567"
+
+
+def write_old_store(data_dir: Path) -> bytes:
+    """A store as the previous version left it: one input file and one completed batch, no
+    owners. Returns the file's content."""
+    content = jsonl([chat_line("old", "ok")])
+    (data_dir / "files").mkdir(parents=True, exist_ok=True)
+    (data_dir / "files" / OLD_FILE_ID).write_bytes(content)
+    file = {
+        "id": OLD_FILE_ID,
+        "bytes": len(content),
+        "created_at": 1_700_000_000,
+        "filename": "old.jsonl",
+        "object": "file",
+        "purpose": "batch",
+        "status": "processed",
+    }
+    batch = {
+        "id": OLD_BATCH_ID,
+        "completion_window": "24h",
+        "created_at": 1_700_000_000,
+        "endpoint": "/v1/chat/completions",
+        "input_file_id": OLD_FILE_ID,
+        "object": "batch",
+        "status": "completed",
+        "completed_at": 1_700_000_100,
+        "request_counts": {"completed": 0, "failed": 0, "total": 1},
+    }
+    db = sqlite3.connect(data_dir / "vlm-gateway.sqlite3")
+    with db:
+        db.executescript(OLD_SCHEMA)
+        db.execute("INSERT INTO files (id, doc) VALUES (?, ?)", (OLD_FILE_ID, json.dumps(file)))
+        db.execute(
+            "INSERT INTO batches (id, status, doc) VALUES (?, ?, ?)",
+            (OLD_BATCH_ID, "completed", json.dumps(batch)),
+        )
+    db.close()
+    return content

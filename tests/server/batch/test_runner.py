@@ -15,9 +15,15 @@ from tests.support.polling import until
 from vlm_gateway.backends.base import Backend, State
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.config.settings import BatchSettings
-from vlm_gateway.server.batch.protocol import Batch, BatchCreateRequest, window_seconds
+from vlm_gateway.server.batch.protocol import (
+    Batch,
+    BatchCreateRequest,
+    BatchRequestCounts,
+    window_seconds,
+)
 from vlm_gateway.server.batch.runner import BatchRunner, ModelSlots
 from vlm_gateway.server.batch.store import Store
+from vlm_gateway.server.door.keys import ANONYMOUS, Caller
 
 
 class FakeBackend(Backend):
@@ -101,14 +107,17 @@ async def _run_batch(
     limit: int,
     expires_in: int = 60,
     errors: list | None = None,
+    owner: Caller = ANONYMOUS,
+    status: str = "validating",
 ) -> Batch:
-    """Runs a batch of `count` chats to `backend` until it is final; the error file's lines
-    are appended to `errors` if given."""
+    """Runs a batch of `count` chats to `backend`, owned by `owner` (who may call what it
+    says), from `status` until it is final; the error file's lines are appended to `errors`
+    if given."""
     store = Store(tmp_path)
     await store.open()
     upload = store.upload_path()
     upload.write_bytes(jsonl([chat_line(f"r{i}", backend.name) for i in range(count)]))
-    file = await store.add_file(upload, "in.jsonl", "batch")
+    file = await store.add_file(upload, "in.jsonl", "batch", owner.name)
     now = int(time.time())
     batch = Batch(
         id="batch_t",
@@ -117,11 +126,15 @@ async def _run_batch(
         expires_at=now + expires_in,
         endpoint="/v1/chat/completions",
         input_file_id=file.id,
-        status="validating",
+        status=status,
+        request_counts=BatchRequestCounts(total=count),
     )
-    await store.add_batch(batch)
+    await store.add_batch(batch, owner.name)
     runner = BatchRunner(
-        store, BackendRegistry([backend]), BatchSettings(concurrency_per_model=limit)
+        store,
+        BackendRegistry([backend]),
+        BatchSettings(concurrency_per_model=limit),
+        callers={owner.name: owner}.__getitem__,
     )
     runner.submit(batch.id)
 
@@ -234,6 +247,38 @@ def test_a_batch_past_its_window_expires_without_running(tmp_path):
     assert sorted((e["custom_id"], e["error"]["code"]) for e in errors) == [
         (f"r{i}", "batch_expired") for i in range(3)
     ]
+
+
+def test_a_batch_only_runs_models_its_owner_may_call(tmp_path):
+    """Checked when the batch is validated: each line is refused as an unknown model would
+    be, and the batch fails before any work."""
+    backend = FakeBackend("m")
+    owner = Caller("alice", models=frozenset({"other"}))
+    batch = asyncio.run(_run_batch(tmp_path, backend, count=2, limit=2, owner=owner))
+    assert batch.status == "failed" and backend.calls == 0
+    assert [(e.line, e.code, e.param) for e in batch.errors.data] == [
+        (1, "model_not_found", "body.model"),
+        (2, "model_not_found", "body.model"),
+    ]
+    assert "'m' does not exist" in batch.errors.data[0].message
+
+
+def test_the_runner_checks_the_owner_again_for_each_line(tmp_path):
+    """A batch already past validation (as after a restart with the owner's models narrowed):
+    every line fails 404 model_not_found without reaching the backend."""
+    backend = FakeBackend("m")
+    owner = Caller("alice", models=frozenset({"other"}))
+    errors: list[dict] = []
+    batch = asyncio.run(
+        _run_batch(
+            tmp_path, backend, count=3, limit=2, errors=errors, owner=owner, status="in_progress"
+        )
+    )
+    assert batch.status == "completed" and backend.calls == 0
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (0, 3)
+    assert sorted(
+        (e["custom_id"], e["response"]["status_code"], e["error"]["code"]) for e in errors
+    ) == [(f"r{i}", 404, "model_not_found") for i in range(3)]
 
 
 def test_check_config_plan_names_the_data_dir():

@@ -12,6 +12,7 @@ import pytest
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.polling import wait_until
 from tests.support.processes import GatewayProcess
+from vlm_gateway.server.door.keys import CALLER_SCOPE, Caller
 from vlm_gateway.server.door.limits import RateLimitMiddleware
 
 KEYS = [f"sk-limits-{i}" for i in range(6)]
@@ -140,9 +141,29 @@ def test_retry_after_counts_the_seconds_until_a_token_is_back():
     limiter = RateLimitMiddleware(
         None, requests_per_minute=6, max_in_flight=None, clock=lambda: now[0]
     )
-    bucket = limiter._bucket("key-a")
-    assert all(limiter._refusal(bucket) is None for _ in range(6))
-    refusal = limiter._refusal(bucket)
+    scope = {"client": ("127.0.0.1", 1)}
+    _, shown_as, limits = limiter._limits_of(scope)
+    usage = limiter._usage_of("a")
+    assert all(limiter._refusal(shown_as, usage, limits) is None for _ in range(6))
+    refusal = limiter._refusal(shown_as, usage, limits)
     assert refusal.status_code == 429 and refusal.headers["retry-after"] == "10"
     now[0] = 10.0
-    assert limiter._refusal(bucket) is None
+    assert limiter._refusal(shown_as, usage, limits) is None
+
+
+def test_both_limits_apply_and_a_refusal_takes_no_token_from_either():
+    """The gateway's 6 a minute and a key's own 2: the third request is the key's own refusal,
+    with the wait for its own bucket, and refusals leave the gateway's bucket untouched."""
+    now = [0.0]
+    limiter = RateLimitMiddleware(
+        None, requests_per_minute=6, max_in_flight=None, clock=lambda: now[0]
+    )
+    who, shown_as, limits = limiter._limits_of({CALLER_SCOPE: Caller("a", requests_per_minute=2)})
+    usage = limiter._usage_of(who)
+    assert all(limiter._refusal(shown_as, usage, limits) is None for _ in range(2))
+    for _ in range(5):
+        refusal = limiter._refusal(shown_as, usage, limits)
+        assert refusal.headers["retry-after"] == "30"  # 2 a minute: one back every 30 s
+        assert "API key 'a': the key's own limit is 2 requests per minute" in refusal.message
+    assert usage.buckets["security.requests_per_minute"].tokens == 4  # 6, less the 2 served
+    assert usage.buckets["security.keys[].requests_per_minute"].tokens == 0

@@ -95,7 +95,8 @@ def test_a_given_id_comes_back_on_a_json_answer_reaches_the_upstream_and_the_log
     assert raw.parse().choices[0].message.content == "hello"
     assert "client-id.json-1" in upstream_ids(upstream)
     line = access_line(gateway, "client-id.json-1", "POST /v1/chat/completions")
-    assert re.search(r'" 200 \d+\.\d ms model=m$', line), line
+    usage = "prompt_tokens=5 completion_tokens=1"  # the fake upstream's usage
+    assert re.search(r'" 200 \d+\.\d ms key=key-[0-9a-f]{12} model=m ' + usage + "$", line), line
 
 
 def test_a_stream_carries_the_id_and_the_upstream_saw_it(gateway, upstream, client):

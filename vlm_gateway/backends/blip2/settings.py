@@ -8,6 +8,9 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from vlm_gateway.config.settings import GatewaySettings, ModelEntry
+from vlm_gateway.images.model_size import model_input_size
+
+BLIP2_INPUT_SIZE = (224, 224)
 
 
 class Blip2BackendSettings(ModelEntry):
@@ -23,6 +26,7 @@ class Blip2BackendSettings(ModelEntry):
     default_max_tokens: Annotated[int, Field(ge=1)] = 64
 
     kind_max_images: ClassVar[int | None] = 1  # BLIP-2 conditions on exactly one image
+    kind_image_resize: ClassVar[str] = "auto"
 
     @field_validator("device")
     @classmethod
@@ -30,6 +34,10 @@ class Blip2BackendSettings(ModelEntry):
         if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    def preferred_image_size(self) -> tuple[int, int] | None:
+        """The image processor's size when the weights are here; every BLIP-2 takes 224x224."""
+        return model_input_size(self.model) or BLIP2_INPUT_SIZE
 
     def plan_lines(self, index: int, settings: GatewaySettings) -> list[str]:
         context = f"{self.context_length} tokens" if self.context_length else "the model's own"

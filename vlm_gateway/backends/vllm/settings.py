@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from vlm_gateway.backends.vllm.processes import describe_processes
 from vlm_gateway.config.settings import GatewaySettings, ModelEntry
+from vlm_gateway.images.model_size import model_input_size
 from vlm_gateway.launch.gpu_sharing import GpuClaim
 from vlm_gateway.launch.vllm_command import GATEWAY_OWNED_FLAGS
 
@@ -41,6 +42,8 @@ class VllmBackendSettings(ModelEntry):
     stop_grace: Annotated[float, Field(gt=0)] = 10.0
     progress_interval: Annotated[float, Field(gt=0)] = 5.0  # a log line while it starts
 
+    kind_image_resize: ClassVar[str] = "auto"
+
     @model_validator(mode="after")
     def _no_flags_the_gateway_sets(self) -> VllmBackendSettings:
         owned = set(GATEWAY_OWNED_FLAGS) | ({"--max-model-len"} if self.max_model_len else set())
@@ -52,6 +55,11 @@ class VllmBackendSettings(ModelEntry):
                     "use the entry's own key (name, port, max_model_len) instead"
                 )
         return self
+
+    def preferred_image_size(self) -> tuple[int, int] | None:
+        """From the model's image processor config (a local directory, or a hub id already in
+        the local Hugging Face cache); None for processors that tile or keep any size."""
+        return model_input_size(self.model)
 
     def gpu_claims(self) -> list[GpuClaim]:
         """One claim per replica process, for splitting shared GPUs (launch.gpu_sharing)."""

@@ -4,6 +4,10 @@ Per model, batch requests only fill what live requests leave of `concurrency_per
 vLLM backend's own batch stays full while a live request never queues behind a batch. Each
 result is committed as it completes (store.add_result); on start, unfinished batches resume
 and skip every custom_id already stored, so none is ever written twice.
+
+A batch runs as its owner (the key that created it): its lines may name only models the owner
+may call, checked when the batch is validated and again for each line it runs (the keys may
+have changed across a restart).
 """
 
 from __future__ import annotations
@@ -34,11 +38,15 @@ from vlm_gateway.core.request_context import (
 from vlm_gateway.server.batch.protocol import Batch, BatchErrors
 from vlm_gateway.server.batch.store import ResultRow, Store, new_id
 from vlm_gateway.server.batch.validation import BatchLine, read_requests, validate_input
+from vlm_gateway.server.door.keys import Caller
+from vlm_gateway.server.model_access import allowed_models, require_model
 
 log = logging.getLogger(__name__)
 
 # What the live chat route does to a request before routing it (image resolution).
 Prepare = Callable[[ChatCompletionRequest], Awaitable[None]]
+# Who an owner's name stands for now (KeyRing.caller_named).
+Callers = Callable[[str], Caller]
 
 _LIVE_POLL_S = 0.05  # live requests don't notify us when they end: look again this often
 _NOT_READY_WAIT_S = 1.0
@@ -82,8 +90,10 @@ class BatchRunner:
         prepare_chat: Prepare | None = None,
         *,
         metrics: Metrics | None = None,
+        callers: Callers = Caller,  # by default every owner may call every model
     ) -> None:
         self._store = store
+        self._callers = callers
         self._metrics = metrics
         self._prepare_chat = prepare_chat
         self._registry = registry
@@ -174,13 +184,20 @@ class BatchRunner:
         elif batch.status == "cancelling":
             await self._finish(batch_id, "cancelled")
 
+    async def _owner(self, batch_id: str) -> Caller:
+        name = await self._store.batch_owner(batch_id)
+        if name is None:
+            raise KeyError(f"batch {batch_id} is not in the store")
+        return self._callers(name)
+
     async def _validate(self, batch: Batch) -> Batch:
         path = self._store.file_path(batch.input_file_id)
+        # A model the owner may not call is answered like one that does not exist.
         result = await asyncio.to_thread(
             validate_input,
             path,
             batch.endpoint,
-            self._registry.names(),
+            allowed_models(await self._owner(batch.id), self._registry),
             self._settings.max_requests_per_batch,
         )
         counts = batch.request_counts.model_copy(update={"total": result.total})
@@ -200,6 +217,7 @@ class BatchRunner:
 
     async def _execute(self, batch: Batch) -> None:
         done = await self._store.done_custom_ids(batch.id)
+        owner = await self._owner(batch.id)
         reader = read_requests(self._store.file_path(batch.input_file_id), batch.endpoint)
         async with asyncio.TaskGroup() as group:
             while (chunk := await asyncio.to_thread(next, reader, None)) is not None:
@@ -207,15 +225,15 @@ class BatchRunner:
                     if line.custom_id in done:
                         continue
                     await self._slots.acquire(line.model)
-                    group.create_task(self._run_one(batch, line))
+                    group.create_task(self._run_one(batch, line, owner))
 
-    async def _run_one(self, batch: Batch, line: BatchLine) -> None:
+    async def _run_one(self, batch: Batch, line: BatchLine, owner: Caller) -> None:
         # Each line is a request of its own: its id goes upstream, on its log lines and into
         # its output row (response.request_id). Retries of the line keep it.
         context = RequestContext(_line_request_id(batch.id, line.custom_id), model=line.model)
         try:
             with bound_request(context):
-                status, body = await self._call(line)
+                status, body = await self._call(line, owner)
         finally:
             self._slots.release(line.model)
         ok = status == 200
@@ -239,13 +257,13 @@ class BatchRunner:
             ResultRow(batch.id, line.custom_id, ok, line.model, orjson.dumps(output))
         )
 
-    async def _call(self, line: BatchLine) -> tuple[int, dict[str, Any]]:
+    async def _call(self, line: BatchLine, owner: Caller) -> tuple[int, dict[str, Any]]:
         """(status, body) of one request; transient upstream trouble is retried, a model that
         is still starting is waited for (the completion window bounds the wait)."""
         retries = 0
         while True:
             try:
-                return 200, await self._call_once(line)
+                return 200, await self._call_once(line, owner)
             except ServiceUnavailableError as exc:
                 if self._model_failed(line.model):
                     return exc.status_code, exc.envelope()
@@ -259,9 +277,10 @@ class BatchRunner:
                 log.exception("batch request %s failed inside the gateway", line.custom_id)
                 return 500, GatewayError("The gateway failed to run this request.").envelope()
 
-    async def _call_once(self, line: BatchLine) -> dict[str, Any]:
+    async def _call_once(self, line: BatchLine, owner: Caller) -> dict[str, Any]:
         # The request's type is the batch endpoint's body model (validation parses each line
         # with it), so dispatching on the type is dispatching on the endpoint.
+        require_model(owner, self._registry, line.model)  # before any image is fetched
         request = line.request
         if isinstance(request, ChatCompletionRequest) and self._prepare_chat is not None:
             await self._prepare_chat(request)
@@ -278,7 +297,7 @@ class BatchRunner:
             self._slots.calling[line.model] -= 1
         if self._metrics is not None:
             replica = str(self._registry.replica_index(backend))
-            self._metrics.usage(line.model, replica, response.get("usage"))
+            self._metrics.usage(line.model, replica, response.get("usage"), key=owner.name)
         return response
 
     def _model_failed(self, model: str) -> bool:

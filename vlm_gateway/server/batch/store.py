@@ -5,6 +5,11 @@ Every public method is a coroutine that runs its SQLite work in a worker thread,
 one lock (one connection; SQLite allows a single writer anyway). Per-request results go
 through `add_result`, which commits whatever has queued up meanwhile in one transaction
 (group commit), so thousands of results a second cost a handful of fsyncs.
+
+Every file and batch has an `owner`: the name of the key that created it (docs/security.md,
+"Tenancy"). Reads take `owner`: only that owner's objects, or None for every owner's (admins);
+the filter is part of each query, so a page is cut after filtering and a cursor (`after`) that
+names someone else's object finds nothing, exactly like an id that does not exist.
 """
 
 from __future__ import annotations
@@ -25,28 +30,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import orjson
 
 from vlm_gateway.server.batch.protocol import ACTIVE_STATUSES, Batch, BatchRequestCounts, FileObject
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT UNIQUE NOT NULL,
-    doc TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS batches (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT UNIQUE NOT NULL,
-    status TEXT NOT NULL,
-    doc TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS results (
-    batch_id TEXT NOT NULL,
-    custom_id TEXT NOT NULL,
-    ok INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    line BLOB NOT NULL,
-    PRIMARY KEY (batch_id, custom_id)
-) WITHOUT ROWID;
-"""
+from vlm_gateway.server.batch.schema import OWNED_BY, Transaction, open_database
 
 
 @dataclass(frozen=True)
@@ -108,13 +92,7 @@ class Store:
         self.files_dir.mkdir(parents=True, exist_ok=True)
         for leftover in self.files_dir.glob("*.part"):  # uploads cut short by a crash
             leftover.unlink(missing_ok=True)
-        db = sqlite3.connect(
-            self.data_dir / "vlm-gateway.sqlite3", check_same_thread=False, isolation_level=None
-        )
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        self._db = db
+        self._db = open_database(self.data_dir / "vlm-gateway.sqlite3")
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -137,7 +115,7 @@ class Store:
         return self.files_dir / file_id
 
     @_threaded
-    def add_file(self, upload: Path, filename: str, purpose: str) -> FileObject:
+    def add_file(self, upload: Path, filename: str, purpose: str, owner: str) -> FileObject:
         file = FileObject(
             id=new_id("file-"),
             bytes=upload.stat().st_size,
@@ -148,22 +126,30 @@ class Store:
         _fsync(upload)
         os.replace(upload, self.file_path(file.id))
         self._conn.execute(
-            "INSERT INTO files (id, doc) VALUES (?, ?)", (file.id, file.model_dump_json())
+            "INSERT INTO files (id, owner, doc) VALUES (?, ?, ?)",
+            (file.id, owner, file.model_dump_json()),
         )
         return file
 
     @_threaded
-    def get_file(self, file_id: str) -> FileObject | None:
-        row = self._conn.execute("SELECT doc FROM files WHERE id = ?", (file_id,)).fetchone()
+    def get_file(self, file_id: str, owner: str | None = None) -> FileObject | None:
+        row = self._conn.execute(
+            f"SELECT doc FROM files WHERE id = :id AND {OWNED_BY}",
+            {"id": file_id, "owner": owner},
+        ).fetchone()
         return FileObject.model_validate_json(row[0]) if row else None
 
     @_threaded
     def list_files(
-        self, after: str | None, limit: int, ascending: bool, purpose: str | None
+        self,
+        after: str | None,
+        limit: int,
+        ascending: bool,
+        purpose: str | None,
+        owner: str | None,
     ) -> tuple[list[FileObject], bool]:
-        docs, more = self._page("files", after, limit, ascending)
-        files = [FileObject.model_validate_json(doc) for doc in docs]
-        return [f for f in files if purpose is None or f.purpose == purpose], more
+        docs, more = self._page("files", after, limit, ascending, owner, purpose)
+        return [FileObject.model_validate_json(doc) for doc in docs], more
 
     @_threaded
     def delete_file(self, file_id: str) -> bool:
@@ -183,19 +169,26 @@ class Store:
     # -- batches -------------------------------------------------------------------------------
 
     @_threaded
-    def add_batch(self, batch: Batch) -> None:
+    def add_batch(self, batch: Batch, owner: str) -> None:
         self._conn.execute(
-            "INSERT INTO batches (id, status, doc) VALUES (?, ?, ?)",
-            (batch.id, batch.status, batch.model_dump_json()),
+            "INSERT INTO batches (id, owner, status, doc) VALUES (?, ?, ?, ?)",
+            (batch.id, owner, batch.status, batch.model_dump_json()),
         )
 
     @_threaded
-    def get_batch(self, batch_id: str) -> Batch | None:
-        return self._get_batch(batch_id)
+    def get_batch(self, batch_id: str, owner: str | None = None) -> Batch | None:
+        return self._get_batch(batch_id, owner)
 
     @_threaded
-    def list_batches(self, after: str | None, limit: int) -> tuple[list[Batch], bool]:
-        docs, more = self._page("batches", after, limit, ascending=False)
+    def batch_owner(self, batch_id: str) -> str | None:
+        row = self._conn.execute("SELECT owner FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    @_threaded
+    def list_batches(
+        self, after: str | None, limit: int, owner: str | None
+    ) -> tuple[list[Batch], bool]:
+        docs, more = self._page("batches", after, limit, False, owner)
         return [self._with_counts(Batch.model_validate_json(doc)) for doc in docs], more
 
     @_threaded
@@ -261,7 +254,8 @@ class Store:
     def finish_batch(self, /, batch_id: str, extra_errors: list[bytes], **changes: Any) -> Batch:
         """Write the output and error files from the stored results, then set the final
         status (and `changes`) in the same commit. Safe to repeat after a crash: file ids
-        are derived from the batch id, so a second run replaces the first's files."""
+        are derived from the batch id, so a second run replaces the first's files. The files
+        belong to the batch's owner."""
         batch = self._get_batch(batch_id)
         if batch is None:
             raise KeyError(batch_id)
@@ -277,8 +271,9 @@ class Store:
         with self._transaction():
             for file in file_ids.values():
                 self._conn.execute(
-                    "INSERT OR REPLACE INTO files (id, doc) VALUES (?, ?)",
-                    (file.id, file.model_dump_json()),
+                    "INSERT OR REPLACE INTO files (id, owner, doc) "
+                    "VALUES (?, (SELECT owner FROM batches WHERE id = ?), ?)",
+                    (file.id, batch_id, file.model_dump_json()),
                 )
             return self._update(batch_id, **{k: f.id for k, f in file_ids.items()}, **changes)
 
@@ -308,8 +303,11 @@ class Store:
 
     # -- helpers (called with the lock held) ----------------------------------------------------
 
-    def _get_batch(self, batch_id: str) -> Batch | None:
-        row = self._conn.execute("SELECT doc FROM batches WHERE id = ?", (batch_id,)).fetchone()
+    def _get_batch(self, batch_id: str, owner: str | None = None) -> Batch | None:
+        row = self._conn.execute(
+            f"SELECT doc FROM batches WHERE id = :id AND {OWNED_BY}",
+            {"id": batch_id, "owner": owner},
+        ).fetchone()
         return self._with_counts(Batch.model_validate_json(row[0])) if row else None
 
     def _with_counts(self, batch: Batch) -> Batch:
@@ -334,31 +332,32 @@ class Store:
         return batch
 
     def _page(
-        self, table: str, after: str | None, limit: int, ascending: bool
+        self,
+        table: str,
+        after: str | None,
+        limit: int,
+        ascending: bool,
+        owner: str | None,
+        purpose: str | None = None,
     ) -> tuple[list[str], bool]:
+        """One page of docs, filtered before it is cut (so `has_more` counts only what the
+        caller may see). The cursor must be visible too, or the page is empty."""
         order, cmp = ("ASC", ">") if ascending else ("DESC", "<")
-        where, args = "", list[str]()
+        # A plain `owner = :owner` (not OWNED_BY's OR) where it applies, so the index is used.
+        owned = "owner = :owner" if owner is not None else "1"
+        where = [owned]
+        if purpose is not None:
+            where.append("json_extract(doc, '$.purpose') = :purpose")
         if after:
-            where = f"WHERE seq {cmp} (SELECT seq FROM {table} WHERE id = ?)"
-            args.append(after)
+            where.append(f"seq {cmp} (SELECT seq FROM {table} WHERE id = :after AND {owned})")
         rows = self._conn.execute(
-            f"SELECT doc FROM {table} {where} ORDER BY seq {order} LIMIT ?", (*args, limit + 1)
+            f"SELECT doc FROM {table} WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT :n",
+            {"owner": owner, "purpose": purpose, "after": after, "n": limit + 1},
         ).fetchall()
         return [doc for (doc,) in rows[:limit]], len(rows) > limit
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._conn)
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+    def _transaction(self) -> Transaction:
+        return Transaction(self._conn)
 
 
 def _fsync(path: Path) -> None:

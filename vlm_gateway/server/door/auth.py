@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vlm_gateway.core.errors import InvalidAPIKeyError
 from vlm_gateway.core.metrics import AUTH
+from vlm_gateway.core.request_context import note_key
 from vlm_gateway.server.door.keys import CALLER_SCOPE, KeyRing
 from vlm_gateway.server.door.reply import header, send_error
 from vlm_gateway.server.door.request_metrics import note_refusal
@@ -50,6 +51,7 @@ class APIKeyMiddleware:
                 await send_error(send, _refusal(presented))
             return
         scope[CALLER_SCOPE] = caller
+        note_key(caller.name)  # the request's log lines carry the name, never the key
         await self.app(scope, receive, send)
 
 

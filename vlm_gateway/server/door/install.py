@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from vlm_gateway.config.security import SecuritySettings
 from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.images.fetch import ImageFetcher
+from vlm_gateway.images.pool import ImagePreparer
 from vlm_gateway.images.resolve import ImageObserver, ImageResolver
 from vlm_gateway.server.door.auth import APIKeyMiddleware
 from vlm_gateway.server.door.keys import KeyRing
@@ -27,7 +29,7 @@ def install_security(app: FastAPI, settings: GatewaySettings) -> None:
         max_bytes=security.max_body_bytes,
         path_limits={"/v1/files": upload_limit},
     )
-    if security.requests_per_minute or security.max_in_flight_per_key:
+    if _any_rate_limit(security):
         app.add_middleware(
             RateLimitMiddleware,
             requests_per_minute=security.requests_per_minute,
@@ -39,15 +41,23 @@ def install_security(app: FastAPI, settings: GatewaySettings) -> None:
         app.add_middleware(APIKeyMiddleware, keys=keys, public_paths=security.public_paths)
 
 
+def _any_rate_limit(security: SecuritySettings) -> bool:
+    """The gateway's per-key limits, or any key's own (each adds to the gateway's)."""
+    own = any(key.requests_per_minute or key.max_in_flight for key in security.keys)
+    return bool(security.requests_per_minute or security.max_in_flight_per_key or own)
+
+
 @contextlib.asynccontextmanager
 async def open_image_resolver(
     settings: GatewaySettings, observer: ImageObserver | None = None
 ) -> AsyncIterator[ImageResolver]:
-    """The resolver and its fetcher's own HTTP client (never the upstream pool: that one may
-    dial private addresses), for the app's lifetime."""
+    """The resolver, its fetcher's own HTTP client (never the upstream pool: that one may
+    dial private addresses) and its image preparation pool, for the app's lifetime."""
     install_log_redaction()
     fetcher = ImageFetcher(settings.images)
+    preparer = ImagePreparer(settings.images.prepare_workers)
     try:
-        yield ImageResolver(settings.images, settings.image_limits, fetcher, observer)
+        yield ImageResolver(settings.images, settings.image_limits, fetcher, observer, preparer)
     finally:
+        await preparer.aclose()
         await fetcher.aclose()

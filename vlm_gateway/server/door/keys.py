@@ -70,6 +70,17 @@ class KeyRing:
     def names(self) -> list[str]:
         return [caller.name for _, caller in self._entries]
 
+    def caller_named(self, name: str) -> Caller:
+        """Who an owner's name stands for, for work done later without a request (the batch
+        runner runs a batch as its owner). With no keys configured every owner may call every
+        model, as every request may; a name no longer configured may call none."""
+        if not self._entries:
+            return Caller(name)
+        for _, caller in self._entries:
+            if caller.name == name:
+                return caller
+        return Caller(name, models=frozenset())
+
     def match(self, presented: str) -> Caller | None:
         digest = _digest(presented)
         matched = None

@@ -1,18 +1,18 @@
 """Request limits as pure ASGI middleware: the body-size cap (413) and per-key requests per
-minute and requests in flight (429 with Retry-After)."""
+minute and requests in flight, the gateway's and each key's own (429 with Retry-After)."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlm_gateway.core.errors import PayloadTooLargeError, RateLimitError
 from vlm_gateway.core.metrics import BODY_SIZE, RATE_LIMIT
-from vlm_gateway.server.door.keys import CALLER_SCOPE
+from vlm_gateway.server.door.keys import CALLER_SCOPE, Caller
 from vlm_gateway.server.door.reply import header, send_error
 from vlm_gateway.server.door.request_metrics import note_refusal
 
@@ -59,17 +59,67 @@ def _too_large(limit: int) -> PayloadTooLargeError:
     )
 
 
+@dataclass(frozen=True)
+class _Limit:
+    """One set of limits on a caller, the gateway's per-key default or a key's own; a refusal
+    names it (`whose`) and the setting behind it."""
+
+    whose: str
+    requests_per_minute: int | None
+    max_in_flight: int | None
+    rpm_setting: str
+    in_flight_setting: str
+
+
+def _gateway_limit(requests_per_minute: int | None, max_in_flight: int | None) -> _Limit:
+    return _Limit(
+        "the gateway's per-key limit",
+        requests_per_minute,
+        max_in_flight,
+        "security.requests_per_minute",
+        "security.max_in_flight_per_key",
+    )
+
+
+def _own_limit(caller: Caller) -> _Limit:
+    return _Limit(
+        "the key's own limit",
+        caller.requests_per_minute,
+        caller.max_in_flight,
+        "security.keys[].requests_per_minute",
+        "security.keys[].max_in_flight",
+    )
+
+
 @dataclass
 class _Bucket:
+    """A token bucket: `rpm` tokens at most, refilled at rpm / 60 per second."""
+
+    rpm: int
     tokens: float
     updated: float
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(float(self.rpm), self.tokens + (now - self.updated) * self.rpm / 60.0)
+        self.updated = now
+
+    def wait_s(self) -> int:
+        """Whole seconds until the next token is back."""
+        return max(1, math.ceil((1.0 - self.tokens) / (self.rpm / 60.0)))
+
+
+@dataclass
+class _CallerUsage:
     in_flight: int = 0
+    buckets: dict[str, _Bucket] = field(default_factory=dict)  # by the limit's rpm_setting
 
 
 class RateLimitMiddleware:
-    """Per caller (API key, or client address when keys are off): a token bucket refilled at
-    requests_per_minute / 60 per second holding at most requests_per_minute, and a cap on
-    requests in flight. Public paths (health checks) are not counted."""
+    """Per caller (API key, or client address when keys are off): requests per minute (a token
+    bucket holding at most requests_per_minute, refilled evenly) and requests in flight, for the
+    gateway's per-key limits and each key's own (security.keys[]); every limit that applies
+    must let the request through, and a refusal names the one that did not. Public paths
+    (health checks) are not counted."""
 
     _PRUNE_AT = 10_000
 
@@ -82,70 +132,100 @@ class RateLimitMiddleware:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
-        self._rpm = requests_per_minute
-        self._max_in_flight = max_in_flight
+        self._gateway = _gateway_limit(requests_per_minute, max_in_flight)
         self._public = frozenset(public_paths)
         self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        self._usage: dict[str, _CallerUsage] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._public:
             await self.app(scope, receive, send)
             return
-        bucket = self._bucket(_caller(scope))
-        refusal = self._refusal(bucket)
+        who, shown_as, limits = self._limits_of(scope)
+        usage = self._usage_of(who)
+        refusal = self._refusal(shown_as, usage, limits)
         if refusal is not None:
             note_refusal(scope, RATE_LIMIT)
             await send_error(send, refusal)
             return
-        bucket.in_flight += 1
+        usage.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            bucket.in_flight -= 1
+            usage.in_flight -= 1
 
-    def _bucket(self, caller: str) -> _Bucket:
-        bucket = self._buckets.get(caller)
-        if bucket is None:
-            if len(self._buckets) >= self._PRUNE_AT:
+    def _limits_of(self, scope: Scope) -> tuple[str, str, list[_Limit]]:
+        """Who is counted (a key by its name, or else the client's address), how a refusal
+        names them (never by the key itself), and the limits that apply."""
+        caller = scope.get(CALLER_SCOPE)
+        if isinstance(caller, Caller):
+            limits = [self._gateway, _own_limit(caller)]
+            return "key:" + caller.name, f"API key '{caller.name}'", limits
+        client: tuple[str, int] | None = scope.get("client")
+        return "addr:" + (client[0] if client else "unknown"), "this client", [self._gateway]
+
+    def _usage_of(self, who: str) -> _CallerUsage:
+        usage = self._usage.get(who)
+        if usage is None:
+            if len(self._usage) >= self._PRUNE_AT:
                 self._prune()
-            bucket = self._buckets[caller] = _Bucket(float(self._rpm or 0), self._clock())
+            usage = self._usage[who] = _CallerUsage()
+        return usage
+
+    def _refusal(
+        self, shown_as: str, usage: _CallerUsage, limits: list[_Limit]
+    ) -> RateLimitError | None:
+        """The 429 naming a limit that refuses (for the per-minute ones, the one that frees up
+        last); None, and a token taken from every per-minute bucket, when all let it through."""
+        for limit in limits:
+            if limit.max_in_flight is not None and usage.in_flight >= limit.max_in_flight:
+                return _in_flight_refusal(shown_as, limit)
+        now = self._clock()
+        buckets = [
+            (limit, bucket)
+            for limit in limits
+            if (bucket := self._bucket(usage, limit, now)) is not None
+        ]
+        empty = [(bucket.wait_s(), limit) for limit, bucket in buckets if bucket.tokens < 1.0]
+        if empty:
+            wait, limit = max(empty, key=lambda found: found[0])
+            return _rate_refusal(shown_as, limit, wait)
+        for _, bucket in buckets:
+            bucket.tokens -= 1.0
+        return None
+
+    def _bucket(self, usage: _CallerUsage, limit: _Limit, now: float) -> _Bucket | None:
+        rpm = limit.requests_per_minute
+        if rpm is None:
+            return None
+        bucket = usage.buckets.get(limit.rpm_setting)
+        if bucket is None:
+            bucket = usage.buckets[limit.rpm_setting] = _Bucket(rpm, float(rpm), now)
+        bucket.refill(now)
         return bucket
 
-    def _refusal(self, bucket: _Bucket) -> RateLimitError | None:
-        if self._max_in_flight is not None and bucket.in_flight >= self._max_in_flight:
-            return RateLimitError(
-                f"Too many requests in flight for this API key (limit {self._max_in_flight}).",
-                headers={"retry-after": "1"},
-            )
-        if self._rpm is None:
-            return None
-        now = self._clock()
-        rate = self._rpm / 60.0
-        bucket.tokens = min(float(self._rpm), bucket.tokens + (now - bucket.updated) * rate)
-        bucket.updated = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return None
-        wait = max(1, math.ceil((1.0 - bucket.tokens) / rate))
-        return RateLimitError(
-            f"Rate limit reached for this API key: {self._rpm} requests per minute. "
-            f"Retry in {wait} s.",
-            headers={"retry-after": str(wait)},
-        )
-
     def _prune(self) -> None:
-        """Forget idle callers whose bucket has refilled: they are indistinguishable from new."""
-        now, rate = self._clock(), (self._rpm or 0) / 60.0
-        for caller, bucket in list(self._buckets.items()):
-            full = bucket.tokens + (now - bucket.updated) * rate >= (self._rpm or 0)
-            if bucket.in_flight == 0 and full:
-                del self._buckets[caller]
+        """Forget idle callers whose buckets have refilled: they are indistinguishable from new."""
+        now = self._clock()
+        for who, usage in list(self._usage.items()):
+            for bucket in usage.buckets.values():
+                bucket.refill(now)
+            full = all(bucket.tokens >= bucket.rpm for bucket in usage.buckets.values())
+            if usage.in_flight == 0 and full:
+                del self._usage[who]
 
 
-def _caller(scope: Scope) -> str:
-    caller = scope.get(CALLER_SCOPE)
-    if caller is not None:
-        return str(caller.name)
-    client: tuple[str, int] | None = scope.get("client")
-    return "addr-" + (client[0] if client else "unknown")
+def _in_flight_refusal(shown_as: str, limit: _Limit) -> RateLimitError:
+    return RateLimitError(
+        f"Too many requests in flight for {shown_as}: {limit.whose} is "
+        f"{limit.max_in_flight} ({limit.in_flight_setting}).",
+        headers={"retry-after": "1"},
+    )
+
+
+def _rate_refusal(shown_as: str, limit: _Limit, wait: int) -> RateLimitError:
+    return RateLimitError(
+        f"Rate limit reached for {shown_as}: {limit.whose} is {limit.requests_per_minute} "
+        f"requests per minute ({limit.rpm_setting}). Retry in {wait} s.",
+        headers={"retry-after": str(wait)},
+    )

@@ -5,7 +5,8 @@ of `A-Z a-z 0-9 . _ : + / = -`), otherwise a new `req_<32 hex>` (a bad one is re
 echoed or logged). The id is bound for the request (vlm_gateway/core/request_context.py), so
 the upstream client forwards it and every log line about the request carries it, and it is
 added to the start of every response: JSON, errors, the door's refusals and event streams.
-When the response has ended, one access line: method, path, status, duration, model.
+When the response has ended, one access line: method, path, status, duration, the key's name
+(`anonymous` without one; never the key), model, and the usage: tokens and images.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from vlm_gateway.core.request_context import (
     bound_request,
     new_request_id,
 )
+from vlm_gateway.server.door.keys import ANONYMOUS
 from vlm_gateway.server.door.reply import header
 
 access_log = logging.getLogger("vlm_gateway.access")
@@ -50,7 +52,8 @@ class RequestIdMiddleware:
             return
         presented = header(scope, _HEADER)
         request_id = accepted_request_id(presented.decode("latin-1") if presented else None)
-        context = RequestContext(request_id or new_request_id())
+        # Anonymous until the key middleware (inside this one) names the caller.
+        context = RequestContext(request_id or new_request_id(), key=ANONYMOUS.name)
         scope[REQUEST_CONTEXT_SCOPE] = context
         id_header = (_HEADER, context.request_id.encode())
         status: int | None = None
@@ -90,7 +93,6 @@ def _log_access(scope: Scope, context: RequestContext, status: int, elapsed_ms: 
     client: tuple[str, int] | None = scope.get("client")
     address = client[0] if client else "-"
     duration_ms = round(elapsed_ms, 1)
-    model = f" model={context.model}" if context.model else ""
     access_log.info(
         '%s "%s %s" %d %.1f ms%s',
         address,
@@ -98,14 +100,31 @@ def _log_access(scope: Scope, context: RequestContext, status: int, elapsed_ms: 
         path,
         status,
         duration_ms,
-        model,
+        _who_and_usage(context),
         extra={
             "request_id": context.request_id,
             "model": context.model,
+            "key": context.key,
             "status": status,
             "duration_ms": duration_ms,
             "method": method,
             "path": path,
             "client": address,
+            "prompt_tokens": context.prompt_tokens,
+            "completion_tokens": context.completion_tokens,
+            "images": context.images or None,
         },
     )
+
+
+def _who_and_usage(context: RequestContext) -> str:
+    """` key=NAME model=M prompt_tokens=P completion_tokens=C images=N`, each part only when
+    known (images when the request had any)."""
+    parts = [
+        ("key", context.key),
+        ("model", context.model),
+        ("prompt_tokens", context.prompt_tokens),
+        ("completion_tokens", context.completion_tokens),
+        ("images", context.images or None),
+    ]
+    return "".join(f" {name}={value}" for name, value in parts if value not in (None, ""))

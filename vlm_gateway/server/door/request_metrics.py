@@ -1,11 +1,13 @@
 """Request metrics as a pure ASGI middleware: every HTTP request is counted by route template,
-method, status, model and replica, and its duration observed, once its response has ended
-(for a stream, after its last event).
+method, status, model, replica and key name, and its duration observed, once its response has
+ended (for a stream, after its last event).
 
 The middleware leaves a `RequestTracker` in the scope. What only later code learns is written
 into it: the model (route_helpers.parse_body), the replica that served (call_tracked and
-stream_tracked), the first event of a stream, the tokens from `usage`, and the reason a door
-middleware refused the request (`note_refusal`).
+stream_tracked), the first event of a stream, the tokens from `usage`, the images, and the
+reason a door middleware refused the request (`note_refusal`). The key name is the caller the
+key middleware left in the scope (`anonymous` without one). Tokens and images also go to the
+request's context, for its access line.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlm_gateway.core.metrics import Metrics
+from vlm_gateway.core.request_context import note_images, note_usage
+from vlm_gateway.core.usage import token_counts
+from vlm_gateway.server.door.keys import caller_of
 
 METRICS_SCOPE = "vlmgw.metrics"
 UNMATCHED_ROUTE = "unmatched"  # a path no route serves: one label value, not the raw path
@@ -44,8 +49,18 @@ class RequestTracker:
     def served_by(self, model: str, replica: str) -> None:
         self.model, self.replica = model, replica
 
+    @property
+    def key(self) -> str:
+        """The caller's key name: known once the key middleware has run."""
+        return caller_of(self._scope).name
+
     def usage(self, usage: Mapping[str, Any] | None) -> None:
-        self._metrics.usage(self.model, self.replica, usage)
+        self._metrics.usage(self.model, self.replica, usage, key=self.key)
+        note_usage(token_counts(usage))
+
+    def images(self, count: int) -> None:
+        self._metrics.request_images(self.model, self.key, count)
+        note_images(count)
 
     def stream_event(self, event: bytes) -> None:
         """One SSE event on its way to the client: the first one is the time to first token;
@@ -117,7 +132,9 @@ class RequestMetricsMiddleware:
         route = _route_template(scope) or self._match_route(scope)
         elapsed = self._clock() - tracker.started
         method: str = scope.get("method", "")
-        self._metrics.request_done(route, method, status, tracker.model, tracker.replica, elapsed)
+        self._metrics.request_done(
+            route, method, status, tracker.model, tracker.replica, elapsed, key=tracker.key
+        )
         if tracker.refusal is not None:
             self._metrics.refusal(tracker.refusal, tracker.model)
 

@@ -1,4 +1,5 @@
-"""/v1/batches: create, retrieve, list, cancel. The work itself is the BatchRunner's."""
+"""/v1/batches: create, retrieve, list, cancel. The work itself is the BatchRunner's. Each
+caller sees only its own batches and files (admins: all); vlm_gateway/server/batch/tenancy.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import time
 
 from fastapi import APIRouter, Query, Request, Response
 
-from vlm_gateway.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from vlm_gateway.core.errors import ConflictError, InvalidRequestError
 from vlm_gateway.server.batch.protocol import (
     ACTIVE_STATUSES,
     Batch,
@@ -15,6 +16,8 @@ from vlm_gateway.server.batch.protocol import (
     window_seconds,
 )
 from vlm_gateway.server.batch.store import Store, new_id
+from vlm_gateway.server.batch.tenancy import own_batch, own_file, visible_owner
+from vlm_gateway.server.door.keys import caller_of
 from vlm_gateway.server.openapi import json_body
 from vlm_gateway.server.route_helpers import json_response, parse_body
 from vlm_gateway.server.state import gateway_state
@@ -26,20 +29,12 @@ def _store(request: Request) -> Store:
     return gateway_state(request).batch_store
 
 
-async def _existing(store: Store, batch_id: str) -> Batch:
-    batch = await store.get_batch(batch_id)
-    if batch is None:
-        raise NotFoundError(f"No batch found with id '{batch_id}'.", param="batch_id")
-    return batch
-
-
 @router.post("/v1/batches", response_model=Batch, openapi_extra=json_body(BatchCreateRequest))
 async def create_batch(request: Request) -> Response:
     body = await parse_body(request, BatchCreateRequest)
     store = _store(request)
-    file = await store.get_file(body.input_file_id)
-    if file is None:
-        raise NotFoundError(f"No such File object: {body.input_file_id}", param="input_file_id")
+    caller = caller_of(request.scope)
+    file = await own_file(store, caller, body.input_file_id, param="input_file_id")
     if file.purpose != "batch":
         raise InvalidRequestError(
             f"The file {file.id} has purpose {file.purpose!r}; batches "
@@ -57,7 +52,7 @@ async def create_batch(request: Request) -> Response:
         metadata=body.metadata,
         expires_at=now + window_seconds(body.completion_window),
     )
-    await store.add_batch(batch)
+    await store.add_batch(batch, caller.name)
     gateway_state(request).batch_runner.submit(batch.id)
     return json_response(batch.model_dump())
 
@@ -66,7 +61,8 @@ async def create_batch(request: Request) -> Response:
 async def list_batches(
     request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100)
 ) -> Response:
-    batches, more = await _store(request).list_batches(after, limit)
+    owner = visible_owner(caller_of(request.scope))
+    batches, more = await _store(request).list_batches(after, limit, owner)
     page = ListPage(
         data=[b.model_dump() for b in batches],
         has_more=more,
@@ -78,12 +74,13 @@ async def list_batches(
 
 @router.get("/v1/batches/{batch_id}", response_model=Batch)
 async def retrieve_batch(request: Request, batch_id: str) -> Response:
-    return json_response((await _existing(_store(request), batch_id)).model_dump())
+    batch = await own_batch(_store(request), caller_of(request.scope), batch_id)
+    return json_response(batch.model_dump())
 
 
 @router.post("/v1/batches/{batch_id}/cancel", response_model=Batch)
 async def cancel_batch(request: Request, batch_id: str) -> Response:
-    batch = await _existing(_store(request), batch_id)
+    batch = await own_batch(_store(request), caller_of(request.scope), batch_id)
     if batch.status in ("cancelling", "cancelled"):
         return json_response(batch.model_dump())
     if batch.status not in ACTIVE_STATUSES or batch.status == "finalizing":

@@ -1,8 +1,15 @@
 from fastapi import APIRouter, Request, Response
 
 from vlm_gateway.core.protocol import ChatCompletionRequest
+from vlm_gateway.server.door.keys import caller_of
+from vlm_gateway.server.model_access import pick_backend, require_model
 from vlm_gateway.server.openapi import json_body, streamed_or_json
-from vlm_gateway.server.route_helpers import call_tracked, parse_body, stream_tracked
+from vlm_gateway.server.route_helpers import (
+    call_tracked,
+    parse_body,
+    resolve_images,
+    stream_tracked,
+)
 from vlm_gateway.server.state import gateway_state
 
 router = APIRouter()
@@ -16,10 +23,12 @@ router = APIRouter()
 async def create_chat_completion(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     state = gateway_state(request)
+    caller = caller_of(request.scope)
+    # Before the images: a model the key may not use gets no fetch, and no limits said.
+    require_model(caller, state.registry, body.model)
     state.tracer.annotate_request(body.model)
-    with state.tracer.resolving_images(body):
-        await state.image_resolver.resolve(body)
-    backend = state.registry.pick(body.model)
+    await resolve_images(request, body)
+    backend = pick_backend(caller, state.registry, body.model)
     traced = state.tracer.backend_call(backend, state.registry)
     if body.stream:
         return await stream_tracked(request, backend, traced.stream(backend.chat_stream(body)))

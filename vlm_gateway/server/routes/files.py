@@ -1,4 +1,5 @@
-"""/v1/files: uploads for the Batch API, and the output files batches write."""
+"""/v1/files: uploads for the Batch API, and the output files batches write. Each caller
+sees only its own files (admins: all); vlm_gateway/server/batch/tenancy.py."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from vlm_gateway.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from vlm_gateway.core.errors import ConflictError, InvalidRequestError
 from vlm_gateway.server.batch.multipart import receive_upload
 from vlm_gateway.server.batch.protocol import FileDeleted, FileObject, ListPage
 from vlm_gateway.server.batch.store import Store
+from vlm_gateway.server.batch.tenancy import own_file, visible_owner
+from vlm_gateway.server.door.keys import caller_of
 from vlm_gateway.server.openapi import multipart_upload
 from vlm_gateway.server.route_helpers import json_response
 from vlm_gateway.server.state import gateway_state
@@ -31,13 +34,6 @@ def _store(request: Request) -> Store:
     return gateway_state(request).batch_store
 
 
-async def _existing(store: Store, file_id: str) -> FileObject:
-    file = await store.get_file(file_id)
-    if file is None:
-        raise NotFoundError(f"No such File object: {file_id}", param="file_id")
-    return file
-
-
 @router.post("/v1/files", response_model=FileObject, openapi_extra=_UPLOAD_FORM)
 async def create_file(request: Request) -> Response:
     store = _store(request)
@@ -52,7 +48,7 @@ async def create_file(request: Request) -> Response:
                 f"'purpose' must be one of {', '.join(_PURPOSES)}; got {purpose!r}.",
                 param="purpose",
             )
-        file = await store.add_file(dest, upload.filename, purpose)
+        file = await store.add_file(dest, upload.filename, purpose, caller_of(request.scope).name)
     finally:
         dest.unlink(missing_ok=True)  # gone already unless the upload was refused
     return json_response(file.model_dump())
@@ -66,7 +62,8 @@ async def list_files(
     order: Literal["asc", "desc"] = "desc",
     purpose: str | None = None,
 ) -> Response:
-    files, more = await _store(request).list_files(after, limit, order == "asc", purpose)
+    owner = visible_owner(caller_of(request.scope))
+    files, more = await _store(request).list_files(after, limit, order == "asc", purpose, owner)
     page = ListPage(
         data=[f.model_dump() for f in files],
         has_more=more,
@@ -78,13 +75,14 @@ async def list_files(
 
 @router.get("/v1/files/{file_id}", response_model=FileObject)
 async def retrieve_file(request: Request, file_id: str) -> Response:
-    return json_response((await _existing(_store(request), file_id)).model_dump())
+    file = await own_file(_store(request), caller_of(request.scope), file_id)
+    return json_response(file.model_dump())
 
 
 @router.get("/v1/files/{file_id}/content")
 async def file_content(request: Request, file_id: str) -> Response:
     store = _store(request)
-    file = await _existing(store, file_id)
+    file = await own_file(store, caller_of(request.scope), file_id)
     return FileResponse(
         store.file_path(file_id), media_type="application/octet-stream", filename=file.filename
     )
@@ -93,7 +91,7 @@ async def file_content(request: Request, file_id: str) -> Response:
 @router.delete("/v1/files/{file_id}", response_model=FileDeleted)
 async def delete_file(request: Request, file_id: str) -> Response:
     store = _store(request)
-    await _existing(store, file_id)
+    await own_file(store, caller_of(request.scope), file_id)
     if await store.file_in_use(file_id):
         raise ConflictError(
             f"The file {file_id} is the input of a batch that is still "

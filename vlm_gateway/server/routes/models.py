@@ -1,9 +1,11 @@
-"""/v1/models: the configured models, with their readiness and image limits (our extension)."""
+"""/v1/models: the configured models the caller may use, with their readiness and image limits
+(our extension)."""
 
 from fastapi import APIRouter, Request, Response
 
-from vlm_gateway.core.errors import ModelNotFoundError
 from vlm_gateway.core.protocol import Model, ModelList
+from vlm_gateway.server.door.keys import caller_of
+from vlm_gateway.server.model_access import allowed_models, require_model
 from vlm_gateway.server.route_helpers import json_response
 from vlm_gateway.server.state import GatewayState, gateway_state
 
@@ -13,15 +15,15 @@ router = APIRouter()
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> Response:
     state = gateway_state(request)
-    data = [_card(state, name) for name in state.registry.names()]
+    names = allowed_models(caller_of(request.scope), state.registry)
+    data = [_card(state, name) for name in names]
     return json_response(ModelList(data=data).model_dump(exclude_none=True))
 
 
 @router.get("/v1/models/{model_id:path}", response_model=Model)
 async def retrieve_model(model_id: str, request: Request) -> Response:
     state = gateway_state(request)
-    if not state.registry.replicas(model_id):
-        raise ModelNotFoundError(model_id, state.registry.names())
+    require_model(caller_of(request.scope), state.registry, model_id)
     return json_response(_card(state, model_id).model_dump(exclude_none=True))
 
 
