@@ -84,3 +84,8 @@ def test_key_names_must_be_unique(tmp_path):
 def test_limits_are_positive_and_names_are_plain(tmp_path, field, value):
     reason = refusal(tmp_path, [{"name": "team-a", "key": SECRET, field: value}])
     assert f"security.keys[0].{field}" in reason
+
+
+def test_no_key_may_take_the_name_of_the_owner_of_older_work(tmp_path):
+    reason = refusal(tmp_path, [{"name": "anonymous", "key": SECRET}])
+    assert "security.keys[0].name" in reason and "before keys had names" in reason

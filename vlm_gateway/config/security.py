@@ -28,6 +28,13 @@ class KeySettings(_Section):
     max_in_flight: PositiveInt | None = None  # on top of the gateway-wide limit
     admin: bool = False  # sees every tenant's files and batches
 
+    @field_validator("name")
+    @classmethod
+    def _not_the_anonymous_owner(cls, value: str) -> str:
+        if value == "anonymous":
+            raise ValueError("'anonymous' is the owner of work from before keys had names")
+        return value
+
     @field_validator("sha256")
     @classmethod
     def _hex_digest(cls, value: str | None) -> str | None:

@@ -73,8 +73,10 @@ class KeyRing:
     def caller_named(self, name: str) -> Caller:
         """Who an owner's name stands for, for work done later without a request (the batch
         runner runs a batch as its owner). With no keys configured every owner may call every
-        model, as every request may; a name no longer configured may call none."""
-        if not self._entries:
+        model, as every request may. `anonymous` owns what was accepted before keys had names:
+        it goes on running with every model (nothing accepted is lost), though only admins
+        see it. A name no longer configured may call no model."""
+        if not self._entries or name == ANONYMOUS.name:
             return Caller(name)
         for _, caller in self._entries:
             if caller.name == name:
