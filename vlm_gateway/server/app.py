@@ -33,7 +33,7 @@ from vlm_gateway.server.route_helpers import json_response
 from vlm_gateway.server.routes import batches, chat, completions, files, health, metrics, models
 from vlm_gateway.server.startup import startup_summary
 from vlm_gateway.server.state import GatewayState
-from vlm_gateway.server.tracing import build_tracer
+from vlm_gateway.server.tracing import Tracer, build_tracer
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -55,46 +55,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with (
-            upstream_session(settings, tracer.upstream_trace_configs()) as client,
-            open_image_resolver(settings, app_metrics) as image_resolver,
-        ):
-            registry = BackendRegistry(build(settings, client))
-            for backend in registry.backends():
-                await backend.start()
-            store = Store(settings.data_dir)
-            await store.open()
-            runner = BatchRunner(
-                store,
-                registry,
-                settings.batch,
-                image_resolver.resolve,
-                metrics=app_metrics,
-                # Each batch runs as its owner: the models that key may call (issue 12).
-                callers=KeyRing.from_settings(settings.security).caller_named,
-            )
-            await runner.start()
-            app.state.gateway = GatewayState(
-                settings,
-                started_at,
-                registry,
-                image_resolver,
-                store,
-                runner,
-                app_metrics,
-                tracer=tracer,
-            )
-            log.info("%s", startup_summary(settings, registry))
-            try:
-                yield
-            finally:
-                await runner.stop()
-                await store.close()
-                for backend in registry.backends():
-                    await backend.stop()
-                # The spans still buffered go out last; in a thread, since an exporter may
-                # wait on an unreachable collector.
-                await asyncio.to_thread(tracer.shutdown)
+        async with _running(settings, build, app_metrics, tracer, started_at) as state:
+            app.state.gateway = state
+            yield
 
     # /docs and /openapi.json: on unless `api_docs: false`; then both are a 404 envelope. They
     # follow the API-key rule of every non-public path (security.public_paths).
@@ -116,6 +79,50 @@ def create_app(
     # Added last, so outermost: the door's refusals carry the request id too.
     app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    settings: GatewaySettings,
+    build: BackendBuilder,
+    app_metrics: Metrics,
+    tracer: Tracer,
+    started_at: int,
+) -> AsyncIterator[GatewayState]:
+    """Everything one app runs, started in order and stopped in reverse."""
+    async with (
+        upstream_session(settings, tracer.upstream_trace_configs()) as client,
+        open_image_resolver(settings, app_metrics) as image_resolver,
+    ):
+        registry = BackendRegistry(build(settings, client))
+        for backend in registry.backends():
+            await backend.start()
+        store = Store(settings.data_dir)
+        await store.open()
+        runner = BatchRunner(
+            store,
+            registry,
+            settings.batch,
+            image_resolver.resolve,
+            metrics=app_metrics,
+            # Each batch runs as its owner: the models that key may call.
+            callers=KeyRing.from_settings(settings.security).caller_named,
+        )
+        await runner.start()
+        state = GatewayState(
+            settings, started_at, registry, image_resolver, store, runner, app_metrics, tracer
+        )
+        log.info("%s", startup_summary(settings, registry))
+        try:
+            yield state
+        finally:
+            await runner.stop()
+            await store.close()
+            for backend in registry.backends():
+                await backend.stop()
+            # The spans still buffered go out last; in a thread, since an exporter may
+            # wait on an unreachable collector.
+            await asyncio.to_thread(tracer.shutdown)
 
 
 def upstream_session(
