@@ -83,18 +83,20 @@ class ImageResolver:
         # Shrinks images for models that resize; its owner closes it. Without one: a thread.
         self._preparer = preparer if preparer is not None else ImagePreparer(workers=0)
 
-    async def resolve(self, request: ChatCompletionRequest) -> None:
-        """Rewrite the request's image URLs in place; raise a 400 naming the first bad one."""
+    async def resolve(self, request: ChatCompletionRequest) -> int:
+        """Rewrite the request's image URLs in place and return how many there are; raise a
+        400 naming the first bad one."""
         limits = self._limits_of(request.model)
         parts = image_parts(request)
         if limits is None or not parts:
-            return  # an unknown model is the router's 404 to give
+            return len(parts)  # an unknown model is the router's 404 to give
         try:
             await self._resolve_parts(request, parts, limits)
         except ImageError as exc:
             if self._observer is not None:
                 self._observer.image_refused(request.model, exc.code)
             raise
+        return len(parts)
 
     async def _resolve_parts(
         self,

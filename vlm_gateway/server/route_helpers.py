@@ -17,7 +17,6 @@ from vlm_gateway.core.errors import GatewayError, InvalidRequestError, validatio
 from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.core.request_context import note_model
 from vlm_gateway.core.sse import error_event
-from vlm_gateway.images.resolve import image_parts
 from vlm_gateway.server.door.request_metrics import RequestTracker, request_tracker
 from vlm_gateway.server.state import gateway_state
 
@@ -51,9 +50,8 @@ async def resolve_images(request: Request, body: ChatCompletionRequest) -> None:
     """Resolve the request's images (traced), then count them for its usage: metrics and log."""
     state = gateway_state(request)
     with state.tracer.resolving_images(body):
-        await state.image_resolver.resolve(body)
+        count = await state.image_resolver.resolve(body)
     tracker = request_tracker(request.scope)
-    count = len(image_parts(body))
     if tracker is not None and count:
         tracker.images(count)
 

@@ -44,7 +44,7 @@ from vlm_gateway.server.model_access import allowed_models, require_model
 log = logging.getLogger(__name__)
 
 # What the live chat route does to a request before routing it (image resolution).
-Prepare = Callable[[ChatCompletionRequest], Awaitable[None]]
+Prepare = Callable[[ChatCompletionRequest], Awaitable[object]]
 # Who an owner's name stands for now (KeyRing.caller_named).
 Callers = Callable[[str], Caller]
 

@@ -2,7 +2,7 @@ from fastapi import APIRouter, Request, Response
 
 from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.server.door.keys import caller_of
-from vlm_gateway.server.model_access import pick_backend, require_model
+from vlm_gateway.server.model_access import require_model
 from vlm_gateway.server.openapi import json_body, streamed_or_json
 from vlm_gateway.server.route_helpers import (
     call_tracked,
@@ -28,7 +28,7 @@ async def create_chat_completion(request: Request) -> Response:
     require_model(caller, state.registry, body.model)
     state.tracer.annotate_request(body.model)
     await resolve_images(request, body)
-    backend = pick_backend(caller, state.registry, body.model)
+    backend = state.registry.pick(body.model)  # access was checked above
     traced = state.tracer.backend_call(backend, state.registry)
     if body.stream:
         return await stream_tracked(request, backend, traced.stream(backend.chat_stream(body)))
