@@ -2,7 +2,10 @@
 
 Table 1, vLLM: the seed's way (vLLM offline `LLM.generate`, batches of 16, every image opened
 with Pillow at full size, run by `.venv-vllm/bin/python`) against `vlm-gateway caption --url`
-to a `vlm-gateway serve` whose model is a managed `vllm serve` (`backend: vllm`).
+to a `vlm-gateway serve` whose model is a managed `vllm serve` (`backend: vllm`, the row
+"gateway"), and against `vlm-gateway caption --config --engine offline` with the same entry
+(the row "offline": vLLM's offline engine run by caption itself; its engine starts for each run,
+outside the timed part).
 Table 2, in-process BLIP-2: the seed's Hugging Face loop (one `generate()` per image, full-size
 Pillow decode) against `vlm-gateway caption --config` with a `backend: blip2` model.
 
@@ -16,8 +19,9 @@ fallback template and the BLIP-2 backend build), greedy, the same max_tokens, th
 engine arguments (float32, eager, 64 MiB KV cache, max-model-len 512, vLLM's own max-num-seqs
 unless --max-num-seqs, and the multimodal processor cache off on both: every image of a real
 run is new, and rounds reuse the images). The caption client cannot ask for `ignore_eos`, so
-neither side does: mean completion tokens are printed for each side (vLLM side: exact, from
-vLLM's counters; the in-process BLIP-2 caption side: the captions re-tokenized) and tokens/s.
+neither side does: mean completion tokens are printed for each side (the gateway row: exact,
+from vLLM's counters; the offline and in-process BLIP-2 rows: the captions re-tokenized) and
+tokens/s. The CPU table's offline row includes that engine's start (it is caption's child).
 Engines start once; rounds alternate the order (seed first, then caption first, ...). Each
 figure is the median over rounds of images/s, as each side times itself: the seed's loop from
 its first `Image.open` to its last `generate`, caption from its own summary line (start-up
@@ -38,194 +42,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Only the standard library at module level: `--seed-worker` runs under .venv-vllm's python.
+from tests.bench.seed_script import EXTENSIONS, SeedOffline
 
-RESULT = "SEED-RESULT "
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")  # the seed's list
 QUESTION = "What is in the picture?"
 _SUMMARY = re.compile(r"(\d+) captioned, (\d+) errors, .* in ([\d.]+) s")
-
-
-# -- the seed's offline vLLM script, as a long-lived worker (runs in .venv-vllm) ---------------
-
-
-def seed_worker(model: str, engine: dict[str, Any]) -> None:
-    """Create the LLM once, then caption each folder named on stdin the seed's way."""
-    from PIL import Image
-    from vllm import LLM, SamplingParams
-
-    llm = LLM(model=model, trust_remote_code=True, **engine)
-    print(RESULT + json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        job = json.loads(line)
-        folder = job["folder"]
-        prompt = f"Question: {job['question']} Answer:"
-        params = SamplingParams(temperature=0.0, max_tokens=job["max_tokens"])
-        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(EXTENSIONS))
-        results, tokens = [], 0
-        started = time.perf_counter()
-        for start in range(0, len(names), 16):
-            batch, stems = [], []
-            for name in names[start : start + 16]:
-                try:
-                    image = Image.open(os.path.join(folder, name)).convert("RGB")
-                except Exception as exc:
-                    print(f"skipped {name}: {exc}", file=sys.stderr)
-                    continue
-                batch.append({"prompt": prompt, "multi_modal_data": {"image": image}})
-                stems.append(os.path.splitext(name)[0])
-            outputs = llm.generate(batch, params, use_tqdm=False)
-            for stem, output in zip(stems, outputs, strict=True):
-                results.append({"id": stem, "caption": output.outputs[0].text})
-                tokens += len(output.outputs[0].token_ids)
-        seconds = time.perf_counter() - started
-        with open(job["out"], "w") as out:
-            json.dump(results, out)
-        print(RESULT + json.dumps({"images": len(results), "tokens": tokens, "s": seconds}))
-        sys.stdout.flush()
-
-
-class SeedOffline:
-    def __init__(self, model: Path, engine: dict[str, Any], work: Path, env: dict) -> None:
-        from tests.support.processes import REPO
-
-        self.log = open(work / "seed-offline.log", "ab")  # noqa: SIM115
-        python = REPO / ".venv-vllm" / "bin" / "python"
-        argv = [str(python), __file__, "--seed-worker", str(model), json.dumps(engine)]
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-
-    def _answer(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith(RESULT):
-                return json.loads(line[len(RESULT) :])
-        raise RuntimeError(f"the seed worker exited ({self.proc.wait()}): see {self.log.name}")
-
-    def wait_ready(self) -> None:
-        self._answer()
-
-    def run(self, folder: Path, max_tokens: int, out: Path) -> tuple[float, float]:
-        """(images/s, mean completion tokens)."""
-        assert self.proc.stdin is not None
-        job = {"folder": str(folder), "question": QUESTION, "max_tokens": max_tokens}
-        self.proc.stdin.write(json.dumps(job | {"out": str(out)}) + "\n")
-        self.proc.stdin.flush()
-        answer = self._answer()
-        return answer["images"] / answer["s"], answer["tokens"] / answer["images"]
-
-    def stop(self) -> None:
-        from tests.support.processes import stop_process_group
-
-        stop_process_group(self.proc, grace_s=15)
-        self.log.close()
-
-
-# -- CPU by process --------------------------------------------------------------------------
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _role(pid: str) -> str:
-    try:
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return "?"
-    if comm.startswith("VLLM::"):
-        return comm
-    if " serve " in cmdline and "vllm" in cmdline.split(" serve ", 1)[0]:
-        return "vllm API server"
-    if "vlm_gateway serve" in cmdline:
-        return "gateway (serve)"
-    if "--seed-worker" in cmdline:
-        return "seed script (LLM + Pillow)"
-    return comm
-
-
-def tree_cpu(root: int) -> dict[str, float]:
-    """CPU seconds (user + system, all threads) of `root` and its live descendants, by role
-    (the gateway starts its vLLM in a process group of its own, so groups would miss it)."""
-    stats: dict[int, list[str]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stats[int(entry)] = (
-                    Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                )
-            except OSError:
-                continue
-    children: dict[int, list[int]] = {}
-    for pid, fields in stats.items():
-        children.setdefault(int(fields[1]), []).append(pid)  # field 4 of stat: the parent
-    totals: dict[str, float] = {}
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
-        if pid in stats:
-            role = _role(str(pid))
-            utime, stime = int(stats[pid][11]), int(stats[pid][12])
-            totals[role] = totals.get(role, 0.0) + (utime + stime) / _TICK
-    return totals
-
-
-def children_cpu() -> float:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-class CpuMeter:
-    """CPU ms per image by process over one timed run, for some process groups (and the
-    `caption` command with its preparation pool: this script's waited-for children)."""
-
-    def __init__(self, groups: list[int], with_children: bool) -> None:
-        self.groups, self.with_children = groups, with_children
-        self.runs: dict[str, list[dict[str, float]]] = {}
-
-    def __enter__(self) -> CpuMeter:
-        self.before = self._sample()
-        return self
-
-    def _sample(self) -> dict[str, float]:
-        sample: dict[str, float] = {}
-        for group in self.groups:
-            for role, seconds in tree_cpu(group).items():
-                sample[role] = sample.get(role, 0.0) + seconds
-        if self.with_children:
-            sample["caption command (+ its pool)"] = children_cpu()
-        return sample
-
-    def record(self, label: str, images: int) -> None:
-        after = self._sample()
-        per_image = {k: (v - self.before.get(k, 0.0)) * 1000 / images for k, v in after.items()}
-        self.runs.setdefault(label, []).append(per_image)
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def print_cpu(title: str, meters: dict[str, CpuMeter]) -> None:
-    print(f"\n{title}: CPU ms per image by process (mean over rounds)")
-    print("| images | side | process | CPU ms/image |\n| --- | --- | --- | ---: |")
-    for side, meter in meters.items():
-        for label, runs in meter.runs.items():
-            roles = sorted({role for run in runs for role in run})
-            for role in roles:
-                value = statistics.mean(run.get(role, 0.0) for run in runs)
-                if value >= 0.05:
-                    print(f"| {label} | {side} | {role} | {value:.2f} |")
-            total = statistics.mean(sum(run.values()) for run in runs)
-            print(f"| {label} | {side} | **all** | {total:.2f} |")
 
 
 # -- the gateway side ------------------------------------------------------------------------
@@ -293,35 +113,44 @@ def interleave(sides: dict[str, Any], rounds: int) -> dict[str, list[Any]]:
 
 
 def table(title: str, rows: list[tuple[str, dict[str, list[tuple[float, float]]]]]) -> None:
-    seed_name, ours_name = "seed", "gateway"
+    """One line per image set and caption way, against the seed of the same rounds."""
+    seed_name = "seed"
     print(f"\n{title}")
     print(
-        "| images | seed images/s | caption images/s | ratio | seed tokens/image | "
+        "| images | caption way | seed images/s | caption images/s | ratio | seed tokens/image | "
         "caption tokens/image | tokens/s ratio | per round (seed / caption) |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for label, results in rows:
         seed = statistics.median(r[0] for r in results[seed_name])
-        ours = statistics.median(r[0] for r in results[ours_name])
         seed_tok = statistics.mean(r[1] for r in results[seed_name])
-        ours_tok = statistics.mean(r[1] for r in results[ours_name])
-        pairs = zip(results[seed_name], results[ours_name], strict=True)
-        rounds = ", ".join(f"{a[0]:.1f}/{b[0]:.1f}" for a, b in pairs)
-        print(
-            f"| {label} | {seed:.1f} | {ours:.1f} | {ours / seed:.2f}x | {seed_tok:.2f} | "
-            f"{ours_tok:.2f} | {ours * ours_tok / (seed * seed_tok):.2f}x | {rounds} |"
-        )
+        for way in (name for name in results if name != seed_name):
+            ours = statistics.median(r[0] for r in results[way])
+            ours_tok = statistics.mean(r[1] for r in results[way])
+            pairs = zip(results[seed_name], results[way], strict=True)
+            rounds = ", ".join(f"{a[0]:.1f}/{b[0]:.1f}" for a, b in pairs)
+            print(
+                f"| {label} | {way} | {seed:.1f} | {ours:.1f} | {ours / seed:.2f}x | "
+                f"{seed_tok:.2f} | {ours_tok:.2f} | {ours * ours_tok / (seed * seed_tok):.2f}x "
+                f"| {rounds} |"
+            )
 
 
-def bench_vllm(
-    args: argparse.Namespace,
-    model: Path,
-    sets: dict[str, Path],
-    work: Path,
-    meters: dict[str, CpuMeter],
-) -> list[tuple[str, dict[str, list[tuple[float, float]]]]]:
-    from tests.support.processes import REPO, VLLM_ENV, GatewayProcess, free_port
+def _tokenizer(model: Path) -> Any:
+    from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(model)
+
+
+def _mean_tokens(tokenizer: Any, out: Path) -> float:
+    """Mean completion tokens of a caption output, its captions re-tokenized."""
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    counts = [len(tokenizer(r["caption"], add_special_tokens=False).input_ids) for r in lines]
+    return sum(counts) / len(counts)
+
+
+def engine_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """The same engine settings for both sides: as LLM() arguments and as CLI flags."""
     engine: dict[str, Any] = {
         "dtype": "float32",
         "enforce_eager": True,
@@ -334,8 +163,56 @@ def bench_vllm(
     if args.max_num_seqs:
         engine["max_num_seqs"] = args.max_num_seqs
         extra += ["--max-num-seqs", str(args.max_num_seqs)]
-    env = {**os.environ, **VLLM_ENV, "VLLM_CACHE_ROOT": str(work / "vllm-cache-seed")}
-    vllm_port = free_port()
+    return engine, extra
+
+
+def offline_side(
+    args: argparse.Namespace, model: Path, config: dict[str, Any], work: Path, meter: Any
+) -> Any:
+    """`caption --config --engine offline` with the gateway's entry: images/s and tokens."""
+    from tests.support.processes import VLLM_ENV
+
+    entry = config["models"][0] | {
+        "env": {**VLLM_ENV, "VLLM_CACHE_ROOT": str(work / "vllm-cache-offline")}
+    }
+    path = work / "offline.yaml"
+    path.write_text(json.dumps(config | {"data_dir": str(work / "data-off"), "models": [entry]}))
+    tokenizer = _tokenizer(model)
+
+    def offline(folder: Path, label: str = "") -> tuple[float, float]:
+        out = work / "caption-offline.jsonl"
+        way = ["--config", str(path), "--model", entry["name"], "--engine", "offline"]
+        with meter:
+            rate = caption(way, folder, out, args.max_tokens)
+            if label:
+                meter.record(label, len(os.listdir(folder)))
+        return rate, _mean_tokens(tokenizer, out)
+
+    return offline
+
+
+def gateway_side(args: argparse.Namespace, url: str, vllm_port: int, work: Path, meter: Any) -> Any:
+    """`caption --url` to the gateway: images/s, and tokens from vLLM's own counters."""
+    client = ["--url", url, "--model", "tiny-blip2"]
+    if args.concurrency:
+        client += ["--concurrency", str(args.concurrency)]
+
+    def ours(folder: Path, label: str = "") -> tuple[float, float]:
+        tokens, finished = vllm_counters(vllm_port)
+        with meter:
+            rate = caption(client, folder, work / "caption.jsonl", args.max_tokens)
+            if label:
+                meter.record(label, len(os.listdir(folder)))
+        tokens2, finished2 = vllm_counters(vllm_port)
+        return rate, (tokens2 - tokens) / max(1.0, finished2 - finished)
+
+    return ours
+
+
+def gateway_config(model: Path, extra: list[str], work: Path, vllm_port: int) -> dict[str, Any]:
+    """`vlm-gateway serve`'s config: the model as a managed `vllm serve` with `extra` flags."""
+    from tests.support.processes import REPO, VLLM_ENV
+
     entry = {
         "name": "tiny-blip2",
         "backend": "vllm",
@@ -352,32 +229,39 @@ def bench_vllm(
         "log_level": "warning",
         "models": [entry],
     }
+    return config
+
+
+def bench_vllm(
+    args: argparse.Namespace,
+    model: Path,
+    sets: dict[str, Path],
+    work: Path,
+    meters: dict[str, Any],
+) -> list[tuple[str, dict[str, list[tuple[float, float]]]]]:
+    from tests.bench.process_cpu import CpuMeter
+    from tests.support.processes import VLLM_ENV, GatewayProcess, free_port
+
+    engine, extra = engine_arguments(args)
+    env = {**os.environ, **VLLM_ENV, "VLLM_CACHE_ROOT": str(work / "vllm-cache-seed")}
+    vllm_port = free_port()
+    config = gateway_config(model, extra, work, vllm_port)
     print(f"starting the seed's offline LLM and `vlm-gateway serve` (managed vLLM {extra})")
     seed = SeedOffline(model, engine, work, env)
     gateway = GatewayProcess(config, work)
     try:
         gateway.start(deadline_s=600)
         seed.wait_ready()
-        client = ["--url", gateway.url, "--model", "tiny-blip2"]
-        if args.concurrency:
-            client += ["--concurrency", str(args.concurrency)]
-
         assert gateway.proc is not None
         meters["caption"] = CpuMeter([gateway.proc.pid], with_children=True)
         meters["seed"] = CpuMeter([seed.proc.pid], with_children=False)
-
-        def ours(folder: Path, label: str = "") -> tuple[float, float]:
-            tokens, finished = vllm_counters(vllm_port)
-            with meters["caption"] as meter:
-                rate = caption(client, folder, work / "caption.jsonl", args.max_tokens)
-                if label:
-                    meter.record(label, len(os.listdir(folder)))
-            tokens2, finished2 = vllm_counters(vllm_port)
-            return rate, (tokens2 - tokens) / max(1.0, finished2 - finished)
+        ours = gateway_side(args, gateway.url, vllm_port, work, meters["caption"])
+        meters["offline"] = CpuMeter([], with_children=True)
+        offline = offline_side(args, model, config, work, meters["offline"])
 
         def theirs(folder: Path, label: str = "") -> tuple[float, float]:
             with meters["seed"] as meter:
-                result = seed.run(folder, args.max_tokens, work / "captions.json")
+                result = seed.run(folder, QUESTION, args.max_tokens, work / "captions.json")
                 if label:
                     meter.record(label, len(os.listdir(folder)))
             return result
@@ -392,6 +276,7 @@ def bench_vllm(
             sides = {
                 "seed": lambda f=folder, n=label: theirs(f, n),
                 "gateway": lambda f=folder, n=label: ours(f, n),
+                "offline": lambda f=folder, n=label: offline(f, n),
             }
             rows.append((label, interleave(sides, args.rounds)))
         return rows
@@ -406,11 +291,11 @@ def bench_blip2(
     import torch
     import yaml
     from PIL import Image
-    from transformers import AutoTokenizer, Blip2ForConditionalGeneration, Blip2Processor
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
     processor = Blip2Processor.from_pretrained(model)
     hf_model = Blip2ForConditionalGeneration.from_pretrained(model, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer = _tokenizer(model)
     prompt = f"Question: {QUESTION} Answer:"
 
     def theirs(folder: Path) -> tuple[float, float]:
@@ -437,9 +322,7 @@ def bench_blip2(
     def ours(folder: Path) -> tuple[float, float]:
         out = work / "caption-blip2.jsonl"
         rate = caption(client, folder, out, args.max_tokens)
-        lines = [json.loads(line) for line in out.read_text().splitlines()]
-        counts = [len(tokenizer(r["caption"], add_special_tokens=False).input_ids) for r in lines]
-        return rate, sum(counts) / len(counts)
+        return rate, _mean_tokens(tokenizer, out)
 
     theirs(sets["warm"])
     rows = []
@@ -483,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         print(f"images generated in {time.monotonic() - started:.1f} s; load {os.getloadavg()}")
         tables = []
-        meters: dict[str, CpuMeter] = {}
+        meters: dict[str, Any] = {}
         if not args.skip_vllm:
             rows = bench_vllm(args, model, sets, work, meters)
             tables.append(("vLLM: seed's offline LLM.generate vs caption -> gateway -> vllm", rows))
@@ -498,6 +381,8 @@ def main(argv: list[str] | None = None) -> None:
         for title, rows in tables:
             table(title, rows)
         if meters:
+            from tests.bench.process_cpu import print_cpu
+
             print_cpu("vLLM table", meters)
     finally:
         if args.keep:
@@ -507,7 +392,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--seed-worker":
-        seed_worker(sys.argv[2], json.loads(sys.argv[3]))
-    else:
-        main()
+    main()

@@ -90,6 +90,9 @@ class LoadResult:
     rps: float
     errors: int
     tool: str
+    requests: int = 0  # completed in the run (wrk only)
+    p50_ms: float | None = None  # wrk's latency distribution (wrk only)
+    p99_ms: float | None = None
 
 
 _WRK_SCRIPT = """wrk.method = "POST"
@@ -139,6 +142,7 @@ def _run_wrk(
         f"-d{max(1, round(seconds))}s",
         "--timeout",
         "30s",
+        "--latency",
         "-s",
         str(script),
         f"http://{host}:{port}{path}",
@@ -149,7 +153,24 @@ def _run_wrk(
     socket_errors = re.search(r"Socket errors:(.*)", out)
     if socket_errors:
         errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
-    return LoadResult(rps, errors, "wrk -t1")
+    done = re.search(r"(\d+) requests in", out)
+    return LoadResult(
+        rps,
+        errors,
+        "wrk -t1",
+        int(done.group(1)) if done else 0,
+        _wrk_percentile(out, "50"),
+        _wrk_percentile(out, "99"),
+    )
+
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _wrk_percentile(out: str, percent: str) -> float | None:
+    """`     99%    1.23ms` in wrk's --latency distribution, in ms."""
+    match = re.search(rf"^\s*{percent}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.MULTILINE)
+    return float(match.group(1)) * _UNIT_MS[match.group(2)] if match else None
 
 
 def _run_python(

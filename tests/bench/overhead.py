@@ -1,6 +1,7 @@
 """Gateway overhead: what the gateway adds over calling the upstream directly (a script).
 
     .venv/bin/python -m tests.bench.overhead [--rounds 5] [--requests 2000] [--seconds 4]
+    .venv/bin/python -m tests.bench.overhead --matrix --seconds 6 [--workers 1,2] [--litellm BIN]
 
 A fixed-response fake upstream (tests/support/fake_upstream.py) and the real gateway
 (`vlm-gateway serve`) run as their own processes on loopback. The same clients hit the fake
@@ -12,6 +13,9 @@ per-round value, with the spread over rounds printed next to it.
   stream       time to the first `data:` event of a streamed chat request, same client
   throughput   requests/s at --concurrency open connections (wrk -t1, or Python processes)
   CPU/request  each server process's own CPU time per request during the latency runs
+
+--matrix (tests/bench/overhead_matrix.py) measures text and 337 KB image bodies at concurrency
+1 and 64 instead, against direct, the gateway with 1 and 2 workers and LiteLLM's proxy.
 
 See docs/benchmarks.md for figures and the profile of the request path.
 """
@@ -28,6 +32,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.bench import overhead_matrix
 from tests.bench.loadgen import RawClient, build_request, run_load
 from tests.support.processes import REPO, GatewayProcess, free_port, stop_process_group, wait_http
 
@@ -285,6 +290,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_false",
         help="turn the gateway's access log off (it is on by default)",
     )
+    overhead_matrix.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -294,6 +300,12 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="vlmgw-bench-") as tmp:
         workdir = Path(tmp)
         fake, fake_port = start_fake(workdir)
+        if args.matrix:
+            try:
+                overhead_matrix.run_matrix(args, workdir, fake, fake_port)
+            finally:
+                stop_process_group(fake)
+            return
         gateway = GatewayProcess(gateway_config(fake_port, args.access_log), workdir)
         try:
             gateway.start()

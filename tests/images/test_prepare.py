@@ -4,8 +4,10 @@ fraction of their size, and small or model-sized images pass through untouched."
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
@@ -18,6 +20,8 @@ from vlm_gateway.images.prepare import (
     covering_size,
     prepare_bytes_url,
     prepare_data_url,
+    prepare_file_to_spool,
+    prepare_file_url,
     prepare_for_model,
 )
 
@@ -197,3 +201,21 @@ def test_data_urls_are_shrunk_and_model_sized_ones_returned_as_they_came():
 def test_without_resize_nothing_is_shrunk():
     data = encode(halves(2400, 1600), "JPEG")
     assert prepare_for_model(data, "auto", ImageLimits()).data is None
+
+
+def test_the_spool_gets_the_bytes_a_data_url_would_carry(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    big, small = tmp_path / "big.jpg", tmp_path / "small.png"
+    big.write_bytes(encode(halves(1200, 800), "JPEG"))
+    small.write_bytes(encode(halves(100, 60), "PNG"))
+    for source in (big, small):
+        spooled = prepare_file_to_spool(str(source), TO_224, "The image", str(spool))
+        url = prepare_file_url(str(source), TO_224, "The image")
+        assert Path(spooled).read_bytes() == base64.b64decode(url.partition(",")[2])
+        assert spooled.startswith(str(spool))
+    assert Path(spooled).read_bytes() == small.read_bytes()  # model-sized: as it is
+    with pytest.raises(ImageError):
+        (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+        prepare_file_to_spool(str(tmp_path / "bad.jpg"), TO_224, "The image", str(spool))
+    assert len(list(spool.iterdir())) == 2  # nothing left behind by the refused one

@@ -70,6 +70,23 @@ def test_a_data_url_reaches_the_upstream_byte_for_byte(servers, client):
     assert forwarded_urls(servers[1]) == [url]
 
 
+def test_unknown_fields_beside_an_image_reach_the_upstream_unchanged(servers, client):
+    """vLLM's own parameters (top level, nested, on a message) next to a data URL image: the
+    upstream gets the body as the client sent it, only `model` swapped for the upstream's."""
+    url = png_data_url(200, 200, seed=5)
+    message = {**image_message("what?", url), "vllm_note": {"keep": [1, 2.5, None, "é", True]}}
+    extra = {
+        "top_k": 3,
+        "min_p": 0.1,
+        "repetition_penalty": 1.05,
+        "mm_processor_kwargs": {"max_pixels": 50176, "nested": {"deep": [0, {"x": -1}]}},
+        "vllm_xargs": {"a": "b"},
+    }
+    client.chat.completions.create(model="m", messages=[message], max_tokens=1, extra_body=extra)
+    sent = {"model": "ok", "messages": [message], "max_tokens": 1, **extra}
+    assert servers[1].requests[-1] == sent
+
+
 def test_an_http_image_is_fetched_and_forwarded_as_a_data_url(servers, client):
     _, upstream, images = servers
     client.chat.completions.create(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from vlm_gateway.backends.base import Backend, State
-from vlm_gateway.core.errors import ModelNotFoundError, ServiceUnavailableError
+from vlm_gateway.backends.ejection import OutlierEjector
+from vlm_gateway.backends.retry_budget import RetryBudgets
+from vlm_gateway.core.errors import GatewayError, ModelNotFoundError, ServiceUnavailableError
 
+DEFAULT_EJECT_AFTER = 5  # ModelEntry's defaults, for registries built without settings
+DEFAULT_RETRY_BUDGET = 0.2
 ReadyPolicy = Literal["all", "any"]  # bare GET /ready: every model ready, or at least one
 
 # A model's state is its most hopeful replica's: one ready replica serves, a starting one may.
@@ -15,10 +19,22 @@ _MOST_HOPEFUL_FIRST = (State.READY, State.STARTING, State.UNAVAILABLE, State.FAI
 
 
 class BackendRegistry:
-    def __init__(self, backends: Iterable[Backend]) -> None:
+    def __init__(
+        self,
+        backends: Iterable[Backend],
+        ejector: OutlierEjector | None = None,
+        retry_budgets: RetryBudgets | None = None,
+    ) -> None:
         self._by_name: dict[str, list[Backend]] = {}
         for backend in backends:
             self._by_name.setdefault(backend.name, []).append(backend)
+        # Outlier ejection and failover budgets (docs/reliability.md); defaults for registries
+        # built without settings (tests, tools).
+        self.ejector = ejector or OutlierEjector(lambda _name: DEFAULT_EJECT_AFTER)
+        self.retry_budgets = retry_budgets or RetryBudgets(lambda _name: DEFAULT_RETRY_BUDGET)
+        # Per model: how many picks broke a tie, so ties rotate instead of always going to
+        # the first listed replica (a sequential client would never reach the others).
+        self._turns: dict[str, int] = {}
 
     def names(self) -> list[str]:
         return list(self._by_name)
@@ -36,25 +52,67 @@ class BackendRegistry:
                 return index
         raise ValueError(f"{backend.name}: this backend is not in the registry")
 
-    def pick(self, name: str) -> Backend:
-        """The ready replica with the fewest requests in flight; 404 or 503 at once otherwise."""
+    def pick(self, name: str, avoid: Sequence[Backend] = ()) -> Backend:
+        """A ready replica with the fewest requests in flight, ties taken in turn; 404 or 503
+        at once otherwise. Ejected replicas (backends/ejection.py) and those in `avoid` (tried
+        already) are passed over while another ready one is left."""
         replicas = self._by_name.get(name)
         if replicas is None:
             raise ModelNotFoundError(name, self.names())
-        best: Backend | None = None
-        for backend in replicas:
-            if backend.status.ready and (best is None or backend.in_flight < best.in_flight):
-                best = backend
-        if best is None:
+        ready = [b for b in replicas if b.status.ready and all(b is not a for a in avoid)]
+        serving = [b for b in ready if not self.ejector.ejected(b)] or ready
+        if not serving:
             raise ServiceUnavailableError(
                 f"The model '{name}' has no ready backend right now ({_states(replicas)}). "
                 "Retry shortly; GET /ready shows every model's state."
             )
-        return best
+        fewest = min(b.in_flight for b in serving)
+        tied = [b for b in serving if b.in_flight == fewest]
+        if len(tied) == 1:
+            return tied[0]
+        turn = self._turns.get(name, 0)
+        self._turns[name] = turn + 1
+        return tied[turn % len(tied)]
+
+    def has_other_ready(self, backend: Backend, tried: Sequence[Backend]) -> bool:
+        """Whether a ready replica of the backend's model is left besides those tried."""
+        return any(
+            b.status.ready and all(b is not t for t in tried)
+            for b in self._by_name.get(backend.name, [])
+        )
+
+    def record(self, backend: Backend, error: GatewayError | None = None) -> None:
+        """The outcome of one request to `backend`: an error of 500 or more counts against it
+        (outlier ejection), anything else is an answer."""
+        if error is not None and error.status_code >= 500:
+            self.failed(backend)
+        else:
+            self.succeeded(backend)
+
+    def succeeded(self, backend: Backend) -> None:
+        """The replica answered (any status but a failure of its own): its record clears."""
+        self.ejector.succeeded(backend, self.replica_index(backend))
+
+    def failed(self, backend: Backend) -> None:
+        """The replica failed a request (5xx, unreachable, timeout): may eject it."""
+        replicas = self._by_name.get(backend.name, [])
+        self.ejector.failed(backend, self.replica_index(backend), replicas)
+
+    def describe(self, backend: Backend) -> dict[str, Any]:
+        """The replica's card (/ready, /v1/models): its own report, and its ejection if any."""
+        card = backend.describe()
+        ejection = self.ejector.describe(backend)
+        if "ejected_for_s" in ejection and card.get("state") == State.READY.value:
+            card["state"] = "ejected"
+            card["reason"] = (
+                f"ejected after repeated failures; back on probation in "
+                f"{ejection['ejected_for_s']:g} s"
+            )
+        return card | ejection
 
     def readiness(self, policy: ReadyPolicy = "all") -> tuple[bool, dict[str, Any]]:
         """Whether the gateway is ready under `policy`, and every model's report."""
-        report = {name: _model_report(replicas) for name, replicas in self._by_name.items()}
+        report = {name: self._model_report(replicas) for name, replicas in self._by_name.items()}
         verdicts = [entry["ready"] for entry in report.values()]
         return (all(verdicts) if policy == "all" else any(verdicts)), report
 
@@ -63,17 +121,16 @@ class BackendRegistry:
         replicas = self._by_name.get(name)
         if replicas is None:
             raise ModelNotFoundError(name, self.names())
-        return _model_report(replicas)
+        return self._model_report(replicas)
 
-
-def _model_report(replicas: list[Backend]) -> dict[str, Any]:
-    states = {backend.status.state for backend in replicas}
-    state = next(s for s in _MOST_HOPEFUL_FIRST if s in states)
-    return {
-        "ready": state is State.READY,
-        "state": state.value,
-        "replicas": [backend.describe() for backend in replicas],
-    }
+    def _model_report(self, replicas: list[Backend]) -> dict[str, Any]:
+        states = {backend.status.state for backend in replicas}
+        state = next(s for s in _MOST_HOPEFUL_FIRST if s in states)
+        return {
+            "ready": state is State.READY,
+            "state": state.value,
+            "replicas": [self.describe(backend) for backend in replicas],
+        }
 
 
 def _states(replicas: list[Backend]) -> str:

@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -54,6 +54,8 @@ class CaptionJob:
     concurrency: int = 32
     max_tokens: int = 64
     api_key: str | None = None
+    temperature: float = 0.0  # greedy, as the seed's script: one caption per image, repeatable
+    engine: str = "auto"  # without --url: auto | gateway | offline (caption_offline.py)
 
 
 @dataclass
@@ -129,6 +131,7 @@ def chat_body(job: CaptionJob, url: str) -> dict[str, Any]:
     return {
         "model": job.model,
         "max_tokens": job.max_tokens,
+        "temperature": job.temperature,
         "messages": [{"role": "user", "content": content}],
     }
 
@@ -174,13 +177,16 @@ async def caption_one(
 # -- running -------------------------------------------------------------------------------------
 
 
+Captioner = Callable[[str], Awaitable[dict[str, Any]]]  # a source -> its output record
+
+
+def over_http(client: httpx.AsyncClient, job: CaptionJob, reader: ImageReader) -> Captioner:
+    return lambda source: caption_one(client, job, source, reader)
+
+
 async def caption_all(
-    client: httpx.AsyncClient,
-    job: CaptionJob,
-    progress_stream: TextIO | None = None,
-    reader: ImageReader | None = None,
+    caption: Captioner, job: CaptionJob, progress_stream: TextIO | None = None
 ) -> Summary:
-    reader = reader or ImageReader()
     images = job.sources
     done = await asyncio.to_thread(resume, job.out)
     todo = [source for source in images if source not in done]
@@ -192,7 +198,7 @@ async def caption_all(
 
         async def worker() -> None:
             for source in pending:  # a shared iterator: each image is taken by one worker
-                record = await caption_one(client, job, source, reader)
+                record = await caption(source)
                 # A short line into the page cache: flushing it per image is what makes a kill
                 # lose nothing, and costs microseconds, so it stays on the loop.
                 out.write(orjson.dumps(record) + b"\n")
@@ -294,11 +300,16 @@ async def run_caption(
             listing = (await client.get("/v1/models")).json()
             reader = ImageReader(ImagePreparer(), served_limits(listing, job.model))
             try:
-                return await caption_all(client, job, reader=reader)
+                return await caption_all(over_http(client, job, reader), job)
             finally:
                 await reader.aclose()
     if settings is None:
         raise ValueError("run_caption needs a url or settings")
+    from vlm_gateway.cli.caption_offline import offline_engine_for, run_offline
+
+    offline = offline_engine_for(settings, job)
+    if offline is not None:
+        return await run_offline(job, settings, offline, ready_timeout)
     limits = settings.image_limits(job.model)
     reader = ImageReader(ImagePreparer(settings.images.prepare_workers), limits)
     if reader.preparer is not None:  # one pool per run: the gateway's check runs in a thread
@@ -306,6 +317,6 @@ async def run_caption(
         settings = settings.model_copy(update={"images": no_pool})
     try:
         async with in_process_client(settings, job, ready_timeout) as client:
-            return await caption_all(client, job, reader=reader)
+            return await caption_all(over_http(client, job, reader), job)
     finally:
         await reader.aclose()

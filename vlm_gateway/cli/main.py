@@ -68,6 +68,14 @@ def serve(
             "(hub id or local directory; default Salesforce/blip2-opt-2.7b)."
         ),
     ] = None,
+    workers: Annotated[
+        str,
+        typer.Option(
+            help="Worker processes serving the port: a number or 'auto' (one per core). "
+            "Above 1, a supervisor runs the models and workers share the rate limits "
+            "(docs/operations.md, 'Several worker processes')."
+        ),
+    ] = "1",
 ) -> None:
     """Serve the OpenAI-compatible API for the configured models (none: BLIP-2 in-process)."""
     import uvicorn
@@ -76,7 +84,8 @@ def serve(
     from vlm_gateway.server.logging_setup import configure_logging
 
     settings = _load_or_exit(config, host=host, port=port, log_level=log_level)
-    if not settings.models:
+    default_models = not settings.models
+    if default_models:
         settings = _default_blip2_or_exit(config, model, host=host, port=port, log_level=log_level)
     elif model is not None:
         typer.echo(
@@ -86,6 +95,11 @@ def serve(
         )
         raise typer.Exit(2)
     configure_logging(settings)  # our format for uvicorn's lines too (docs/operations.md)
+    worker_count = _workers_or_exit(workers)
+    if worker_count > 1:
+        overrides = {"host": host, "port": port, "log_level": log_level}
+        _serve_with_workers(settings, config, worker_count, default_models, **overrides)
+        return
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -96,6 +110,34 @@ def serve(
         # uvicorn annotates an int but only hands it to asyncio.wait_for, which takes a float.
         timeout_graceful_shutdown=settings.shutdown_grace,  # type: ignore[arg-type]
     )
+
+
+def _workers_or_exit(value: str) -> int:
+    from vlm_gateway.cli.supervisor import parse_workers
+
+    try:
+        return parse_workers(value)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+def _serve_with_workers(
+    settings: GatewaySettings,
+    config: Path | None,
+    workers: int,
+    default_models: bool,
+    **overrides: Any,
+) -> None:
+    """Several worker processes; each loads the same settings (same file, same flags)."""
+    from vlm_gateway.cli.supervisor import serve_with_workers
+
+    given: dict[str, Any] = {key: value for key, value in overrides.items() if value}
+    if default_models:  # no models configured: the in-process BLIP-2 `--model` named
+        given["models"] = [
+            entry.model_dump(include={"name", "backend", "model"}) for entry in settings.models
+        ]
+    raise typer.Exit(serve_with_workers(settings, config, given, workers))
 
 
 def _default_blip2_or_exit(
@@ -151,6 +193,17 @@ def tiny_model(
         typer.echo(f"Serve it: vlm-gateway serve --model {directory}")
 
 
+CaptionEngine = Annotated[
+    str,
+    typer.Option(
+        help="Without --url: 'offline' runs a `backend: vllm` model in vLLM's offline "
+        "engine (fastest; local files only), 'gateway' runs the gateway in-process, "
+        "'auto' takes offline where it can."
+    ),
+]
+CaptionTemperature = Annotated[
+    float, typer.Option(min=0, help="Sampling temperature; 0 is greedy (repeatable).")
+]
 CaptionPaths = Annotated[
     list[Path],
     typer.Argument(
@@ -194,6 +247,8 @@ def caption(
     ready_timeout: Annotated[
         float, typer.Option(help="In-process: seconds to wait for the model to load.")
     ] = 900.0,
+    engine: CaptionEngine = "auto",
+    temperature: CaptionTemperature = 0.0,
 ) -> None:
     """Caption images into --out, one JSON line each: {image, caption, model, error}.
     Progress (images/s, ETA, errors) goes to stderr: a bar on a terminal, else a line every
@@ -201,7 +256,11 @@ def caption(
     import asyncio
 
     from vlm_gateway.cli.caption import CaptionError, CaptionJob, collect_images, run_caption
+    from vlm_gateway.cli.caption_offline import ENGINES
 
+    if engine not in ENGINES:
+        typer.echo(f"caption: --engine must be one of {', '.join(ENGINES)}", err=True)
+        raise typer.Exit(2)
     settings = None
     if url is None:
         settings = _load_or_exit(config)
@@ -210,7 +269,15 @@ def caption(
             model = "blip2"
     try:
         job = CaptionJob(
-            collect_images(paths), model, out, prompt, concurrency, max_tokens, api_key
+            collect_images(paths),
+            model,
+            out,
+            prompt,
+            concurrency,
+            max_tokens,
+            api_key,
+            temperature,
+            engine,
         )
         summary = asyncio.run(run_caption(job, url, settings, ready_timeout))
     except CaptionError as exc:

@@ -31,6 +31,11 @@ class ModelEntry(Section):
     name: Annotated[str, Field(min_length=1)]
     backend: str
     images: ModelImageLimits | None = None  # overrides of the top-level `images:` limits
+    # Reliability (docs/reliability.md); a model's first entry decides for all its replicas.
+    retry_budget: Annotated[float, Field(ge=0, le=1)] = 0.2  # failovers per request, windowed
+    eject_after: Annotated[int, Field(ge=1)] = 5  # consecutive failures that eject a replica
+    # What the model takes; None: what its kind knows (`kind_input_modalities`).
+    input_modalities: list[Literal["text", "image"]] | None = None
 
     # Images per request this kind's models take when not configured (None: `images.max_images`).
     kind_max_images: ClassVar[int | None] = None
@@ -38,6 +43,17 @@ class ModelEntry(Section):
     # size say "auto" (docs/operations.md, "Image preparation").
     kind_image_resize: ClassVar[str] = "none"
     _input_size: tuple[int, int] | None = PrivateAttr(default=None)  # found once, then kept
+    kind_input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
+
+    def modalities(self) -> tuple[str, ...]:
+        """The inputs this model takes: configured, else what its kind knows of it."""
+        if self.input_modalities is not None:
+            return tuple(self.input_modalities)
+        return self.known_modalities()
+
+    def known_modalities(self) -> tuple[str, ...]:
+        """A kind that can read its model's own config overrides this (managed vLLM)."""
+        return self.kind_input_modalities
 
     def gpu_claims(self) -> list[GpuClaim]:
         """GPU memory this entry's processes claim (only kinds that launch processes do)."""
@@ -119,6 +135,19 @@ class GatewaySettings(Section):
 
     def entries_for(self, name: str) -> list[ModelEntry]:
         return [entry for entry in self.models if entry.name == name]
+
+    def input_modalities(self, name: str) -> tuple[str, ...]:
+        """What model `name` takes (its first entry decides); text and image if unknown."""
+        entries = self.entries_for(name)
+        return entries[0].modalities() if entries else ("text", "image")
+
+    def eject_after(self, name: str) -> int:
+        entries = self.entries_for(name)
+        return entries[0].eject_after if entries else ModelEntry.model_fields["eject_after"].default
+
+    def retry_budget(self, name: str) -> float:
+        entries = self.entries_for(name)
+        return entries[0].retry_budget if entries else 0.0
 
     def image_limits(self, name: str) -> ImageLimits | None:
         """The image limits of model `name` (None: no such model)."""

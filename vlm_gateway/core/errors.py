@@ -15,6 +15,10 @@ class GatewayError(Exception):
     status_code = 500
     error_type = "internal_error"
     default_code: str | None = None
+    # Set by a backend when the request failed before the upstream sent an answer's head (a
+    # refused connection, a 502/503/504, a timeout waiting for headers): another replica may
+    # be tried (server/failover.py). Never for a 4xx, never once bytes reached the client.
+    retryable = False
 
     def __init__(
         self,
@@ -140,7 +144,11 @@ def validation_error_to_gateway(exc: ValidationError, prefix: Loc = ()) -> Inval
 
 # Labels pydantic puts in error locations that are not field names: the tag of a
 # discriminated-union member (right after a list index) and the member type of a plain union.
-_UNION_TAGS = frozenset({"system", "developer", "user", "assistant", "tool", "text", "image_url"})
+_UNION_TAGS = frozenset(
+    {"system", "developer", "user", "assistant", "tool", "text", "image_url"}
+    # The Responses API's and Anthropic's content parts.
+    | {"input_text", "input_image", "output_text", "image"}
+)
 _TYPE_LABELS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
@@ -159,3 +167,33 @@ def loc_to_param(loc: Loc) -> str:
                 parts.append(("." if parts else "") + label)
         previous = item
     return "".join(parts)
+
+
+# Anthropic's error types (their Messages API's meanings) for our statuses. Their 529
+# ("overloaded") is what our 503 means: this model cannot take the request now, retry later.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+_ANTHROPIC_STATUS = {503: 529}
+
+
+def anthropic_error(error: GatewayError) -> tuple[int, dict[str, Any]]:
+    """The same error as Anthropic's API words it: its status and
+    `{"type": "error", "error": {"type", "message"}}` (the field, if any, is in the message)."""
+    status = error.status_code
+    message = error.message
+    if error.param and error.param not in message:
+        message = f"{error.param}: {message}"
+    body = {
+        "type": "error",
+        "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
+    }
+    return _ANTHROPIC_STATUS.get(status, status), body

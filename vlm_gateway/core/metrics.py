@@ -80,6 +80,20 @@ class Metrics:
             "outcome",
         )
 
+        self._failovers = self._counter(
+            "vlmgw_failovers_total",
+            "Requests that failed before any answer and were tried on another replica, by "
+            "outcome of the retry (served, failed).",
+            "model",
+            "outcome",
+        )
+        self._ejections = self._counter(
+            "vlmgw_replica_ejections_total",
+            "Replicas taken out of rotation by outlier ejection.",
+            "model",
+            "replica",
+        )
+
     @classmethod
     def from_environment(cls, models: Iterable[str]) -> Metrics:
         """Multiprocess mode exactly when prometheus_client itself chose it (at its import)."""
@@ -221,6 +235,15 @@ class Metrics:
         if reason is not None:
             self.refusal(reason, model)
 
+    # -- reliability (server/failover.py, backends/ejection.py) -------------------------------
+
+    def failover(self, model: str, served: bool) -> None:
+        self._failovers.labels(self.model_label(model), "served" if served else "failed").inc()
+
+    def ejection(self, model: str, replica: int, cooldown_s: float) -> None:
+        del cooldown_s  # in the log line; a label of it would grow without bound
+        self._ejections.labels(self.model_label(model), str(replica)).inc()
+
     # -- batches -------------------------------------------------------------------------------
 
     def batch_request(self, model: str, ok: bool) -> None:
@@ -231,10 +254,10 @@ class Metrics:
     def render(self, live: Iterable[Collector] = ()) -> bytes:
         """The text exposition: our counts (every process's, in multiprocess mode) followed by
         the families of the scrape-time collectors in `live`."""
-        return generate_latest(_Chain([self._source, *live]))
+        return generate_latest(CollectorChain([self._source, *live]))
 
 
-class _Chain:
+class CollectorChain:
     """Several collectors exposed as one (generate_latest takes a single one)."""
 
     def __init__(self, collectors: list[Collector]) -> None:

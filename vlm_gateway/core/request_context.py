@@ -9,8 +9,8 @@ outside any request (health probes, supervisors) sees none."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
-import uuid
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -36,7 +36,8 @@ _current: ContextVar[RequestContext | None] = ContextVar("vlmgw_request", defaul
 
 
 def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex at a quarter of its cost (issue 14).
+    return "req_" + os.urandom(16).hex()
 
 
 def accepted_request_id(candidate: str | None) -> str | None:

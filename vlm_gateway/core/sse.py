@@ -18,3 +18,8 @@ def frame(payload: dict[str, Any]) -> bytes:
 
 def error_event(error: GatewayError) -> bytes:
     return frame(error.envelope())
+
+
+def named_frame(event: str, payload: dict[str, Any]) -> bytes:
+    """`event: <name>` then the data line: the Responses and Anthropic streams name each event."""
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"

@@ -77,6 +77,22 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def passes_unchanged(
+    data: bytes, detail: str, limits: ImageLimits, what: str = "The image"
+) -> PreparedImage | None:
+    """The header-only verdict, cheap enough for the event loop: the image as it is when it may
+    pass unchanged, None when pixels must be decoded (a file that looks truncated, or something
+    to change: prepare_image then). Limits are enforced here, before any pixel is decoded."""
+    image_format = check_bytes(data, limits, what)
+    with open_image(data, image_format, what) as image:
+        width, height = check_size(image, limits, what)
+        if not _ends_with_trailer(data, image_format):
+            return None
+        if _needs_change(image, image_format, width, height, limits.target_side(detail)):
+            return None
+    return PreparedImage(image_format, None, width, height)
+
+
 def prepare_image(
     data: bytes, detail: str, limits: ImageLimits, what: str = "The image"
 ) -> PreparedImage:

@@ -94,3 +94,20 @@ def _hub_cache_snapshot(model: str) -> Path | None:
         return None
     snapshot = repo / "snapshots" / revision
     return snapshot if revision and snapshot.is_dir() else None
+
+
+def model_takes_images(model: str) -> bool | None:
+    """Whether the model's config.json describes a vision part (`vision_config`, or an image
+    processor beside it); None when there is no local config to read."""
+    directory = Path(model) if os.path.isdir(model) else _hub_cache_snapshot(model)
+    if directory is None:
+        return None
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    vision_keys = ("vision_config", "vision_tower", "mm_vision_tower", "image_token_index")
+    has_vision_part = any(key in config for key in vision_keys)
+    return has_vision_part or _image_processor_config(directory) is not None

@@ -23,10 +23,13 @@ These functions are plain and picklable: the gateway runs them in a process pool
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
+import os
+import tempfile
 from typing import TYPE_CHECKING
+
+import pybase64
 
 from vlm_gateway.core.image_errors import ImageError, ImageTooLargeError, InvalidImageURLError
 from vlm_gateway.images.decode import (
@@ -38,6 +41,7 @@ from vlm_gateway.images.decode import (
     load_or_refuse,
     open_image,
     orientation,
+    passes_unchanged,
     prepare_image,
 )
 
@@ -82,13 +86,31 @@ def prepare_for_model(
     return PreparedImage("JPEG", encode_jpeg(shrunk), *shrunk.size)
 
 
+def checked_data_url(url: str, detail: str, limits: ImageLimits, what: str) -> str | None:
+    """The header-only path of prepare_data_url (no pixel decoded, about 50 µs for 450 KB, so
+    the resolver runs it on the event loop): the data URL to forward when the image may pass
+    as it is, None when pixels must be decoded (then prepare_data_url, off the loop)."""
+    media_type, payload = _split_data_url(url, limits, what)
+    data = decode_base64(payload, what)
+    prepared = passes_unchanged(data, detail, limits, what)
+    if prepared is None:
+        return None
+    return url if media_type == prepared.mime else to_data_url(prepared, data, payload)
+
+
+def decode_base64(payload: str, what: str) -> bytes:
+    """Strict base64 (no whitespace, padding only at the end) with SIMD: pybase64 takes about
+    20 µs for 450 KB where binascii.a2b_base64 takes 880 µs."""
+    try:
+        return pybase64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError(f"{what} is not valid base64.", code="invalid_base64") from None
+
+
 def prepare_data_url(url: str, detail: str, limits: ImageLimits, what: str) -> str:
     """The data URL to forward: the same string when nothing must change."""
     media_type, payload = _split_data_url(url, limits, what)
-    try:
-        data = binascii.a2b_base64(payload, strict_mode=True)  # faster than b64decode(validate)
-    except (binascii.Error, ValueError):
-        raise ImageError(f"{what} is not valid base64.", code="invalid_base64") from None
+    data = decode_base64(payload, what)
     prepared = prepare_for_model(data, detail, limits, what)
     if prepared.data is None and media_type == prepared.mime:
         return url
@@ -108,11 +130,25 @@ def prepare_file_url(path: str, limits: ImageLimits, what: str) -> str:
     return prepare_bytes_url(data, "auto", limits, what)
 
 
+def prepare_file_to_spool(path: str, limits: ImageLimits, what: str, spool: str) -> str:
+    """A local file, checked and prepared like `prepare_file_url`, written into the directory
+    `spool` as the exact bytes that URL would carry (a model-sized image as it is); returns the
+    new file's path. For engines that read images from disk (vLLM's offline engine)."""
+    with open(path, "rb") as file:
+        data = file.read(limits.max_bytes + 1)
+    prepared = prepare_for_model(data, "auto", limits, what)
+    suffix = "." + prepared.mime.rsplit("/", 1)[-1]
+    descriptor, spooled = tempfile.mkstemp(suffix=suffix, dir=spool)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(data if prepared.data is None else prepared.data)
+    return spooled
+
+
 def to_data_url(prepared: PreparedImage, original: bytes, original_b64: str | None = None) -> str:
     if prepared.data is None and original_b64 is not None:
         return f"data:{prepared.mime};base64,{original_b64}"
     data = original if prepared.data is None else prepared.data
-    return f"data:{prepared.mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return f"data:{prepared.mime};base64,{pybase64.b64encode(data).decode('ascii')}"
 
 
 def encode_jpeg(image: Image.Image) -> bytes:

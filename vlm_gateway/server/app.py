@@ -16,19 +16,26 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from vlm_gateway.backends.base import Backend
+from vlm_gateway.backends.ejection import OutlierEjector
 from vlm_gateway.backends.kinds import build_backends
 from vlm_gateway.backends.registry import BackendRegistry
+from vlm_gateway.backends.retry_budget import RetryBudgets
 from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.core.errors import GatewayError, InvalidRequestError, NotFoundError
 from vlm_gateway.core.metrics import Metrics
 from vlm_gateway.core.request_context import REQUEST_ID_HEADER, RequestContext, bound_request
+from vlm_gateway.server.anthropic import router as anthropic_messages
 from vlm_gateway.server.batch.runner import BatchRunner
 from vlm_gateway.server.batch.store import Store
 from vlm_gateway.server.door.install import install_security, open_image_resolver
 from vlm_gateway.server.door.keys import KeyRing
 from vlm_gateway.server.door.request_id import REQUEST_CONTEXT_SCOPE, RequestIdMiddleware
 from vlm_gateway.server.door.request_metrics import RequestMetricsMiddleware
+from vlm_gateway.server.error_shapes import error_reply
+from vlm_gateway.server.extension import AppExtension
+from vlm_gateway.server.fast_routes import FastRoutesMiddleware, hot_routes
 from vlm_gateway.server.openapi import DocumentedApp
+from vlm_gateway.server.responses import router as responses
 from vlm_gateway.server.route_helpers import json_response
 from vlm_gateway.server.routes import batches, chat, completions, files, health, metrics, models
 from vlm_gateway.server.startup import startup_summary
@@ -48,6 +55,7 @@ def create_app(
     build: BackendBuilder = build_backends,
     *,
     span_exporter: SpanExporter | None = None,  # replaces the configured one (tests)
+    extension: AppExtension | None = None,  # a worker's or the supervisor's extras
 ) -> FastAPI:
     started_at = int(time.time())
     tracer = build_tracer(settings.tracing, span_exporter)  # a no-op one unless enabled
@@ -72,8 +80,14 @@ def create_app(
     )
     for module in (chat, completions, models, health, files, batches, metrics):
         app.include_router(module.router)
+    for module in (responses, anthropic_messages):  # translated onto the chat call
+        app.include_router(module.router)
     _install_error_handlers(app)
-    install_security(app, settings)
+    # Added first, so innermost (inside the door): chat and completions skip FastAPI's router.
+    app.add_middleware(FastRoutesMiddleware, routes=hot_routes(app.routes))
+    if extension is not None:  # `serve --workers N` (vlm_gateway/server/workers/)
+        extension.install(app)
+    install_security(app, settings, extension.shared_usage if extension else None)
     # Outside the door's middlewares, so their refusals are counted too.
     app.add_middleware(RequestMetricsMiddleware, metrics=app_metrics, routes=app.routes)
     # Added last, so outermost: the door's refusals carry the request id too.
@@ -94,7 +108,9 @@ async def _running(
         upstream_session(settings, tracer.upstream_trace_configs()) as client,
         open_image_resolver(settings, app_metrics) as image_resolver,
     ):
-        registry = BackendRegistry(build(settings, client))
+        ejector = OutlierEjector(settings.eject_after, observer=app_metrics.ejection)
+        budgets = RetryBudgets(settings.retry_budget)
+        registry = BackendRegistry(build(settings, client), ejector, budgets)
         for backend in registry.backends():
             await backend.start()
         store = Store(settings.data_dir)
@@ -142,22 +158,24 @@ def _install_error_handlers(app: FastAPI) -> None:
     """The only place errors become responses: one envelope, never FastAPI's own shapes."""
 
     @app.exception_handler(GatewayError)
-    async def gateway_error(_: Request, exc: GatewayError) -> Response:
-        return _envelope(exc)
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        return _envelope(exc, request)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
-        return _envelope(InvalidRequestError(first.get("msg", "Invalid request.")))
+        return _envelope(InvalidRequestError(first.get("msg", "Invalid request.")), request)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 404:
-            return _envelope(NotFoundError(f"No route {request.method} {request.url.path}."))
+            return _envelope(
+                NotFoundError(f"No route {request.method} {request.url.path}."), request
+            )
         error = GatewayError(
             str(exc.detail), status_code=exc.status_code, error_type="invalid_request_error"
         )
-        return _envelope(error)
+        return _envelope(error, request)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> Response:
@@ -165,15 +183,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         context: RequestContext | None = request.scope.get(REQUEST_CONTEXT_SCOPE)
         if context is None:
             log.exception("unhandled error", exc_info=exc)
-            return _envelope(GatewayError("The gateway failed to handle the request."))
+            return _envelope(GatewayError("The gateway failed to handle the request."), request)
         with bound_request(context):
             log.exception("unhandled error", exc_info=exc)
-        response = _envelope(GatewayError("The gateway failed to handle the request."))
+        response = _envelope(GatewayError("The gateway failed to handle the request."), request)
         response.headers[REQUEST_ID_HEADER] = context.request_id
         return response
 
 
-def _envelope(exc: GatewayError) -> Response:
-    response = json_response(exc.envelope(), status_code=exc.status_code)
+def _envelope(exc: GatewayError, request: Request) -> Response:
+    """The route's envelope: Anthropic's on its routes, OpenAI's elsewhere (error_shapes.py)."""
+    status, body = error_reply(request.scope.get("path"), exc)
+    response = json_response(body, status_code=status)
     response.headers.update(exc.headers)
     return response

@@ -7,7 +7,6 @@ the others."""
 
 from __future__ import annotations
 
-from vlm_gateway.backends.base import Backend
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.core.errors import ModelNotFoundError
 from vlm_gateway.server.door.keys import Caller
@@ -22,9 +21,3 @@ def require_model(caller: Caller, registry: BackendRegistry, model: str) -> None
     """404 `model_not_found` unless the model is configured and the caller may use it."""
     if not registry.replicas(model) or not caller.may_call(model):
         raise ModelNotFoundError(model, allowed_models(caller, registry))
-
-
-def pick_backend(caller: Caller, registry: BackendRegistry, model: str) -> Backend:
-    """The replica to serve this caller's request (`BackendRegistry.pick`'s 503 included)."""
-    require_model(caller, registry, model)
-    return registry.pick(model)

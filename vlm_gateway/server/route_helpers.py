@@ -34,7 +34,16 @@ async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
     if not body:
         raise InvalidRequestError("The request body is empty; send a JSON object.")
     try:
-        parsed = model.model_validate_json(body)
+        # orjson, then pydantic on the Python objects: half the time of model_validate_json
+        # for a body with a large image (150 against 270 µs at 450 KB), and the image strings
+        # are not copied again.
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    try:
+        parsed = model.model_validate(data)
     except ValidationError as exc:
         raise validation_error_to_gateway(exc) from None
     named_model = getattr(parsed, "model", None)
@@ -68,25 +77,33 @@ async def call_tracked(
     tracker = _served_by(request, backend)
     backend.in_flight += 1
     work = asyncio.ensure_future(call)
-    client_gone = asyncio.ensure_future(_wait_for_disconnect(request))
+    # A watcher that cancels the work, rather than asyncio.wait() on both: that cost about 7%
+    # of the gateway's CPU for a 1-token request (issue 14).
+    watcher = asyncio.ensure_future(_abandon_when_gone(request, work, backend.name))
     try:
-        await asyncio.wait((work, client_gone), return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():
-            work.cancel()
-            log.info("client left before model %s answered: request abandoned", backend.name)
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-        result = work.result()
+        try:
+            result = await work
+        except asyncio.CancelledError:
+            if watcher.done() and not watcher.cancelled() and watcher.result():
+                return Response(status_code=CLIENT_CLOSED_REQUEST)
+            raise
         if tracker is not None:
             tracker.usage(result.get("usage"))
         return json_response(result)
     finally:
-        client_gone.cancel()
+        watcher.cancel()
         backend.in_flight -= 1
 
 
-async def _wait_for_disconnect(request: Request) -> None:
+async def _abandon_when_gone(request: Request, work: asyncio.Future[Any], model: str) -> bool:
+    """Wait for the client to disconnect, then cancel the work if it is still running."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+    if work.done():
+        return False
+    work.cancel()
+    log.info("client left before model %s answered: request abandoned", model)
+    return True
 
 
 def _served_by(request: Request, backend: Backend) -> RequestTracker | None:

@@ -32,6 +32,12 @@ _BATCH_STATUSES: tuple[BatchStatus, ...] = get_args(BatchStatus)
 
 
 async def render_metrics(state: GatewayState) -> bytes:
+    # Parsing vLLM's text is the costly part: off the event loop.
+    return await asyncio.to_thread(state.metrics.render, await live_collectors(state))
+
+
+async def live_collectors(state: GatewayState) -> list[LiveState | VllmSeries]:
+    """The scrape-time families: replica states, batches, every managed vLLM's series."""
     registry = state.registry
     backends = registry.backends()
     texts = await asyncio.gather(*(backend.exported_metrics() for backend in backends))
@@ -43,8 +49,7 @@ async def render_metrics(state: GatewayState) -> bytes:
         ]
     )
     live = LiveState(registry, await state.batch_store.batch_status_counts())
-    # Parsing vLLM's text is the costly part: off the event loop.
-    return await asyncio.to_thread(state.metrics.render, [live, vllm])
+    return [live, vllm]
 
 
 class LiveState:
@@ -67,9 +72,15 @@ class LiveState:
             "Restarts of a managed vLLM process after it died or wedged.",
             labels=labels,
         )
+        self._ejected = GaugeMetricFamily(
+            "vlmgw_replica_ejected",
+            "1 while outlier ejection keeps the replica out of rotation (docs/reliability.md).",
+            labels=labels,
+        )
         for name in registry.names():
             for index, backend in enumerate(registry.replicas(name)):
                 self._add_replica(name, str(index), backend)
+                self._ejected.add_metric([name, str(index)], registry.ejector.ejected(backend))
         self._batches = GaugeMetricFamily(
             "vlmgw_batches", "Batches in the store, by status.", labels=["status"]
         )
@@ -88,7 +99,7 @@ class LiveState:
             self._restarts.add_metric([model, replica], restarts)
 
     def collect(self) -> Iterator[Metric]:
-        yield from (self._in_flight, self._state, self._restarts, self._batches)
+        yield from (self._in_flight, self._state, self._restarts, self._ejected, self._batches)
 
 
 @dataclass(frozen=True)

@@ -123,16 +123,14 @@ class OpenAIUpstreamBackend(Backend):
         return await self._forward_stream("/completions", request)
 
     async def _forward(self, path: str, request: BaseModel) -> dict[str, Any]:
-        with self._translate_errors():
-            async with self._client.post(
-                self.base_url + path,
-                data=self._body(request),
-                headers=self._request_headers(),
-                timeout=self._timeout,
-            ) as response:
+        response = await self._post(path, request)
+        try:
+            with self._translate_errors():
                 body = await response.read()
+        finally:
+            response.release()
         if response.status >= 400:
-            raise upstream_status_error(response.status, body, response.headers)
+            raise upstream_status_failure(response.status, body, response.headers)
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -144,22 +142,31 @@ class OpenAIUpstreamBackend(Backend):
         data["model"] = self.name
         return data
 
+    async def _post(self, path: str, request: BaseModel) -> aiohttp.ClientResponse:
+        """Send the request and wait for the answer's head. A failure until then means the
+        upstream answered nothing: the error is `retryable` on another replica."""
+        try:
+            with self._translate_errors():
+                # Not `async with`: the caller reads the body, then releases the response.
+                return await self._client.post(
+                    self.base_url + path,
+                    data=self._body(request),
+                    headers=self._request_headers(),
+                    timeout=self._timeout,
+                )
+        except GatewayError as exc:
+            exc.retryable = True
+            raise
+
     async def _forward_stream(self, path: str, request: BaseModel) -> AsyncIterator[bytes]:
-        with self._translate_errors():
-            # Not `async with`: the response outlives this call; _relay releases it.
-            response = await self._client.post(
-                self.base_url + path,
-                data=self._body(request),
-                headers=self._request_headers(),
-                timeout=self._timeout,
-            )
+        response = await self._post(path, request)
         if response.status >= 400:
             try:
                 with self._translate_errors():
                     body = await response.read()
             finally:
                 response.release()
-            raise upstream_status_error(response.status, body, response.headers)
+            raise upstream_status_failure(response.status, body, response.headers)
         return self._relay(response)
 
     async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
@@ -256,6 +263,18 @@ def upstream_status_error(status: int, body: bytes, headers: Mapping[str, str]) 
             headers={"retry-after": retry_after} if retry_after else None,
         )
     return UpstreamError(f"The upstream failed with status {status}: {message or 'no message'}")
+
+
+# The upstream said it could not take the request now (a proxy's 502/504, an overloaded 503):
+# another replica may. A 500 is not retried: it may be this request that breaks the server.
+_RETRYABLE_STATUSES = frozenset({502, 503, 504})
+
+
+def upstream_status_failure(status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
+    """`upstream_status_error`, marked `retryable` for the statuses another replica may fix."""
+    error = upstream_status_error(status, body, headers)
+    error.retryable = status in _RETRYABLE_STATUSES
+    return error
 
 
 def _parse_error_body(body: bytes) -> tuple[str | None, str | None, str | None, str | None]:

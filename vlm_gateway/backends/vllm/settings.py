@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from vlm_gateway.backends.vllm.processes import describe_processes
 from vlm_gateway.config.settings import GatewaySettings, ModelEntry
-from vlm_gateway.images.model_size import model_input_size
+from vlm_gateway.images.model_size import model_input_size, model_takes_images
 from vlm_gateway.launch.gpu_sharing import GpuClaim
 from vlm_gateway.launch.vllm_command import GATEWAY_OWNED_FLAGS
 
@@ -60,6 +60,11 @@ class VllmBackendSettings(ModelEntry):
         """From the model's image processor config (a local directory, or a hub id already in
         the local Hugging Face cache); None for processors that tile or keep any size."""
         return model_input_size(self.model)
+
+    def known_modalities(self) -> tuple[str, ...]:
+        """From the model's config.json; text and image when it cannot be read."""
+        takes_images = model_takes_images(self.model)
+        return ("text",) if takes_images is False else ("text", "image")
 
     def gpu_claims(self) -> list[GpuClaim]:
         """One claim per replica process, for splitting shared GPUs (launch.gpu_sharing)."""

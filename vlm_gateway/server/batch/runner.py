@@ -292,6 +292,13 @@ class BatchRunner:
                 response = await backend.completions(request)
             else:
                 response = await backend.chat(request)
+        except GatewayError as exc:
+            # Counts toward outlier ejection; _call's retry picks again, so another replica
+            # serves it, and the request stays one result line.
+            self._registry.record(backend, exc)
+            raise
+        else:
+            self._registry.record(backend)
         finally:
             backend.in_flight -= 1
             self._slots.calling[line.model] -= 1

@@ -4,6 +4,8 @@ leaves the caller (vlm_gateway/server/door/keys.py) in the scope for what comes 
 The public list is matched exactly against `scope["path"]`, the path
 the router itself dispatches on, never against the Host header or the raw path: `//v1/models`,
 `/v1/../v1/models` and percent-encoded spellings are simply not public, so they need a key.
+The key comes as `Authorization: Bearer KEY`; on Anthropic's routes also as `x-api-key: KEY`
+(their clients' way). A refusal is worded in the route's envelope (server/error_shapes.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from vlm_gateway.core.request_context import note_key
 from vlm_gateway.server.door.keys import CALLER_SCOPE, KeyRing
 from vlm_gateway.server.door.reply import header, send_error
 from vlm_gateway.server.door.request_metrics import note_refusal
+from vlm_gateway.server.error_shapes import ANTHROPIC_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,9 @@ class APIKeyMiddleware:
             await self.app(scope, receive, send)
             return
         presented = _bearer_token(header(scope, b"authorization"))
+        anthropic_route = scope["path"] in ANTHROPIC_PATHS
+        if presented is None and anthropic_route:  # how Anthropic's clients send it
+            presented = _plain_token(header(scope, b"x-api-key"))
         caller = self._keys.match(presented) if presented is not None else None
         if caller is None:
             log.info(
@@ -48,7 +54,7 @@ class APIKeyMiddleware:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             else:
-                await send_error(send, _refusal(presented))
+                await send_error(send, _refusal(presented, anthropic_route), scope)
             return
         scope[CALLER_SCOPE] = caller
         note_key(caller.name)  # the request's log lines carry the name, never the key
@@ -63,10 +69,16 @@ def _bearer_token(value: bytes | None) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def _refusal(presented: str | None) -> InvalidAPIKeyError:
+def _plain_token(value: bytes | None) -> str | None:
+    token = value.decode("latin-1").strip() if value is not None else ""
+    return token or None
+
+
+def _refusal(presented: str | None, anthropic_route: bool = False) -> InvalidAPIKeyError:
     if presented is None:
+        also = " or 'x-api-key: YOUR_KEY'" if anthropic_route else ""
         return InvalidAPIKeyError(
             "You didn't provide an API key. Send it in the Authorization header "
-            "('Authorization: Bearer YOUR_KEY')."
+            f"('Authorization: Bearer YOUR_KEY'){also}."
         )
     return InvalidAPIKeyError("Incorrect API key provided.")

@@ -14,13 +14,16 @@ from vlm_gateway.images.pool import ImagePreparer
 from vlm_gateway.images.resolve import ImageObserver, ImageResolver
 from vlm_gateway.server.door.auth import APIKeyMiddleware
 from vlm_gateway.server.door.keys import KeyRing
-from vlm_gateway.server.door.limits import BodyLimitMiddleware, RateLimitMiddleware
+from vlm_gateway.server.door.limits import BodyLimitMiddleware, RateLimitMiddleware, SharedUsage
 from vlm_gateway.server.door.log_redaction import install_log_redaction
 
 
-def install_security(app: FastAPI, settings: GatewaySettings) -> None:
+def install_security(
+    app: FastAPI, settings: GatewaySettings, shared_usage: SharedUsage | None = None
+) -> None:
     """Outermost first: API key, then per-key rate limits, then the body cap. Starlette puts
-    the last added middleware outermost, hence the reverse order here."""
+    the last added middleware outermost, hence the reverse order here. `shared_usage`: the
+    table several worker processes count rate limits in (None: this process alone)."""
     security = settings.security
     # Batch input files have their own, larger limit (batch.max_file_bytes).
     upload_limit = max(security.max_body_bytes, settings.batch.max_file_bytes + 1024 * 1024)
@@ -35,6 +38,7 @@ def install_security(app: FastAPI, settings: GatewaySettings) -> None:
             requests_per_minute=security.requests_per_minute,
             max_in_flight=security.max_in_flight_per_key,
             public_paths=security.public_paths,
+            shared=shared_usage,
         )
     keys = KeyRing.from_settings(security)
     if keys:
@@ -57,7 +61,14 @@ async def open_image_resolver(
     fetcher = ImageFetcher(settings.images)
     preparer = ImagePreparer(settings.images.prepare_workers)
     try:
-        yield ImageResolver(settings.images, settings.image_limits, fetcher, observer, preparer)
+        yield ImageResolver(
+            settings.images,
+            settings.image_limits,
+            fetcher,
+            observer,
+            preparer,
+            takes_images=lambda model: "image" in settings.input_modalities(model),
+        )
     finally:
         await preparer.aclose()
         await fetcher.aclose()

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,7 +37,7 @@ class BodyLimitMiddleware:
         declared = header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             note_refusal(scope, BODY_SIZE)
-            await send_error(send, _too_large(limit))
+            await send_error(send, _too_large(limit), scope)
             return
         received = 0
 
@@ -108,6 +109,17 @@ class _Bucket:
         return max(1, math.ceil((1.0 - self.tokens) / (self.rpm / 60.0)))
 
 
+class SharedUsage(Protocol):
+    """Usage counted outside this process, one table for every worker process
+    (vlm_gateway/server/door/shared_limits.py)."""
+
+    def admit(
+        self, who: str, shown_as: str, limits: Sequence[_Limit], now: float
+    ) -> RateLimitError | None: ...
+
+    def release(self, who: str) -> None: ...
+
+
 @dataclass
 class _CallerUsage:
     in_flight: int = 0
@@ -130,29 +142,54 @@ class RateLimitMiddleware:
         max_in_flight: int | None,
         public_paths: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedUsage | None = None,
     ) -> None:
         self.app = app
         self._gateway = _gateway_limit(requests_per_minute, max_in_flight)
         self._public = frozenset(public_paths)
         self._clock = clock
         self._usage: dict[str, _CallerUsage] = {}
+        # Several worker processes: the counts live in their shared table instead.
+        self._shared = shared
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._public:
             await self.app(scope, receive, send)
             return
         who, shown_as, limits = self._limits_of(scope)
+        if self._shared is not None:
+            await self._call_shared(self._shared, (who, shown_as, limits), scope, receive, send)
+            return
         usage = self._usage_of(who)
         refusal = self._refusal(shown_as, usage, limits)
         if refusal is not None:
             note_refusal(scope, RATE_LIMIT)
-            await send_error(send, refusal)
+            await send_error(send, refusal, scope)
             return
         usage.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
             usage.in_flight -= 1
+
+    async def _call_shared(
+        self,
+        shared: SharedUsage,
+        caller: tuple[str, str, list[_Limit]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        who, shown_as, limits = caller
+        refusal = shared.admit(who, shown_as, limits, self._clock())
+        if refusal is not None:
+            note_refusal(scope, RATE_LIMIT)
+            await send_error(send, refusal, scope)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            shared.release(who)
 
     def _limits_of(self, scope: Scope) -> tuple[str, str, list[_Limit]]:
         """Who is counted (a key by its name, or else the client's address), how a refusal

@@ -2,14 +2,10 @@ from fastapi import APIRouter, Request, Response
 
 from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.server.door.keys import caller_of
+from vlm_gateway.server.failover import call_with_failover, stream_with_failover
 from vlm_gateway.server.model_access import require_model
 from vlm_gateway.server.openapi import json_body, streamed_or_json
-from vlm_gateway.server.route_helpers import (
-    call_tracked,
-    parse_body,
-    resolve_images,
-    stream_tracked,
-)
+from vlm_gateway.server.route_helpers import parse_body, resolve_images
 from vlm_gateway.server.state import gateway_state
 
 router = APIRouter()
@@ -28,8 +24,11 @@ async def create_chat_completion(request: Request) -> Response:
     require_model(caller, state.registry, body.model)
     state.tracer.annotate_request(body.model)
     await resolve_images(request, body)
-    backend = state.registry.pick(body.model)  # access was checked above
-    traced = state.tracer.backend_call(backend, state.registry)
+    # Access was checked above; a replica that fails before answering is failed over.
     if body.stream:
-        return await stream_tracked(request, backend, traced.stream(backend.chat_stream(body)))
-    return await call_tracked(request, backend, traced.call(backend.chat(body)))
+        return await stream_with_failover(
+            request, body.model, lambda backend, traced: traced.stream(backend.chat_stream(body))
+        )
+    return await call_with_failover(
+        request, body.model, lambda backend, traced: traced.call(backend.chat(body))
+    )

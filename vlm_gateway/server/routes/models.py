@@ -36,7 +36,9 @@ def _card(state: GatewayState, name: str) -> Model:
         owned_by="vlm-gateway",
         vlm_gateway={
             "ready": any(b.status.ready for b in replicas),
-            "replicas": [b.describe() for b in replicas],
+            "replicas": [state.registry.describe(b) for b in replicas],
+            # An image part sent to a model without "image" is a 400 before any fetch.
+            "input_modalities": list(state.settings.input_modalities(name)),
             # Said up front: a request over these gets a 400.
             "images": limits.describe() if limits else None,
         },

@@ -1,0 +1,98 @@
+"""Failover before the first byte: a request whose replica failed before answering anything is
+tried once more on another ready replica of the same model (docs/reliability.md).
+
+Retried: errors a backend marks `retryable` (a refused or broken connection, a 502/503/504
+from the upstream, a timeout waiting for the answer's head), for JSON answers and for streams
+that have not been opened yet (`stream_tracked` commits to a 200 only after the opening, so
+nothing has reached the client). Never a 4xx, never an error inside a stream. Bounded by the
+model's retry budget (backends/retry_budget.py) and by the client: one that left is not
+served again. The answer says `x-vlmgw-attempts: 2` when the second attempt was made.
+
+Every outcome is also told to the registry, for outlier ejection (backends/ejection.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+
+from vlm_gateway.backends.base import Backend
+from vlm_gateway.backends.registry import BackendRegistry
+from vlm_gateway.core.errors import GatewayError
+from vlm_gateway.server.route_helpers import call_tracked, stream_tracked
+from vlm_gateway.server.state import gateway_state
+from vlm_gateway.server.tracing import BackendCall
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS_HEADER = "x-vlmgw-attempts"
+MAX_ATTEMPTS = 2  # the first, and once more on another replica
+
+# The call of one attempt on the replica given, through the tracer's wrapper for it.
+JsonAttempt = Callable[[Backend, BackendCall], Coroutine[Any, Any, dict[str, Any]]]
+StreamAttempt = Callable[[Backend, BackendCall], Awaitable[AsyncIterator[bytes]]]
+_Served = Callable[[Backend, BackendCall], Awaitable[Response]]
+
+
+async def call_with_failover(request: Request, model: str, attempt: JsonAttempt) -> Response:
+    """`call_tracked` of `attempt` on a picked replica, failing over once (see the module)."""
+
+    async def served(backend: Backend, traced: BackendCall) -> Response:
+        return await call_tracked(request, backend, attempt(backend, traced))
+
+    return await _with_failover(request, model, served)
+
+
+async def stream_with_failover(request: Request, model: str, attempt: StreamAttempt) -> Response:
+    """`stream_tracked` of `attempt`: a stream whose opening failed is opened elsewhere."""
+
+    async def served(backend: Backend, traced: BackendCall) -> Response:
+        return await stream_tracked(request, backend, attempt(backend, traced))
+
+    return await _with_failover(request, model, served)
+
+
+async def _with_failover(request: Request, model: str, served: _Served) -> Response:
+    state = gateway_state(request)
+    registry = state.registry
+    registry.retry_budgets.requested(model)
+    tried: list[Backend] = []
+    while True:
+        backend = registry.pick(model, avoid=tried)
+        tried.append(backend)
+        try:
+            response = await served(backend, state.tracer.backend_call(backend, registry))
+        except GatewayError as exc:
+            registry.record(backend, exc)
+            if not _may_retry(registry, model, tried, exc):
+                if len(tried) > 1:
+                    state.metrics.failover(model, served=False)
+                    exc.headers[ATTEMPTS_HEADER] = str(len(tried))
+                raise
+            log.warning(
+                "model %s: replica %d failed before answering (%s); trying another replica",
+                model,
+                registry.replica_index(backend),
+                exc.message,
+            )
+            continue
+        if response.status_code < 500:  # a 499 (the client left) says nothing of the replica
+            registry.succeeded(backend)
+        if len(tried) > 1:
+            response.headers[ATTEMPTS_HEADER] = str(len(tried))
+            state.metrics.failover(model, served=True)
+        return response
+
+
+def _may_retry(
+    registry: BackendRegistry, model: str, tried: list[Backend], error: GatewayError
+) -> bool:
+    return (
+        error.retryable
+        and len(tried) < MAX_ATTEMPTS
+        and registry.has_other_ready(tried[-1], tried)
+        and registry.retry_budgets.try_spend(model)  # last: spent only for a retry made
+    )
