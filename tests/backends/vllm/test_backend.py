@@ -152,9 +152,6 @@ def test_kill_9_of_vllm_mid_stream_then_of_the_gateway(tiny_models, workdir):
     with GatewayProcess(config, workdir).start(wait_ready=False) as gateway:
         pid = wait_model(gateway, "blip2")["pid"]
         client = _client(gateway, timeout=60)  # only so that a hang fails instead of waiting
-        # vLLM makes the 400 tokens in well under a second; a first request's cold path can lag
-        # that much behind it, so the kill would land after the end: warm the path first.
-        assert _caption(client, "blip2").choices
         stream = client.chat.completions.create(
             model="blip2",
             messages=[image_message("Describe.", png_data_url())],
@@ -163,8 +160,12 @@ def test_kill_9_of_vllm_mid_stream_then_of_the_gateway(tiny_models, workdir):
             stream=True,
             extra_body={"ignore_eos": True, "min_tokens": 400},
         )
-        next(iter(stream))
+        # The stream is open. vLLM makes the 400 tokens in well under a second, so a kill sent
+        # after reading could land after the end: freeze vLLM first, kill it while frozen,
+        # then let its other processes run on and see their parent gone.
+        os.killpg(pid, signal.SIGSTOP)
         os.kill(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGCONT)
         with pytest.raises(openai.APIError) as ended:
             for _ in stream:
                 pass
