@@ -2,6 +2,7 @@
 # runs from its own virtual environment (vLLM and the gateway pin different fastapi versions).
 # `pip install .` with no extras is the whole gateway (Pillow included); the blip2 extra (torch,
 # transformers) is only for BLIP-2 in the gateway's own process, which this image leaves to vLLM.
+# The postgres extra (psycopg, a few MB) lets several gateways share batches (docs/scale-out.md).
 # tests/test_install.py follows these steps on a machine without a container engine.
 ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
 FROM ${VLLM_IMAGE}
@@ -9,7 +10,7 @@ WORKDIR /opt/vlm-gateway
 COPY pyproject.toml README.md ./
 COPY vlm_gateway vlm_gateway
 RUN python3 -m venv /opt/vlm-gateway/.venv \
-    && /opt/vlm-gateway/.venv/bin/pip install --no-cache-dir .
+    && /opt/vlm-gateway/.venv/bin/pip install --no-cache-dir ".[postgres]"
 # Batch files, their SQLite store and vLLM logs: mount a volume here (docker-compose.yml does).
 ENV VLMGW_DATA_DIR=/data
 EXPOSE 8000

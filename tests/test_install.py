@@ -1,5 +1,6 @@
-"""The install a user (and docker/gateway.Dockerfile) gets: `pip install .` with no extras into
-a fresh virtual environment, laid out as the image would be (tests/support/dockerfile.py
+"""The install a user (and docker/gateway.Dockerfile) gets: `pip install .` into a fresh virtual
+environment (the image adds only the `postgres` extra, psycopg, which nothing imports unless a
+PostgreSQL batch store is configured), laid out as the image would be (tests/support/dockerfile.py
 follows the Dockerfile's steps), then the image's ENTRYPOINT and CMD in front of the fake
 upstream: ready, and chat requests with images answered, with no torch anywhere.
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
+from vlm_gateway.backends.affinity import HashRing
 from vlm_gateway.backends.base import Backend, State
 from vlm_gateway.backends.ejection import OutlierEjector
 from vlm_gateway.backends.retry_budget import RetryBudgets
@@ -13,6 +14,7 @@ from vlm_gateway.core.errors import GatewayError, ModelNotFoundError, ServiceUna
 DEFAULT_EJECT_AFTER = 5  # ModelEntry's defaults, for registries built without settings
 DEFAULT_RETRY_BUDGET = 0.2
 ReadyPolicy = Literal["all", "any"]  # bare GET /ready: every model ready, or at least one
+Routing = Literal["least_busy", "affinity"]  # a model's `routing` setting
 
 # A model's state is its most hopeful replica's: one ready replica serves, a starting one may.
 _MOST_HOPEFUL_FIRST = (State.READY, State.STARTING, State.UNAVAILABLE, State.FAILED, State.STOPPED)
@@ -24,6 +26,7 @@ class BackendRegistry:
         backends: Iterable[Backend],
         ejector: OutlierEjector | None = None,
         retry_budgets: RetryBudgets | None = None,
+        routing: Callable[[str], Routing] | None = None,
     ) -> None:
         self._by_name: dict[str, list[Backend]] = {}
         for backend in backends:
@@ -35,6 +38,9 @@ class BackendRegistry:
         # Per model: how many picks broke a tie, so ties rotate instead of always going to
         # the first listed replica (a sequential client would never reach the others).
         self._turns: dict[str, int] = {}
+        # Model name -> its `routing` setting; the rings of `affinity` models, built on first use.
+        self._routing = routing or (lambda _name: "least_busy")
+        self._rings: dict[str, HashRing[int]] = {}
 
     def names(self) -> list[str]:
         return list(self._by_name)
@@ -52,10 +58,12 @@ class BackendRegistry:
                 return index
         raise ValueError(f"{backend.name}: this backend is not in the registry")
 
-    def pick(self, name: str, avoid: Sequence[Backend] = ()) -> Backend:
+    def pick(self, name: str, avoid: Sequence[Backend] = (), key: int | None = None) -> Backend:
         """A ready replica with the fewest requests in flight, ties taken in turn; 404 or 503
         at once otherwise. Ejected replicas (backends/ejection.py) and those in `avoid` (tried
-        already) are passed over while another ready one is left."""
+        already) are passed over while another ready one is left. For a model routed by
+        `affinity`, a request with a `key` (its images' digest) goes to the key's replica on
+        the ring unless that one is out or above its load bound (backends/affinity.py)."""
         replicas = self._by_name.get(name)
         if replicas is None:
             raise ModelNotFoundError(name, self.names())
@@ -66,6 +74,8 @@ class BackendRegistry:
                 f"The model '{name}' has no ready backend right now ({_states(replicas)}). "
                 "Retry shortly; GET /ready shows every model's state."
             )
+        if key is not None and len(serving) > 1 and self._routing(name) == "affinity":
+            return self._by_affinity(name, replicas, serving, key)
         fewest = min(b.in_flight for b in serving)
         tied = [b for b in serving if b.in_flight == fewest]
         if len(tied) == 1:
@@ -73,6 +83,20 @@ class BackendRegistry:
         turn = self._turns.get(name, 0)
         self._turns[name] = turn + 1
         return tied[turn % len(tied)]
+
+    def _by_affinity(
+        self, name: str, replicas: list[Backend], serving: list[Backend], key: int
+    ) -> Backend:
+        ring = self._rings.get(name)
+        if ring is None:  # over every configured replica: one that is out keeps its points
+            ring = self._rings[name] = HashRing(list(range(len(replicas))))
+
+        chosen = ring.choose(
+            key,
+            load=lambda index: replicas[index].in_flight,
+            eligible=lambda index: any(replicas[index] is b for b in serving),
+        )
+        return serving[0] if chosen is None else replicas[chosen]
 
     def has_other_ready(self, backend: Backend, tried: Sequence[Backend]) -> bool:
         """Whether a ready replica of the backend's model is left besides those tried."""

@@ -78,9 +78,9 @@ def serve(
     ] = "1",
 ) -> None:
     """Serve the OpenAI-compatible API for the configured models (none: BLIP-2 in-process)."""
-    import uvicorn
-
+    from vlm_gateway.cli.draining_server import serve_draining
     from vlm_gateway.server.app import create_app
+    from vlm_gateway.server.http_protocol import head_deadline_protocol
     from vlm_gateway.server.logging_setup import configure_logging
 
     settings = _load_or_exit(config, host=host, port=port, log_level=log_level)
@@ -100,15 +100,17 @@ def serve(
         overrides = {"host": host, "port": port, "log_level": log_level}
         _serve_with_workers(settings, config, worker_count, default_models, **overrides)
         return
-    uvicorn.run(
+    # SIGTERM drains: /ready 503, no new connections, open requests finish within
+    # shutdown_grace, managed vLLM stopped last, exit 0 (cli/draining_server.py).
+    serve_draining(
         create_app(settings),
+        settings.shutdown_grace,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,  # configured above; uvicorn's own would replace our handler
         access_log=False,  # the request-id middleware writes the access line (settings.access_log)
-        # uvicorn annotates an int but only hands it to asyncio.wait_for, which takes a float.
-        timeout_graceful_shutdown=settings.shutdown_grace,  # type: ignore[arg-type]
+        http=head_deadline_protocol(settings.header_timeout),  # slowloris: heads on a clock
     )
 
 

@@ -6,8 +6,9 @@ which owns the managed vLLM processes, in-process models and the batch runner. W
 new connection to one of them) and reach those models through the backplane
 (vlm_gateway/server/workers/). A worker that dies is started again, with a growing pause if
 it keeps dying; the backplane, and so every vLLM process, is untouched. SIGTERM (or Ctrl-C):
-the socket is closed, workers finish their open requests (uvicorn's graceful shutdown), then
-the backplane stops (batch runner first, managed vLLM last) and the supervisor exits 0.
+the socket is closed and the batch runner stops taking rows, workers drain (each as one
+process does: cli/draining_server.py), then the backplane stops (managed vLLM last) and the
+supervisor exits 0. A second SIGTERM or Ctrl-C stops at once (workers and vLLM killed).
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
+from vlm_gateway.cli.draining_server import managed_process_groups
 from vlm_gateway.cli.worker import SPEC_ENV, WorkerSpec
 from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.core.metrics import MULTIPROCESS_ENV
 from vlm_gateway.server.app import create_app
 from vlm_gateway.server.door.shared_limits import SharedUsageTable, table_path
+from vlm_gateway.server.state import state_of
 from vlm_gateway.server.workers.backplane import backplane_extension
 from vlm_gateway.server.workers.plan import BackplaneLink, backplane_settings
 
@@ -136,7 +140,7 @@ class _Supervisor:
             await asyncio.sleep(0.05)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop.set)
+            loop.add_signal_handler(signum, self._on_signal, signum, app)
         log.info(
             "supervisor: %d workers on %s:%d, backplane on 127.0.0.1:%d",
             len(self._workers),
@@ -146,10 +150,28 @@ class _Supervisor:
         )
         await self._keep_workers(public, link)
         public.close()  # the workers' copies close as they drain: no new connections
+        # The batch runner stops taking rows now, as in one process (cli/draining_server.py).
+        batches = asyncio.ensure_future(state_of(app).batch_runner.stop())
         await self._stop_workers()
+        await batches
         backplane.should_exit = True  # batch runner, then backends (managed vLLM last)
         await serving
         return 0
+
+    def _on_signal(self, signum: int, app: FastAPI) -> None:
+        """The first SIGTERM/SIGINT drains; a second one stops at once: workers and the
+        managed vLLM process groups are killed, nothing is left behind."""
+        if not self._stop.is_set():
+            self._stop.set()
+            return
+        log.warning("signal %d during the drain: stopping at once", signum)
+        for worker in self._workers:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.kill()
+        for pgid in managed_process_groups(app):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        os._exit(128 + signum)
 
     async def _keep_workers(self, public: socket.socket, link: BackplaneLink) -> None:
         while not self._stop.is_set():

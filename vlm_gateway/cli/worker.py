@@ -39,12 +39,12 @@ class WorkerSpec:
 
 
 def run_worker(spec: WorkerSpec) -> None:
-    import uvicorn
-
     from vlm_gateway.backends.kinds import settings_model
+    from vlm_gateway.cli.draining_server import serve_draining
     from vlm_gateway.config.loading import load_settings
     from vlm_gateway.server.app import create_app
     from vlm_gateway.server.door.shared_limits import SharedUsageTable, table_path
+    from vlm_gateway.server.http_protocol import head_deadline_protocol
     from vlm_gateway.server.logging_setup import configure_logging
     from vlm_gateway.server.workers.plan import BackplaneLink, worker_settings
     from vlm_gateway.server.workers.worker_app import worker_extension
@@ -59,16 +59,18 @@ def run_worker(spec: WorkerSpec) -> None:
     usage.forget_own_requests()  # what a killed predecessor had in flight died with it
     configure_logging(settings)
     app = create_app(settings, extension=worker_extension(link, usage))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level=settings.log_level,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=settings.shutdown_grace,  # type: ignore[arg-type]
-        )
+    # The same drain as one process serving alone (cli/draining_server.py): the supervisor
+    # sends SIGTERM after closing its copy of the socket, and kills it at a second signal.
+    serve_draining(
+        app,
+        settings.shutdown_grace,
+        sockets=[socket.socket(fileno=spec.socket_fd)],
+        stop_on_second_signal=False,  # Ctrl-C, then the supervisor's SIGTERM: one drain
+        log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
+        http=head_deadline_protocol(settings.header_timeout),  # slowloris: heads on a clock
     )
-    server.run(sockets=[socket.socket(fileno=spec.socket_fd)])
 
 
 def _exit_with_parent() -> None:

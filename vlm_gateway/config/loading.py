@@ -28,6 +28,7 @@ _ENV_KEYS = (
     "ready_policy",
     "api_docs",
     "shutdown_grace",
+    "header_timeout",
     "max_upstream_connections",
     "data_dir",  # containers point it at their mounted volume
 )
@@ -55,6 +56,12 @@ def load_settings(
         if ENV_PREFIX + key.upper() in environ:
             data[key] = environ[ENV_PREFIX + key.upper()]
     _merge_env_api_keys(data, environ)
+    if ENV_PREFIX + "BATCH_STORE" in environ:  # e.g. a postgresql:// URL from a secret
+        batch = data.get("batch")
+        data["batch"] = {
+            **(batch if isinstance(batch, dict) else {}),
+            "store": environ[ENV_PREFIX + "BATCH_STORE"],
+        }
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return schema.model_validate(data)

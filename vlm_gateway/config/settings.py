@@ -11,7 +11,7 @@ import os
 from collections.abc import Hashable
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from vlm_gateway.config.security import SecuritySettings
 from vlm_gateway.config.tracing import TracingSettings
@@ -34,6 +34,11 @@ class ModelEntry(Section):
     # Reliability (docs/reliability.md); a model's first entry decides for all its replicas.
     retry_budget: Annotated[float, Field(ge=0, le=1)] = 0.2  # failovers per request, windowed
     eject_after: Annotated[int, Field(ge=1)] = 5  # consecutive failures that eject a replica
+    # Seconds from a request's first attempt within which its answer (a stream: its opening)
+    # must come, failovers included; None: no overall deadline, each attempt has its `timeout`.
+    request_timeout: Annotated[float, Field(gt=0)] | None = None
+    # How a replica is picked: the least busy, or by the request's images (backends/affinity.py).
+    routing: Literal["least_busy", "affinity"] = "least_busy"
     # What the model takes; None: what its kind knows (`kind_input_modalities`).
     input_modalities: list[Literal["text", "image"]] | None = None
 
@@ -58,6 +63,10 @@ class ModelEntry(Section):
     def gpu_claims(self) -> list[GpuClaim]:
         """GPU memory this entry's processes claim (only kinds that launch processes do)."""
         return []
+
+    def sends_image_ids(self) -> bool:
+        """Whether this entry's upstream gets each image's digest as its `uuid` (vLLM's)."""
+        return False
 
     def preferred_image_size(self) -> tuple[int, int] | None:
         """(width, height) this entry's model takes images at, for `images.resize: auto`
@@ -91,6 +100,19 @@ class BatchSettings(Section):
     concurrency_per_model: Annotated[int, Field(ge=1)] = 32
     max_requests_per_batch: Annotated[int, Field(ge=1)] = 50_000
     max_file_bytes: Annotated[int, Field(ge=1)] = 200 * 1024 * 1024
+    # Where files and batches live: "sqlite" (embedded, in data_dir, one gateway process) or a
+    # postgresql:// URL shared by any number of gateways (the `postgres` extra; env
+    # VLMGW_BATCH_STORE). A row a gateway took is taken again lease_seconds after it stopped
+    # renewing it (killed, hung).
+    store: str = "sqlite"
+    lease_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if value != "sqlite" and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be 'sqlite' or a postgresql:// URL")
+        return value
 
 
 def _default_data_dir() -> str:
@@ -111,6 +133,8 @@ class GatewaySettings(Section):
     ready_policy: Literal["all", "any"] = "all"
     api_docs: bool = True  # GET /docs and /openapi.json
     shutdown_grace: Annotated[float, Field(gt=0)] = 10.0
+    # Seconds a client has to send each request's line and headers (slowloris; docs/reliability.md).
+    header_timeout: Annotated[float, Field(gt=0)] = 10.0
     max_upstream_connections: Annotated[int, Field(ge=1)] = 1000
     models: list[ModelEntry] = Field(default_factory=list)
     # Batch API files and their SQLite store (default: $XDG_DATA_HOME/vlm-gateway).
@@ -144,6 +168,22 @@ class GatewaySettings(Section):
     def eject_after(self, name: str) -> int:
         entries = self.entries_for(name)
         return entries[0].eject_after if entries else ModelEntry.model_fields["eject_after"].default
+
+    def routing(self, name: str) -> Literal["least_busy", "affinity"]:
+        entries = self.entries_for(name)
+        return entries[0].routing if entries else "least_busy"
+
+    def image_digests(self, name: str) -> bool:
+        """Whether model `name` needs its images digested: to route by them (`affinity`), or
+        to send them to vLLM with ids. Otherwise the resolver spares the hashing."""
+        entries = self.entries_for(name)
+        return bool(entries) and (
+            entries[0].routing == "affinity" or any(e.sends_image_ids() for e in entries)
+        )
+
+    def request_timeout(self, name: str) -> float | None:
+        entries = self.entries_for(name)
+        return entries[0].request_timeout if entries else None
 
     def retry_budget(self, name: str) -> float:
         entries = self.entries_for(name)

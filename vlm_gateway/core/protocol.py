@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 # ---------------------------------------------------------------------------------------------
 # Request: content parts and messages
@@ -36,6 +36,17 @@ class ChatCompletionContentPartText(_Strict):
 class ChatCompletionContentPartImage(_Strict):
     type: Literal["image_url"]
     image_url: ImageURL
+    # vLLM's extension: a stable id of the image, its processor and encoder caches' key.
+    uuid: str | None = None
+    _digest: str | None = PrivateAttr(default=None)
+
+    @property
+    def digest(self) -> str | None:
+        """A digest of the image as forwarded, once the resolver has it (images/resolve.py)."""
+        return self._digest
+
+    def set_digest(self, digest: str) -> None:
+        self._digest = digest
 
 
 ContentPart = Annotated[

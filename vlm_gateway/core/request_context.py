@@ -1,10 +1,11 @@
 """The request being served, as a context variable: its id (the `X-Request-Id` header), the
 model it names and the name of its API key once those are known, and its usage (tokens,
 images) for the access line. Set once per request by the server's request-id middleware
-(and per batch line by the batch runner); read by the upstream client (it forwards the id) and
-by the log filter (every line about the request carries it). asyncio tasks copy the context
-when they are created, so work a request spawns sees its id, and background work started
-outside any request (health probes, supervisors) sees none."""
+(and per batch line by the batch runner); read by the upstream client (it forwards the id), by
+the log filter (every line about the request carries it) and by the replica pick (the key of
+`routing: affinity`). asyncio tasks copy the context when they are created, so work a request
+spawns sees its id, and background work started outside any request (health probes,
+supervisors) sees none."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ class RequestContext:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     images: int = 0
+    # The digest of its images and the text before them, for `routing: affinity` (set by the
+    # image resolver, read by the replica pick); None: no images.
+    affinity_key: int | None = None
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("vlmgw_request", default=None)
@@ -86,6 +90,18 @@ def note_images(count: int) -> None:
         context.images = count
 
 
+def note_affinity_key(key: int) -> None:
+    """Record the current request's affinity key (images/resolve.py)."""
+    context = _current.get()
+    if context is not None:
+        context.affinity_key = key
+
+
+def current_affinity_key() -> int | None:
+    context = _current.get()
+    return context.affinity_key if context is not None else None
+
+
 @contextlib.contextmanager
 def bound_request(context: RequestContext) -> Iterator[RequestContext]:
     """Make `context` the current request for the code inside the block."""
@@ -94,3 +110,24 @@ def bound_request(context: RequestContext) -> Iterator[RequestContext]:
         yield context
     finally:
         _current.reset(token)
+
+
+# Headers for the upstream call being made in this context (the tracer's `traceparent`): set
+# around one backend call, so health probes and image fetches never carry them.
+_upstream_headers: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "vlmgw_upstream_headers", default=None
+)
+
+
+def current_upstream_headers() -> Mapping[str, str]:
+    return _upstream_headers.get() or {}
+
+
+@contextlib.contextmanager
+def upstream_headers(headers: Mapping[str, str]) -> Iterator[None]:
+    """Add `headers` to the upstream requests made inside the block."""
+    token = _upstream_headers.set(headers)
+    try:
+        yield
+    finally:
+        _upstream_headers.reset(token)

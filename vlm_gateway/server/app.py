@@ -25,8 +25,8 @@ from vlm_gateway.core.errors import GatewayError, InvalidRequestError, NotFoundE
 from vlm_gateway.core.metrics import Metrics
 from vlm_gateway.core.request_context import REQUEST_ID_HEADER, RequestContext, bound_request
 from vlm_gateway.server.anthropic import router as anthropic_messages
+from vlm_gateway.server.batch.open_store import build_store
 from vlm_gateway.server.batch.runner import BatchRunner
-from vlm_gateway.server.batch.store import Store
 from vlm_gateway.server.door.install import install_security, open_image_resolver
 from vlm_gateway.server.door.keys import KeyRing
 from vlm_gateway.server.door.request_id import REQUEST_CONTEXT_SCOPE, RequestIdMiddleware
@@ -105,15 +105,15 @@ async def _running(
 ) -> AsyncIterator[GatewayState]:
     """Everything one app runs, started in order and stopped in reverse."""
     async with (
-        upstream_session(settings, tracer.upstream_trace_configs()) as client,
+        upstream_session(settings) as client,
         open_image_resolver(settings, app_metrics) as image_resolver,
     ):
         ejector = OutlierEjector(settings.eject_after, observer=app_metrics.ejection)
         budgets = RetryBudgets(settings.retry_budget)
-        registry = BackendRegistry(build(settings, client), ejector, budgets)
+        registry = BackendRegistry(build(settings, client), ejector, budgets, settings.routing)
         for backend in registry.backends():
             await backend.start()
-        store = Store(settings.data_dir)
+        store = build_store(settings)  # batch.store: SQLite, or PostgreSQL shared by gateways
         await store.open()
         runner = BatchRunner(
             store,
@@ -141,17 +141,12 @@ async def _running(
             await asyncio.to_thread(tracer.shutdown)
 
 
-def upstream_session(
-    settings: GatewaySettings, trace_configs: list[aiohttp.TraceConfig] | None = None
-) -> aiohttp.ClientSession:
-    """The one pooled client for every upstream (remote and managed vLLM): aiohttp costs about
-    a fifth of httpx's CPU per request (docs/benchmarks.md). Each call passes its own timeout.
-    No cookie jar: cookies one upstream sets must not travel with later requests.
-    `trace_configs`: the tracer's hooks (they add `traceparent` to each request)."""
+def upstream_session(settings: GatewaySettings) -> aiohttp.ClientSession:
+    """The pooled client for upstreams' health probes, liveness checks and metrics (requests
+    go through each backend's own HTTP/1.1 pool). Each call passes its own timeout. No cookie
+    jar: cookies one upstream sets must not travel with later requests."""
     connector = aiohttp.TCPConnector(limit=settings.max_upstream_connections)
-    return aiohttp.ClientSession(
-        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trace_configs=trace_configs
-    )
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
 
 def _install_error_handlers(app: FastAPI) -> None:

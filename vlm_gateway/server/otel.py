@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
-from types import SimpleNamespace
 from typing import Any, TypeVar
 
-import aiohttp
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
@@ -31,7 +29,7 @@ from vlm_gateway.backends.base import Backend
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.config.tracing import TracingSettings
 from vlm_gateway.core.protocol import ChatCompletionRequest
-from vlm_gateway.core.request_context import current_request_id
+from vlm_gateway.core.request_context import current_request_id, upstream_headers
 from vlm_gateway.images.resolve import image_parts
 from vlm_gateway.server.tracing import BackendCall, Tracer
 
@@ -64,18 +62,6 @@ class OTelTracer(Tracer):
             "logs": False,
             "auto_configure": False,
         }
-
-    def upstream_trace_configs(self) -> list[aiohttp.TraceConfig]:
-        config = aiohttp.TraceConfig()
-        config.on_request_start.append(self._add_traceparent)
-        return [config]
-
-    async def _add_traceparent(
-        self, _: aiohttp.ClientSession, __: SimpleNamespace, params: aiohttp.TraceRequestStartParams
-    ) -> None:
-        # Called in the task that makes the request, so the current span is its backend.call
-        # (health probes run outside any request: no valid span, no header).
-        propagate.inject(params.headers)
 
     def annotate_request(self, model: str) -> None:
         span = trace.get_current_span()  # the request's: routes run in FastAPI's span
@@ -135,8 +121,11 @@ class OTelBackendCall(BackendCall):
         return self._traced(call)
 
     async def _traced(self, call: Coroutine[Any, Any, T]) -> T:
-        with self._tracer.start_as_current_span(
-            "backend.call", kind=SpanKind.CLIENT, attributes=self._attributes
+        with (
+            self._tracer.start_as_current_span(
+                "backend.call", kind=SpanKind.CLIENT, attributes=self._attributes
+            ),
+            upstream_headers(_traceparent()),
         ):
             return await call
 
@@ -149,12 +138,19 @@ class OTelBackendCall(BackendCall):
         attributes = self._attributes | {"vlm_gateway.stream": True}
         span = self._tracer.start_span("backend.call", kind=SpanKind.CLIENT, attributes=attributes)
         try:
-            with trace.use_span(span, end_on_exit=False):
+            with trace.use_span(span, end_on_exit=False), upstream_headers(_traceparent()):
                 events = await opening
         except BaseException:
             span.end()
             raise
         return _relay(span, events)
+
+
+def _traceparent() -> dict[str, str]:
+    """The current span's context as W3C headers, for the upstream request."""
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers
 
 
 async def _relay(span: trace.Span, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -11,6 +11,7 @@ import orjson
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.types import Receive, Scope, Send
 
 from vlm_gateway.backends.base import Backend
 from vlm_gateway.core.errors import GatewayError, InvalidRequestError, validation_error_to_gateway
@@ -127,27 +128,60 @@ async def stream_tracked(
     except BaseException:
         backend.in_flight -= 1
         raise
-    return StreamingResponse(
-        _guarded(backend, events, tracker), media_type="text/event-stream", headers=_SSE_HEADERS
-    )
+    relay = _Relay(backend, events, tracker)
+    return _RelayedStream(relay)
 
 
-async def _guarded(
-    backend: Backend, events: AsyncIterator[bytes], tracker: RequestTracker | None
-) -> AsyncIterator[bytes]:
-    try:
-        async for event in events:
-            if tracker is not None:
-                tracker.stream_event(event)
-            yield event
-    except GatewayError as exc:
-        log.warning("stream for model %s ended with an error: %s", backend.name, exc.message)
-        yield error_event(exc)
-    except Exception:
-        log.exception("stream for model %s failed", backend.name)
-        yield error_event(GatewayError("The stream failed inside the gateway."))
-    finally:
-        backend.in_flight -= 1
-        aclose = getattr(events, "aclose", None)
+class _Relay:
+    """The backend's events on their way to the client, and the end of the request's hold on
+    the backend (in flight count, upstream stream) exactly once: when the events run out, or
+    when the response ends before they were ever read (a client gone at once)."""
+
+    def __init__(
+        self, backend: Backend, events: AsyncIterator[bytes], tracker: RequestTracker | None
+    ) -> None:
+        self._backend = backend
+        self._events = events
+        self._tracker = tracker
+        self._finished = False
+
+    async def events(self) -> AsyncIterator[bytes]:
+        backend, tracker = self._backend, self._tracker
+        try:
+            async for event in self._events:
+                if tracker is not None:
+                    tracker.stream_event(event)
+                yield event
+        except GatewayError as exc:
+            log.warning("stream for model %s ended with an error: %s", backend.name, exc.message)
+            yield error_event(exc)
+        except Exception:
+            log.exception("stream for model %s failed", backend.name)
+            yield error_event(GatewayError("The stream failed inside the gateway."))
+        finally:
+            await self.finish()
+
+    async def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._backend.in_flight -= 1
+        aclose = getattr(self._events, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+class _RelayedStream(StreamingResponse):
+    """An event stream that lets go of its backend however the response ends: Starlette
+    cancels the body for a client that is gone before the first event, and an async
+    generator that never started runs no `finally`."""
+
+    def __init__(self, relay: _Relay) -> None:
+        super().__init__(relay.events(), media_type="text/event-stream", headers=_SSE_HEADERS)
+        self._relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._relay.finish()

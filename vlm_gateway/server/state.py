@@ -13,7 +13,7 @@ from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.core.metrics import Metrics
 from vlm_gateway.images.resolve import ImageResolver
 from vlm_gateway.server.batch.runner import BatchRunner
-from vlm_gateway.server.batch.store import Store
+from vlm_gateway.server.batch.store_base import BatchStore
 from vlm_gateway.server.tracing import Tracer
 
 
@@ -23,7 +23,7 @@ class GatewayState:
     started_at: int  # unix time: `created` of every model card
     registry: BackendRegistry
     image_resolver: ImageResolver
-    batch_store: Store
+    batch_store: BatchStore
     batch_runner: BatchRunner
     metrics: Metrics
     tracer: Tracer = field(default_factory=Tracer)  # a no-op one unless tracing is on

@@ -8,8 +8,8 @@ gateway runs without the `otel` extra installed.
 The three spans of a chat request: the request (FastAPI's own server span: route, status; we add
 the model and the request id), `images.resolve` (count and bytes) and `backend.call` (model,
 backend kind, replica), the last two children of the first. The trace context goes to upstreams
-as a W3C `traceparent` header, added by a hook on the one pooled upstream client (never on the
-image fetcher's: image hosts learn nothing of our traces).
+as a W3C `traceparent` header, set for the backend call only (core/request_context.py's
+`upstream_headers`): health probes and image hosts learn nothing of our traces.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Coroutine
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
 from fastapi.telemetry import TelemetryConfig
 
 from vlm_gateway.backends.base import Backend
@@ -53,10 +52,6 @@ class Tracer:
         """FastAPI's own telemetry (`FastAPI(telemetry=...)`): off, also when an embedding
         program has set a global OpenTelemetry provider."""
         return {"tracing": False, "metrics": False, "logs": False, "auto_configure": False}
-
-    def upstream_trace_configs(self) -> list[aiohttp.TraceConfig]:
-        """Hooks for the pooled upstream client (they add `traceparent`)."""
-        return []
 
     def annotate_request(self, model: str) -> None:
         """The model the request names, on the request's span."""

@@ -18,6 +18,8 @@ def build(entry: OpenAIBackendSettings, context: BuildContext) -> list[Backend]:
             timeout=entry.timeout,
             connect_timeout=entry.connect_timeout,
             health_interval=entry.health_interval,
+            max_connections=context.settings.max_upstream_connections,
+            image_uuids=entry.image_uuids,
         )
     ]
 

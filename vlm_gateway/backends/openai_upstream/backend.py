@@ -3,7 +3,9 @@
 Requests are forwarded with `model` swapped for the upstream's name and answers come back
 with the client's name restored. Streams are relayed event by event as they arrive. The
 upstream's status is known before the gateway commits to a 200 stream, and every upstream
-response is closed, also when the client goes away.
+response is closed, also when the client goes away. Requests go through the backend's own small
+HTTP/1.1 pool (http1.py: the request path's CPU); health probes through the app's aiohttp
+session.
 """
 
 from __future__ import annotations
@@ -19,15 +21,29 @@ import orjson
 from pydantic import BaseModel
 
 from vlm_gateway.backends.base import Backend, State
+from vlm_gateway.backends.openai_upstream.http1 import (
+    Http1Pool,
+    Http1Response,
+    UpstreamConnectError,
+    UpstreamDisconnected,
+)
+from vlm_gateway.backends.openai_upstream.image_ids import add_image_uuids
 from vlm_gateway.core.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from vlm_gateway.core.protocol import ChatCompletionRequest, CompletionRequest
-from vlm_gateway.core.request_context import REQUEST_ID_HEADER, current_request_id
+from vlm_gateway.core.request_context import (
+    REQUEST_ID_HEADER,
+    current_request_id,
+    current_upstream_headers,
+)
 from vlm_gateway.core.sse import DONE, frame
 
 log = logging.getLogger(__name__)
 
-# Retry a lost upstream faster than the steady health interval, so it is back soon.
+# Retry a lost upstream faster than the steady health interval, so it is back soon: at most
+# every second, and ten times as often as the health checks (a worker's link to the supervisor,
+# checked every second, learns a model is up within 0.1 s: server/workers/plan.py).
 _RETRY_INTERVAL = 1.0
+_RETRY_SHARE = 0.1
 
 
 class OpenAIUpstreamBackend(Backend):
@@ -44,8 +60,11 @@ class OpenAIUpstreamBackend(Backend):
         timeout: float = 600.0,
         connect_timeout: float = 5.0,
         health_interval: float = 5.0,
+        max_connections: int = 1000,
+        image_uuids: bool = False,
     ) -> None:
         super().__init__(name)
+        self._image_uuids = image_uuids  # the upstream is vLLM: send images' ids (image_ids.py)
         self.base_url = base_url.rstrip("/")
         self.upstream_model = upstream_model
         self._configured_model = upstream_model
@@ -54,6 +73,10 @@ class OpenAIUpstreamBackend(Backend):
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
         self._timeout = upstream_timeout(timeout, connect_timeout)
+        self._read_timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._max_connections = max_connections
+        self._pool: Http1Pool | None = None
         self._probe_timeout = upstream_timeout(min(timeout, 5.0), connect_timeout)
         self._health_interval = health_interval
         self._wake = asyncio.Event()
@@ -69,12 +92,15 @@ class OpenAIUpstreamBackend(Backend):
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        if self._pool is not None:
+            self._pool.close()
         await super().stop()
 
     async def _watch(self) -> None:
         while True:
             await self.probe()
-            interval = self._health_interval if self.status.ready else _RETRY_INTERVAL
+            retry = min(_RETRY_INTERVAL, self._health_interval * _RETRY_SHARE)
+            interval = self._health_interval if self.status.ready else retry
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(interval, self._health_interval))
             self._wake.clear()
@@ -142,21 +168,31 @@ class OpenAIUpstreamBackend(Backend):
         data["model"] = self.name
         return data
 
-    async def _post(self, path: str, request: BaseModel) -> aiohttp.ClientResponse:
+    async def _post(self, path: str, request: BaseModel) -> Http1Response:
         """Send the request and wait for the answer's head. A failure until then means the
         upstream answered nothing: the error is `retryable` on another replica."""
         try:
             with self._translate_errors():
-                # Not `async with`: the caller reads the body, then releases the response.
-                return await self._client.post(
-                    self.base_url + path,
-                    data=self._body(request),
-                    headers=self._request_headers(),
-                    timeout=self._timeout,
+                # The caller reads the body, then releases the response.
+                return await self._http().post(
+                    path,
+                    self._request_headers(),
+                    self._body(request),
+                    connect_timeout=self._connect_timeout,
+                    read_timeout=self._read_timeout,
                 )
         except GatewayError as exc:
             exc.retryable = True
             raise
+
+    def _http(self) -> Http1Pool:
+        """The pool for the current `base_url` (a managed vLLM gets a new port per launch)."""
+        pool = self._pool
+        if pool is None or pool.base_url != self.base_url:
+            if pool is not None:
+                pool.close()
+            pool = self._pool = Http1Pool(self.base_url, limit=self._max_connections)
+        return pool
 
     async def _forward_stream(self, path: str, request: BaseModel) -> AsyncIterator[bytes]:
         response = await self._post(path, request)
@@ -169,13 +205,13 @@ class OpenAIUpstreamBackend(Backend):
             raise upstream_status_failure(response.status, body, response.headers)
         return self._relay(response)
 
-    async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def _relay(self, response: Http1Response) -> AsyncIterator[bytes]:
         saw_done = False
         pending = b""
         try:
             with self._translate_errors():
                 # iter_any: whatever bytes have arrived, at once; events are split here.
-                async for chunk in response.content.iter_any():
+                async for chunk in response.chunks():
                     pending += chunk.replace(b"\r\n", b"\n")
                     *events, pending = pending.split(b"\n\n")
                     for event in events:
@@ -210,13 +246,19 @@ class OpenAIUpstreamBackend(Backend):
         """The client's request id travels on (vLLM takes X-Request-Id as its own id), so one
         id names the request in the gateway's log and the upstream's."""
         request_id = current_request_id()
-        if request_id is None:
+        extra = current_upstream_headers()
+        if request_id is None and not extra:
             return self._headers
-        return {**self._headers, REQUEST_ID_HEADER: request_id}
+        headers = {**self._headers, **extra}
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id
+        return headers
 
     def _body(self, request: BaseModel) -> bytes:
         payload = request.model_dump(mode="json", exclude_unset=True)
         payload["model"] = self.upstream_model
+        if self._image_uuids and isinstance(request, ChatCompletionRequest):
+            add_image_uuids(payload, request)
         return orjson.dumps(payload)
 
     @contextlib.contextmanager
@@ -227,13 +269,13 @@ class OpenAIUpstreamBackend(Backend):
             raise UpstreamTimeoutError(
                 f"The upstream for '{self.name}' did not answer in time ({_why(exc)})."
             ) from exc
-        except aiohttp.ClientConnectorError as exc:  # refused, DNS, unreachable: not up
+        except (aiohttp.ClientConnectorError, UpstreamConnectError) as exc:  # not up
             self._mark_unavailable(f"cannot connect to {self.base_url}: {_why(exc)}")
             self._wake.set()
             raise UpstreamError(
                 f"The upstream for '{self.name}' is unreachable ({_why(exc)})."
             ) from exc
-        except aiohttp.ClientError as exc:  # disconnected, payload cut short, protocol errors
+        except (aiohttp.ClientError, UpstreamDisconnected) as exc:  # cut short, bad HTTP
             raise UpstreamError(
                 f"The connection to the upstream for '{self.name}' failed ({_why(exc)})."
             ) from exc

@@ -19,6 +19,9 @@ class OpenAIBackendSettings(ModelEntry):
     timeout: Annotated[float, Field(gt=0)] = 600.0
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     health_interval: Annotated[float, Field(gt=0)] = 5.0
+    # The upstream is vLLM: send each image's digest as its `uuid`, so vLLM's caches hit
+    # (openai_upstream/image_ids.py). Off by default: other servers may refuse the field.
+    image_uuids: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -26,6 +29,9 @@ class OpenAIBackendSettings(ModelEntry):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    def sends_image_ids(self) -> bool:
+        return self.image_uuids
 
     def plan_lines(self, index: int, settings: GatewaySettings) -> list[str]:
         upstream_model = self.upstream_model or "(the first model the upstream lists)"

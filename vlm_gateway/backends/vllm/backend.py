@@ -74,6 +74,7 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
         supervision: Supervision = Supervision(),
         timeout: float = 600.0,
         replica: int = 0,
+        max_connections: int = 1000,
     ) -> None:
         super().__init__(
             name,
@@ -81,7 +82,9 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
             client,
             upstream_model=name,
             timeout=timeout,
+            max_connections=max_connections,
             health_interval=supervision.liveness_interval,
+            image_uuids=True,  # vLLM takes them (openai_upstream/image_ids.py)
         )
         self.command = command
         self.log_path = log_path

@@ -118,6 +118,7 @@ def build_managed_vllm(
             supervision=supervision,
             timeout=entry.timeout,
             replica=process.replica,
+            max_connections=context.settings.max_upstream_connections,
         )
         for process in planned_processes(context.settings, entry)
     ]

@@ -66,6 +66,9 @@ class VllmBackendSettings(ModelEntry):
         takes_images = model_takes_images(self.model)
         return ("text",) if takes_images is False else ("text", "image")
 
+    def sends_image_ids(self) -> bool:
+        return True  # vLLM takes them (backends/openai_upstream/image_ids.py)
+
     def gpu_claims(self) -> list[GpuClaim]:
         """One claim per replica process, for splitting shared GPUs (launch.gpu_sharing)."""
         gpus = tuple(self.gpus) if self.gpus is not None else None

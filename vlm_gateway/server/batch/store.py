@@ -15,6 +15,7 @@ names someone else's object finds nothing, exactly like an id that does not exis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import os
@@ -22,8 +23,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -31,21 +31,9 @@ import orjson
 
 from vlm_gateway.server.batch.protocol import ACTIVE_STATUSES, Batch, BatchRequestCounts, FileObject
 from vlm_gateway.server.batch.schema import OWNED_BY, Transaction, open_database
+from vlm_gateway.server.batch.store_base import ResultRow, SharedQueue, new_id
 
-
-@dataclass(frozen=True)
-class ResultRow:
-    """One finished request: `line` is its output-file line (JSON, no newline)."""
-
-    batch_id: str
-    custom_id: str
-    ok: bool
-    model: str
-    line: bytes
-
-
-def new_id(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex[:24]
+_CHUNK = 1 << 20
 
 
 _P = ParamSpec("_P")
@@ -113,6 +101,21 @@ class Store:
 
     def file_path(self, file_id: str) -> Path:
         return self.files_dir / file_id
+
+    def local_file(self, file_id: str) -> Path | None:
+        return self.file_path(file_id)
+
+    async def file_chunks(self, file_id: str) -> AsyncIterator[bytes]:
+        with open(self.file_path(file_id), "rb") as handle:
+            while chunk := await asyncio.to_thread(handle.read, _CHUNK):
+                yield chunk
+
+    @contextlib.asynccontextmanager
+    async def input_copy(self, file_id: str) -> AsyncIterator[Path]:
+        yield self.file_path(file_id)  # on disk already: no copy
+
+    def queue(self) -> SharedQueue | None:
+        return None  # one process runs its batches, straight from the input files
 
     @_threaded
     def add_file(self, upload: Path, filename: str, purpose: str, owner: str) -> FileObject:

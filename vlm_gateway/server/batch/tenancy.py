@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from vlm_gateway.core.errors import NotFoundError
 from vlm_gateway.server.batch.protocol import Batch, FileObject
-from vlm_gateway.server.batch.store import Store
+from vlm_gateway.server.batch.store_base import BatchStore
 from vlm_gateway.server.door.keys import Caller
 
 
@@ -17,7 +17,7 @@ def visible_owner(caller: Caller) -> str | None:
 
 
 async def own_file(
-    store: Store, caller: Caller, file_id: str, *, param: str = "file_id"
+    store: BatchStore, caller: Caller, file_id: str, *, param: str = "file_id"
 ) -> FileObject:
     file = await store.get_file(file_id, visible_owner(caller))
     if file is None:
@@ -25,7 +25,7 @@ async def own_file(
     return file
 
 
-async def own_batch(store: Store, caller: Caller, batch_id: str) -> Batch:
+async def own_batch(store: BatchStore, caller: Caller, batch_id: str) -> Batch:
     batch = await store.get_batch(batch_id, visible_owner(caller))
     if batch is None:
         raise NotFoundError(

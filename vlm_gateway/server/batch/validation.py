@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from vlm_gateway.core.errors import loc_to_param
 from vlm_gateway.core.protocol import ChatCompletionRequest, CompletionRequest
 from vlm_gateway.server.batch.protocol import BatchError
+from vlm_gateway.server.batch.store_base import InputRow
 
 _BODY_MODELS: dict[str, type[ChatCompletionRequest | CompletionRequest]] = {
     "/v1/chat/completions": ChatCompletionRequest,
@@ -143,3 +144,16 @@ def read_requests(path: Path, endpoint: str, chunk: int = 256) -> Iterator[list[
             lines = []
     if lines:
         yield lines
+
+
+def input_rows(path: Path, endpoint: str) -> Iterator[InputRow]:
+    """The (already validated) requests as rows for a shared queue, each with its raw line."""
+    for number, raw in _lines(path):
+        result = _check(number, raw, endpoint)
+        if isinstance(result, BatchLine):
+            yield InputRow(result.custom_id, number, result.model, raw)
+
+
+def parse_line(number: int, raw: bytes, endpoint: str) -> BatchLine | BatchError:
+    """One input line (a leased row's body) parsed as validation parsed it."""
+    return _check(number, raw, endpoint)

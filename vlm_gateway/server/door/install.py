@@ -68,6 +68,7 @@ async def open_image_resolver(
             observer,
             preparer,
             takes_images=lambda model: "image" in settings.input_modalities(model),
+            digests_for=settings.image_digests,
         )
     finally:
         await preparer.aclose()

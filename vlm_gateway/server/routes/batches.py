@@ -15,7 +15,7 @@ from vlm_gateway.server.batch.protocol import (
     ListPage,
     window_seconds,
 )
-from vlm_gateway.server.batch.store import Store, new_id
+from vlm_gateway.server.batch.store_base import BatchStore, new_id
 from vlm_gateway.server.batch.tenancy import own_batch, own_file, visible_owner
 from vlm_gateway.server.door.keys import caller_of
 from vlm_gateway.server.openapi import json_body
@@ -25,7 +25,7 @@ from vlm_gateway.server.state import gateway_state
 router = APIRouter()
 
 
-def _store(request: Request) -> Store:
+def _store(request: Request) -> BatchStore:
     return gateway_state(request).batch_store
 
 

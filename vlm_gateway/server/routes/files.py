@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from vlm_gateway.core.errors import ConflictError, InvalidRequestError
 from vlm_gateway.server.batch.multipart import receive_upload
 from vlm_gateway.server.batch.protocol import FileDeleted, FileObject, ListPage
-from vlm_gateway.server.batch.store import Store
+from vlm_gateway.server.batch.store_base import BatchStore
 from vlm_gateway.server.batch.tenancy import own_file, visible_owner
 from vlm_gateway.server.door.keys import caller_of
 from vlm_gateway.server.openapi import multipart_upload
@@ -30,7 +30,7 @@ _UPLOAD_FORM = multipart_upload(
 )
 
 
-def _store(request: Request) -> Store:
+def _store(request: Request) -> BatchStore:
     return gateway_state(request).batch_store
 
 
@@ -83,9 +83,17 @@ async def retrieve_file(request: Request, file_id: str) -> Response:
 async def file_content(request: Request, file_id: str) -> Response:
     store = _store(request)
     file = await own_file(store, caller_of(request.scope), file_id)
-    return FileResponse(
-        store.file_path(file_id), media_type="application/octet-stream", filename=file.filename
-    )
+    path = store.local_file(file_id)
+    if path is None:  # in a shared store's database (PostgreSQL)
+        return StreamingResponse(
+            store.file_chunks(file_id),
+            media_type="application/octet-stream",
+            headers={
+                "content-length": str(file.bytes),
+                "content-disposition": f'attachment; filename="{file.filename}"',
+            },
+        )
+    return FileResponse(path, media_type="application/octet-stream", filename=file.filename)
 
 
 @router.delete("/v1/files/{file_id}", response_model=FileDeleted)

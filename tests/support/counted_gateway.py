@@ -1,0 +1,114 @@
+"""The gateway exactly as `vlm-gateway serve` runs it, in its own process, that also writes how
+many asyncio tasks its event loop holds to a file every 0.1 s (for leak checks: chaos tests and
+tests/bench/soak.py). Open file descriptors, RSS and threads are read from /proc/<pid>.
+
+    with CountedGateway(config, workdir) as gateway:
+        gateway.tasks(), gateway.fds(), gateway.rss_bytes(), gateway.threads()
+
+Run as `python -m tests.support.counted_gateway COUNT_FILE serve --config ... --port ...`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support.processes import REPO, GatewayProcess, wait_http
+
+_EVERY_S = 0.1
+
+
+class CountedGateway(GatewayProcess):
+    def __init__(self, config: dict, workdir: Path, env: dict | None = None) -> None:
+        super().__init__(config, workdir, env)
+        self.count_path = workdir / f"gateway-{self.port}.tasks"
+
+    def start(self, wait_ready: bool = True, deadline_s: float = 60) -> CountedGateway:
+        argv = [sys.executable, "-m", "tests.support.counted_gateway", str(self.count_path)]
+        argv += ["serve", "--config", str(self.config_path), "--port", str(self.port)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*argv, "--host", "127.0.0.1"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=self._env,
+                start_new_session=True,
+            )
+        wait_http(self.url + "/health", deadline_s, self.proc, self.log_path)
+        if wait_ready:
+            wait_http(self.url + "/ready", deadline_s, self.proc, self.log_path)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def tasks(self) -> int:
+        """asyncio tasks on the gateway's loop (its own counter not counted), at most 0.1 s old."""
+        return int(json.loads(self.count_path.read_text())["tasks"])
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def threads(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/task"))
+
+    def rss_bytes(self) -> int:
+        fields = Path(f"/proc/{self.pid}/statm").read_text().split()
+        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _counting(app: Any, path: Path) -> Any:
+    """`app`, plus a task started with its lifespan that writes the loop's task count."""
+    started: list[asyncio.Task[None]] = []
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan" and not started:
+            started.append(asyncio.create_task(_count_tasks(path), name="test-task-counter"))
+        await app(scope, receive, send)
+
+    # Attributes the serving code reads off the app (state, routes) stay reachable.
+    return _Proxy(wrapped, app)
+
+
+class _Proxy:
+    def __init__(self, call: Any, app: Any) -> None:
+        self._call, self._app = call, app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._call(scope, receive, send)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._app, name)
+
+
+async def _count_tasks(path: Path) -> None:
+    scratch = path.with_suffix(".tmp")
+    while True:
+        scratch.write_text(json.dumps({"tasks": len(asyncio.all_tasks()) - 1}))
+        os.replace(scratch, path)
+        await asyncio.sleep(_EVERY_S)
+
+
+def _main(count_path: Path, cli_args: list[str]) -> None:
+    import vlm_gateway.server.app as app_module
+    from vlm_gateway.cli.main import cli
+
+    create_app = app_module.create_app
+
+    def counted_create_app(*args: Any, **kwargs: Any) -> Any:
+        return _counting(create_app(*args, **kwargs), count_path)
+
+    app_module.create_app = counted_create_app  # type: ignore[assignment]
+    cli(cli_args)
+
+
+if __name__ == "__main__":
+    _main(Path(sys.argv[1]), sys.argv[2:])

@@ -1,0 +1,87 @@
+"""uvicorn's HTTP/1.1 protocol with a deadline on each request's head (slowloris).
+
+uvicorn (0.54) times a connection out only while it idles between requests (its keep-alive
+timeout, disarmed by the first byte of the next request); a client that opens a connection and
+sends nothing, or sends its request line and headers a byte every few seconds, holds the
+connection and its file descriptor for as long as it likes; and with httptools it takes a
+head of any size (8 MiB of headers measured: accepted). Here each request's head (request line
+and headers) must arrive in full within `header_timeout` seconds of the connection opening or
+of its first byte, and be at most MAX_HEAD_BYTES; otherwise the connection is closed (after a
+431 for a head too large). Bodies and responses are not affected (docs/reliability.md, "Chaos
+tests").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+# As nginx's default (4 buffers of 8 KiB) with room to spare; h11's own default is 16 KiB.
+MAX_HEAD_BYTES = 64 * 1024
+_TOO_LARGE_BODY = (
+    b'{"error":{"message":"The request line and headers exceed %d bytes.",'
+    b'"type":"invalid_request_error","param":null,"code":"request_head_too_large"}}'
+) % MAX_HEAD_BYTES
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY)
+)
+
+
+class _HeadDeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    """The protocol uvicorn would pick ("auto": httptools, else h11), with a head deadline."""
+
+    header_timeout: float = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0  # bytes of the current request's head received so far
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm()  # a connection that never sends a byte is cut too
+
+    def data_received(self, data: bytes) -> None:
+        if self._between_requests():
+            self._arm()  # the first bytes of a new request: its head is now on the clock
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if not self._between_requests():
+            self._disarm()  # the head arrived: a request is being served
+            self._head_bytes = 0
+        elif self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+            self.transport.write(_TOO_LARGE)
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _between_requests(self) -> bool:
+        cycle = self.cycle
+        return cycle is None or bool(cycle.response_complete)
+
+    def _arm(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._between_requests() and not self.transport.is_closing():
+            self.transport.close()
+
+
+def head_deadline_protocol(header_timeout: float) -> type[asyncio.Protocol]:
+    """The `http=` protocol class for uvicorn.Config: request heads must arrive within
+    `header_timeout` seconds (settings.header_timeout)."""
+    return type(
+        "HeadDeadlineProtocol", (_HeadDeadlineProtocol,), {"header_timeout": header_timeout}
+    )
