@@ -186,8 +186,15 @@ def test_kill_9_of_a_managed_vllm_mid_stream_ends_its_stream_and_the_other_repli
                 request = client.build_request("POST", "/v1/chat/completions", json=caption(True))
                 return client.send(request, stream=True)
 
-            # Nothing has been picked yet, so the first stream goes to replica 0, the managed
-            # vLLM (equally busy replicas are taken in turn, starting with the first listed).
+            # Warm both replicas first: a cold vLLM spends most of a first request preparing
+            # the image and then generates so fast that it can finish before the freeze below
+            # (seen in CI: the whole stream arrived before SIGSTOP). Two picks, taken in turn:
+            # replica 0, then 1; so the next tie goes to replica 0 again.
+            for _ in range(2):
+                warm = client.post("/v1/chat/completions", json=caption(False, max_tokens=4))
+                assert warm.status_code == 200, warm.text
+            # Equally busy replicas are taken in turn: the first stream goes to replica 0, the
+            # managed vLLM.
             doomed = open_stream()
             # Freeze vLLM's process group at once, so the kill lands mid-stream however fast
             # it generates. The second stream goes to the other replica (fewer in flight).
