@@ -152,6 +152,14 @@ def test_kill_9_of_vllm_mid_stream_then_of_the_gateway(tiny_models, workdir):
     with GatewayProcess(config, workdir).start(wait_ready=False) as gateway:
         pid = wait_model(gateway, "blip2")["pid"]
         client = _client(gateway, timeout=60)  # only so that a hang fails instead of waiting
+        # Freeze vLLM's engine before asking: its API server (the group leader) still prepares
+        # the request and answers the head, but no token can be made, so the kill below lands
+        # mid-stream however the two cores are shared (freezing after the head was not enough
+        # in CI: a starved client let vLLM finish all 400 tokens first).
+        engine = [member for member in process_group_members(pid) if member != pid]
+        assert engine, "vLLM's engine processes were not found in its group"
+        for member in engine:
+            os.kill(member, signal.SIGSTOP)
         stream = client.chat.completions.create(
             model="blip2",
             messages=[image_message("Describe.", png_data_url())],
@@ -160,12 +168,11 @@ def test_kill_9_of_vllm_mid_stream_then_of_the_gateway(tiny_models, workdir):
             stream=True,
             extra_body={"ignore_eos": True, "min_tokens": 400},
         )
-        # The stream is open. vLLM makes the 400 tokens in well under a second, so a kill sent
-        # after reading could land after the end: freeze vLLM first, kill it while frozen,
-        # then let its other processes run on and see their parent gone.
-        os.killpg(pid, signal.SIGSTOP)
+        # The stream is open and empty: kill the API server, then let the engine run on and
+        # see its parent gone.
         os.kill(pid, signal.SIGKILL)
-        os.killpg(pid, signal.SIGCONT)
+        for member in engine:
+            os.kill(member, signal.SIGCONT)
         with pytest.raises(openai.APIError) as ended:
             for _ in stream:
                 pass

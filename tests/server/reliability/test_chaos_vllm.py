@@ -22,7 +22,7 @@ import pytest
 
 from tests.support.counted_gateway import CountedGateway
 from tests.support.images import image_message, png_data_url
-from tests.support.managed import replicas, vllm_entry, wait_model
+from tests.support.managed import process_group_members, replicas, vllm_entry, wait_model
 from tests.support.polling import wait_until
 from tests.support.processes import VLLM_BIN, VLLM_SMALL_ARGS, GatewayProcess
 
@@ -186,25 +186,29 @@ def test_kill_9_of_a_managed_vllm_mid_stream_ends_its_stream_and_the_other_repli
                 request = client.build_request("POST", "/v1/chat/completions", json=caption(True))
                 return client.send(request, stream=True)
 
-            # Warm both replicas first: a cold vLLM spends most of a first request preparing
-            # the image and then generates so fast that it can finish before the freeze below
-            # (seen in CI: the whole stream arrived before SIGSTOP). Two picks, taken in turn:
-            # replica 0, then 1; so the next tie goes to replica 0 again.
+            # Warm both replicas first (a cold vLLM's first image request is slow to prepare,
+            # and the frozen engine below must not be asked to do that). Two picks, taken in
+            # turn: replica 0, then 1; so the next tie goes to replica 0 again.
             for _ in range(2):
                 warm = client.post("/v1/chat/completions", json=caption(False, max_tokens=4))
                 assert warm.status_code == 200, warm.text
-            # Equally busy replicas are taken in turn: the first stream goes to replica 0, the
-            # managed vLLM.
-            doomed = open_stream()
-            # Freeze vLLM's process group at once, so the kill lands mid-stream however fast
-            # it generates. The second stream goes to the other replica (fewer in flight).
-            os.killpg(pid, signal.SIGSTOP)
+            # Freeze the managed vLLM's engine first: its API server (the group leader) still
+            # answers the head, but no token is made, so the kill lands mid-stream however the
+            # cores are shared (a starved client can otherwise read a head only after vLLM
+            # finished). Equally busy replicas are taken in turn: the first stream goes to
+            # replica 0, the managed vLLM; the second to the other (fewer in flight).
+            engine = [member for member in process_group_members(pid) if member != pid]
+            assert engine, "vLLM's engine processes were not found in its group"
+            for member in engine:
+                os.kill(member, signal.SIGSTOP)
             pool = ThreadPoolExecutor(1)
             try:  # (in a thread only so that a stream sent to the frozen vLLM cannot hang here)
+                doomed = open_stream()
                 healthy = pool.submit(open_stream).result(timeout=60)
             finally:
                 os.kill(pid, signal.SIGKILL)
-                os.killpg(pid, signal.SIGCONT)
+                for member in engine:
+                    os.kill(member, signal.SIGCONT)
                 pool.shutdown()
             assert doomed.status_code == healthy.status_code == 200
             cut, whole = data_events(doomed), data_events(healthy)
