@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.images import image_message, png_data_url
+from tests.support.images import blip2_caption
 from tests.support.managed import replicas, vllm_entry, wait_model
 from tests.support.processes import VLLM_SMALL_ARGS, GatewayProcess
 from tests.support.upstream_process import UpstreamProcess
@@ -76,22 +76,10 @@ def sigstop(workdir: Path, timeout_s: float) -> None:
             print(f"back in rotation {ms(time.perf_counter() - thawed_at)} after SIGCONT")
 
 
-def caption(stream: bool, max_tokens: int) -> dict:
-    return {
-        "model": "blip2",
-        "messages": [image_message("Describe.", png_data_url())],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": stream,
-        "ignore_eos": True,
-        "min_tokens": max_tokens,
-    }
-
-
 def kill9_round(gateway: GatewayProcess, client: httpx.Client) -> tuple[float, float, int]:
     """(kill -> error event, next request's time, its status)."""
     pid = wait_model(gateway, "blip2")["pid"]
-    request = client.build_request("POST", "/v1/chat/completions", json=caption(True, 480))
+    request = client.build_request("POST", "/v1/chat/completions", json=blip2_caption(True, 480))
     stream = client.send(request, stream=True)  # the stream has begun: its head has come
     os.killpg(pid, signal.SIGSTOP)  # at once: vLLM may make its 480 tokens in under a second
     lines = stream.iter_lines()
@@ -107,7 +95,7 @@ def kill9_round(gateway: GatewayProcess, client: httpx.Client) -> tuple[float, f
     stream.close()
     assert last.startswith('data: {"error"'), last
     started = time.perf_counter()
-    status = client.post("/v1/chat/completions", json=caption(False, 4)).status_code
+    status = client.post("/v1/chat/completions", json=blip2_caption(False, 4)).status_code
     return to_error, time.perf_counter() - started, status
 
 
@@ -122,7 +110,7 @@ def kill9(workdir: Path, tiny_models: Path, rounds: int) -> None:
         httpx.Client(base_url=gateway.url, timeout=60) as client,
     ):
         wait_model(gateway, "blip2")
-        client.post("/v1/chat/completions", json=caption(False, 4))  # warm
+        client.post("/v1/chat/completions", json=blip2_caption(False, 4))  # warm
         errors, nexts = [], []
         for index in range(rounds):
             to_error, next_took, status = kill9_round(gateway, client)

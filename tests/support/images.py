@@ -37,3 +37,17 @@ def image_message(text: str | None, url: str) -> dict:
     if text is not None:
         parts.append({"type": "text", "text": text})
     return {"role": "user", "content": parts}
+
+
+def blip2_caption(stream: bool, max_tokens: int = 400) -> dict:
+    """A chat request to model `blip2` with an image that makes exactly `max_tokens` tokens
+    (vLLM's `ignore_eos`, `min_tokens`): a stream long enough to be cut mid-way."""
+    return {
+        "model": "blip2",
+        "messages": [image_message("Describe.", png_data_url())],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+        "ignore_eos": True,
+        "min_tokens": max_tokens,
+    }

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.support.counted_gateway import CountedGateway
-from tests.support.images import image_message, png_data_url
+from tests.support.images import blip2_caption
 from tests.support.managed import process_group_members, replicas, vllm_entry, wait_model
 from tests.support.polling import wait_until
 from tests.support.processes import VLLM_BIN, VLLM_SMALL_ARGS, GatewayProcess
@@ -151,18 +151,6 @@ def test_200_streams_whose_clients_leave_at_random_leak_nothing(counted):
 # -- kill -9 of a managed vLLM mid-stream, with another replica of the model ----------------
 
 
-def caption(stream: bool, max_tokens: int = 400) -> dict:
-    return {
-        "model": "blip2",
-        "messages": [image_message("Describe.", png_data_url())],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": stream,
-        "ignore_eos": True,
-        "min_tokens": max_tokens,
-    }
-
-
 def data_events(response: httpx.Response) -> list[str]:
     """The stream's `data:` payloads, read to its end (the connection must end it cleanly)."""
     try:
@@ -183,14 +171,16 @@ def test_kill_9_of_a_managed_vllm_mid_stream_ends_its_stream_and_the_other_repli
         with httpx.Client(base_url=gateway.url, timeout=60) as client:
 
             def open_stream() -> httpx.Response:  # returns once the answer's head has come
-                request = client.build_request("POST", "/v1/chat/completions", json=caption(True))
+                request = client.build_request(
+                    "POST", "/v1/chat/completions", json=blip2_caption(True)
+                )
                 return client.send(request, stream=True)
 
             # Warm both replicas first (a cold vLLM's first image request is slow to prepare,
             # and the frozen engine below must not be asked to do that). Two picks, taken in
             # turn: replica 0, then 1; so the next tie goes to replica 0 again.
             for _ in range(2):
-                warm = client.post("/v1/chat/completions", json=caption(False, max_tokens=4))
+                warm = client.post("/v1/chat/completions", json=blip2_caption(False, max_tokens=4))
                 assert warm.status_code == 200, warm.text
             # Freeze the managed vLLM's engine first: its API server (the group leader) still
             # answers the head, but no token is made, so the kill lands mid-stream however the
@@ -221,7 +211,7 @@ def test_kill_9_of_a_managed_vllm_mid_stream_ends_its_stream_and_the_other_repli
             assert whole[-1] == "[DONE]" and not any('"error"' in event for event in whole)
 
             # New requests go to the other replica: answered, not a 5xx, not a hang.
-            chat = caption(False, max_tokens=4)
+            chat = blip2_caption(False, max_tokens=4)
             answers = [client.post("/v1/chat/completions", json=chat) for _ in range(3)]
             assert [r.status_code for r in answers] == [200] * 3
             assert replicas(gateway, "blip2")[0]["state"] != "ready"
