@@ -120,6 +120,17 @@ def start_gateway(
     return Server(name, port, proc)
 
 
+def start_bare_proxy(upstream_port: int, mode: str, workdir: Path) -> Server:
+    """tests/bench/bare_proxy.py: the same forwarding with no gateway logic (the floor)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.bench.bare_proxy", "--mode", mode]
+    argv += ["--upstream-port", str(upstream_port), "--port", str(port)]
+    log_path = workdir / f"bare-{mode}.log"
+    proc = _popen(argv, log_path, REPO, dict(os.environ))
+    wait_http(f"http://{HOST}:{port}/health", 30, proc, log_path)
+    return Server(f"bare {mode}", port, proc)
+
+
 def find_litellm(given: str | None) -> str | None:
     if given:
         return given if Path(given).exists() else None
@@ -279,6 +290,8 @@ def run_matrix(args, workdir: Path, fake: subprocess.Popen, fake_port: int) -> N
             started.append(start_gateway(fake_port, 1, workdir, args.compare_source))
         for n in workers:
             started.append(start_gateway(fake_port, n, workdir))
+        for mode in args.floor:
+            started.append(start_bare_proxy(fake_port, mode, workdir))
         binary = find_litellm(args.litellm)
         if binary is None:
             notes.append("LiteLLM: not installed (pass --litellm PATH or put `litellm` on PATH)")
@@ -315,6 +328,13 @@ def add_arguments(parser) -> None:
         help="gateway `serve --workers N` columns (default 1,2)",
     )
     group.add_argument("--matrix-rounds", type=int, default=2)
+    group.add_argument(
+        "--floor",
+        type=lambda s: s.split(","),
+        default=[],
+        help="bare proxies with no gateway logic as more columns: proxy, asgi, relay "
+        "(tests/bench/bare_proxy.py)",
+    )
     group.add_argument("--litellm", help="the litellm binary (default: `litellm` on PATH)")
     group.add_argument(
         "--compare-source",

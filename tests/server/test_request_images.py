@@ -8,7 +8,9 @@ import io
 import logging
 import re
 
+import httpx
 import openai
+import orjson
 import pytest
 from PIL import Image
 
@@ -85,6 +87,31 @@ def test_unknown_fields_beside_an_image_reach_the_upstream_unchanged(servers, cl
     client.chat.completions.create(model="m", messages=[message], max_tokens=1, extra_body=extra)
     sent = {"model": "ok", "messages": [message], "max_tokens": 1, **extra}
     assert servers[1].requests[-1] == sent
+
+
+def post_raw(gateway: GatewayProcess, body: bytes) -> httpx.Response:
+    """As a client whose JSON encoder is not ours (the SDK's would not write these bytes)."""
+    headers = {"content-type": "application/json", "authorization": "Bearer x"}
+    return httpx.post(gateway.url + "/v1/chat/completions", content=body, headers=headers)
+
+
+def test_a_long_data_url_with_escaped_slashes_reaches_the_upstream_unescaped(servers, client):
+    """PHP's json_encode writes `image\\/png`: the gateway's fast parse of long data URLs
+    (core/chat_body.py) must read it as JSON does."""
+    url = png_data_url(200, 200, seed=6)
+    body = orjson.dumps({"model": "m", "messages": [image_message("what?", url)]})
+    answer = post_raw(servers[0], body.replace(b"data:image/png", b"data:image\\/png"))
+    assert answer.status_code == 200, answer.text
+    assert forwarded_urls(servers[1]) == [url]
+
+
+def test_a_control_character_inside_a_long_data_url_is_a_400_not_forwarded(servers, client):
+    url = png_data_url(200, 200, seed=7)
+    body = orjson.dumps({"model": "m", "messages": [image_message("what?", url)]})
+    answer = post_raw(servers[0], body.replace(b";base64,iVBOR", b";base64,iV\x01BOR"))
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "invalid_base64"
+    assert servers[1].requests == []
 
 
 def test_an_http_image_is_fetched_and_forwarded_as_a_data_url(servers, client):

@@ -1,4 +1,5 @@
-"""The event stream's hold on its backend: released however the response ends."""
+"""Reading request bodies, and the event stream's hold on its backend: released however the
+response ends."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+from starlette.requests import ClientDisconnect, Request
+
 from vlm_gateway.backends.base import Backend
-from vlm_gateway.server.route_helpers import _Relay, _RelayedStream
+from vlm_gateway.server.route_helpers import _Relay, _RelayedStream, read_body
 
 
 class _Idle(Backend):
@@ -56,3 +60,30 @@ def test_a_client_gone_before_the_first_event_releases_the_backend():
     asyncio.run(response(scope, gone, slow_send))
     assert backend.in_flight == 0
     assert upstream.closed
+
+
+def _request(*messages: dict) -> Request:
+    queue = list(messages)
+
+    async def receive() -> dict:
+        return queue.pop(0)
+
+    return Request({"type": "http", "method": "POST", "headers": []}, receive)
+
+
+def test_a_body_read_whole_in_one_piece_or_many():
+    one = b"x" * 100_000
+    whole = _request({"type": "http.request", "body": one})
+    assert asyncio.run(read_body(whole)) is one  # passed on, not copied
+    parts = [{"type": "http.request", "body": p, "more_body": True} for p in (b"ab", b"", b"c")]
+    pieces = _request(*parts, {"type": "http.request", "body": b"d"})
+    assert asyncio.run(read_body(pieces)) == b"abcd"
+    assert asyncio.run(read_body(_request({"type": "http.request", "body": b""}))) == b""
+
+
+def test_a_client_gone_mid_body_is_a_disconnect():
+    gone = _request(
+        {"type": "http.request", "body": b"a", "more_body": True}, {"type": "http.disconnect"}
+    )
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(read_body(gone))

@@ -1,4 +1,5 @@
-"""uvicorn's HTTP/1.1 protocol with a deadline on each request's head (slowloris).
+"""uvicorn's HTTP/1.1 protocol with a deadline on each request's head (slowloris), and request
+bodies handed to the app whole.
 
 uvicorn (0.54) times a connection out only while it idles between requests (its keep-alive
 timeout, disarmed by the first byte of the next request); a client that opens a connection and
@@ -9,14 +10,21 @@ and headers) must arrive in full within `header_timeout` seconds of the connecti
 of its first byte, and be at most MAX_HEAD_BYTES; otherwise the connection is closed (after a
 431 for a head too large). Bodies and responses are not affected (docs/reliability.md, "Chaos
 tests").
+
+Bodies: uvicorn hands the app each piece as it arrives and stops reading the socket at 64 KiB
+until the app asks for more, so a 450 KB image request went through the app's whole middleware
+chain about eight times, with the socket paused and resumed in between (about a tenth of the
+gateway's CPU for that request at 64 in flight, docs/benchmarks.md). Every route here reads the
+whole body before it acts, so a body of up to WHOLE_BODY_BYTES now reaches the app in one
+piece once it has all arrived; a larger one (a file upload) goes on in pieces, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # As nginx's default (4 buffers of 8 KiB) with room to spare; h11's own default is 16 KiB.
 MAX_HEAD_BYTES = 64 * 1024
@@ -28,10 +36,12 @@ _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY)
 )
+# Kept while the body arrives, per connection: a phone photo's base64 fits.
+WHOLE_BODY_BYTES = 8 * 1024 * 1024
 
 
-class _HeadDeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
-    """The protocol uvicorn would pick ("auto": httptools, else h11), with a head deadline."""
+class _HeadDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a head deadline and whole bodies."""
 
     header_timeout: float = 10.0
 
@@ -39,9 +49,11 @@ class _HeadDeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # bytes of the current request's head received so far
+        self._body_parts: list[bytes] = []  # the current request's body, not yet handed over
+        self._body_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, transport))
         self._arm()  # a connection that never sends a byte is cut too
 
     def data_received(self, data: bytes) -> None:
@@ -55,6 +67,28 @@ class _HeadDeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         elif self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
             self.transport.write(_TOO_LARGE)
             self.transport.close()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_parts.append(body)
+        self._body_bytes += len(body)
+        if self._body_bytes > WHOLE_BODY_BYTES:
+            self._hand_over()  # too large to keep: in pieces, with uvicorn's flow control
+
+    def on_message_complete(self) -> None:
+        if self._body_parts:
+            self._hand_over()
+        super().on_message_complete()
+
+    def _hand_over(self) -> None:
+        body = b"".join(self._body_parts)  # the one part itself when there is one
+        self._body_parts.clear()
+        self._body_bytes = 0
+        cycle = self.cycle
+        if cycle is not None and not cycle.body:
+            # Not copied into uvicorn's bytearray: its `receive` passes exact bytes on as they are.
+            cycle.body = body  # type: ignore[assignment]
+            body = b""
+        super().on_body(body)  # appends the rest, pauses reading past 64 KiB, wakes the app
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

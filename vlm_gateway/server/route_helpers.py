@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import orjson
@@ -29,16 +29,27 @@ CLIENT_CLOSED_REQUEST = 499
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
-    """Validate the JSON body against a protocol model; failures are 400s naming the field."""
-    body = await request.body()
+async def read_body(request: Request) -> bytes:
+    """The whole body, as `request.body()` but uncopied when it came in one piece (as the
+    gateway's HTTP protocol hands it over): Starlette joins the pieces and a closing b"",
+    a copy of every body (5% of the CPU of a 450 KB image request at 64 in flight)."""
+    pieces = [piece async for piece in request.stream() if piece]
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+async def parse_body(
+    request: Request, model: type[ModelT], loads: Callable[[bytes], Any] = orjson.loads
+) -> ModelT:
+    """Validate the JSON body against a protocol model; failures are 400s naming the field.
+    `loads`: orjson's, or one with the same results faster for its route's bodies."""
+    body = await read_body(request)
     if not body:
         raise InvalidRequestError("The request body is empty; send a JSON object.")
     try:
         # orjson, then pydantic on the Python objects: half the time of model_validate_json
         # for a body with a large image (150 against 270 µs at 450 KB), and the image strings
         # are not copied again.
-        data = orjson.loads(body)
+        data = loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -1,5 +1,6 @@
 from fastapi import APIRouter, Request, Response
 
+from vlm_gateway.core.chat_body import loads_chat_body
 from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.server.door.keys import caller_of
 from vlm_gateway.server.failover import call_with_failover, stream_with_failover
@@ -17,7 +18,7 @@ router = APIRouter()
     | streamed_or_json("A chat.completion object, or chat.completion.chunk events if streaming."),
 )
 async def create_chat_completion(request: Request) -> Response:
-    body = await parse_body(request, ChatCompletionRequest)
+    body = await parse_body(request, ChatCompletionRequest, loads_chat_body)
     state = gateway_state(request)
     caller = caller_of(request.scope)
     # Before the images: a model the key may not use gets no fetch, and no limits said.

@@ -1,0 +1,99 @@
+"""Parsing a chat request without parsing its large data URLs (issue 14).
+
+Most of a caption request's bytes are one base64 data URL, and JSON-parsing that string was
+the largest single cost of the image request (orjson: about 140 µs for 450 KB with warm caches,
+a quarter of the gateway's CPU at 64 in flight, where caches are cold). A base64 data URL holds
+no character JSON must unescape, so its value is exactly its bytes between the quotes: this
+parses the body with each long data URL cut out, then puts the string back, made from those
+bytes (one ASCII decode, a memory copy's cost).
+
+It falls back to parsing the whole body whenever the shortcut could differ from orjson in any
+way: a string with a backslash, a non-ASCII byte or a control character in its header, or one
+that does not turn out to be the `url` of an `image_url` part of a message. The payload after
+the comma is not checked here: the image resolver decodes it as strict base64 (any other byte
+is a 400 `invalid_base64` there) before anything is forwarded.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+# Shorter strings are cheap to parse: cutting them out would cost more than it saves.
+LONG_DATA_URL_BYTES = 32 * 1024
+_OPENING = b'"data:'
+_HEADER_BYTES = 256  # "data:<media type>;<params>," is never longer in practice
+
+
+def loads_chat_body(body: bytes) -> Any:
+    """`orjson.loads(body)`, faster for a body with long data URLs in its image parts."""
+    spans = _long_data_urls(body)
+    if not spans:
+        return orjson.loads(body)
+    marker = secrets.token_hex(8)  # per call: no client can write it into its own body
+    pieces, start = [], 0
+    for index, (begin, end) in enumerate(spans):
+        pieces += [body[start:begin], f'"vlmgw-{marker}-{index}"'.encode()]
+        start = end
+    pieces.append(body[start:])
+    data = orjson.loads(b"".join(pieces))
+    urls = {f"vlmgw-{marker}-{index}": span for index, span in enumerate(spans)}
+    if not _put_back(data, urls, memoryview(body)):
+        return orjson.loads(body)  # a marker landed somewhere else: parse it all, as ever
+    return data
+
+
+def _long_data_urls(body: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each long string opening with "data: whose bytes are its value: the
+    quotes included, so body[start:end] is the JSON string."""
+    spans: list[tuple[int, int]] = []
+    begin = body.find(_OPENING)
+    while begin != -1:
+        end = body.find(b'"', begin + 1)
+        if end == -1:
+            break
+        if end - begin > LONG_DATA_URL_BYTES and _plain(body, begin + 1, end):
+            spans.append((begin, end + 1))
+        begin = body.find(_OPENING, end + 1)
+    return spans
+
+
+def _plain(body: bytes, start: int, end: int) -> bool:
+    """No escape anywhere and a printable header: the bytes are the string's value."""
+    if body.find(b"\\", start, end) != -1:
+        return False
+    comma = body.find(b",", start, min(end, start + _HEADER_BYTES))
+    header = body[start:comma] if comma != -1 else b""
+    return header.isascii() and header.decode("ascii").isprintable()
+
+
+def _put_back(data: Any, urls: dict[str, tuple[int, int]], raw: memoryview) -> bool:
+    """Replace each marker with its data URL, in image parts only; False if any marker is
+    elsewhere (or missing), or a payload is not ASCII."""
+    found = 0
+    for image in _image_urls(data):
+        span = urls.get(image["url"])
+        if span is None:
+            continue
+        try:
+            image["url"] = str(raw[span[0] + 1 : span[1] - 1], "ascii")
+        except UnicodeDecodeError:
+            return False
+        found += 1
+    return found == len(urls)
+
+
+def _image_urls(data: Any) -> Iterator[dict[str, Any]]:
+    """The `image_url` objects of the messages' image parts whose `url` is a string."""
+    messages = data.get("messages") if isinstance(data, dict) else None
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if not isinstance(part, dict) or part.get("type") != "image_url":
+                continue
+            image = part.get("image_url")
+            if isinstance(image, dict) and isinstance(image.get("url"), str):
+                yield image
