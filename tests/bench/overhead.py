@@ -15,7 +15,8 @@ per-round value, with the spread over rounds printed next to it.
   CPU/request  each server process's own CPU time per request during the latency runs
 
 --matrix (tests/bench/overhead_matrix.py) measures text and 337 KB image bodies at concurrency
-1 and 64 instead, against direct, the gateway with 1 and 2 workers and LiteLLM's proxy.
+1 and 64 instead, against direct, the gateway with 1 and 2 workers and LiteLLM's proxy;
+--floor adds bare proxies with no gateway logic (tests/bench/bare_proxy.py) as columns.
 
 See docs/benchmarks.md for figures and the profile of the request path.
 """
