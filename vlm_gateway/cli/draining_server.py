@@ -13,6 +13,12 @@ are killed (nothing orphaned) and the process exits 128 + the signal's number. (
 use `KillMode=mixed`: the default sends SIGTERM to every process of the unit at once, vLLM's
 included.)
 
+Once started, it also takes what the startup made (the app, its backends, imported modules)
+out of the cyclic garbage collector's reach with `gc.freeze()`: those objects live as long as
+the process, and every full collection walked them all again, in the middle of requests.
+Measured (docs/benchmarks.md, run E): p99 at 64 in flight 68 -> 26 ms (text) and 125 -> 79 ms
+(image), 7-12% more requests/s.
+
 Used by `serve` (one process) and by each worker of `serve --workers N`.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -64,6 +71,12 @@ class DrainingServer(uvicorn.Server):
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # the app's startup went through: what it made stays to the end
+            gc.collect()
+            gc.freeze()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
