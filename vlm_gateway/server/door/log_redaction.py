@@ -7,10 +7,13 @@ import logging
 import re
 
 # 200+ base64 characters: far longer than any id, key digest or word a log line carries.
+_SHORTEST_RUN = 200
 _BASE64_RUN = re.compile(r"(data:[\w.+-]+/[\w.+-]+;base64,)?[A-Za-z0-9+/]{200,}={0,2}")
 
 
 def redact(text: str) -> str:
+    if len(text) < _SHORTEST_RUN:
+        return text  # too short to hold a run: most lines, the access line among them
     return _BASE64_RUN.sub(_placeholder, text)
 
 
@@ -27,8 +30,8 @@ class RedactBase64(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
-        if redacted != message:
-            record.msg, record.args = redacted, None
+        # Formatted once here for every handler and formatter after (args are not kept).
+        record.msg, record.args = redacted, None
         return True
 
 
