@@ -69,6 +69,8 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def on_body(self, body: bytes) -> None:
+        if self.parser.should_upgrade() and self._should_upgrade():
+            return  # as uvicorn: bytes after a WebSocket upgrade are not a request body
         self._body_parts.append(body)
         self._body_bytes += len(body)
         if self._body_bytes > WHOLE_BODY_BYTES:
