@@ -17,140 +17,31 @@ import argparse
 import asyncio
 import json
 import threading
-import time
 
 try:
     import uvloop
 except ImportError:  # optional: only makes the fake faster
     uvloop = None
 
-HOST = "127.0.0.1"  # never anything else: the fake must not be reachable from outside
-MODES = (
-    "ok",
-    "fault-500",
-    "fault-400",
-    "fault-stall",
-    "fault-drop",
-    "fault-badjson",
-    "slow-stream",
+from tests.support.fake_answers import (
+    DROP_HEAD,
+    ERR_404,
+    ERR_BAD_REQUEST,
+    ERRORS,
+    GET_BODIES,
+    MODES,
+    ROUTES,
+    SSE_HEAD,
+    error,
+    frame,
+    full_body,
+    response,
+    stream_events,
 )
+
+HOST = "127.0.0.1"  # never anything else: the fake must not be reachable from outside
 STALL_SECONDS = 30.0
 SLOW_STREAM_PAUSE = 0.2
-CREATED = int(time.time())
-
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    411: "Length Required",
-    500: "Internal Server Error",
-}
-_ROUTES = {"/v1/chat/completions": True, "/v1/completions": False}  # path -> is chat
-
-
-def _dumps(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _error(message: str, type_: str, param=None) -> bytes:
-    return _dumps({"error": {"message": message, "type": type_, "param": param, "code": None}})
-
-
-def _response(status: int, body: bytes, close: bool, ctype: str = "application/json") -> bytes:
-    connection = "Connection: close\r\n" if close else ""
-    head = (
-        f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
-        f"Content-Length: {len(body)}\r\n{connection}\r\n"
-    )
-    return head.encode() + body
-
-
-_ERRORS = {  # mode -> (status, body)
-    "fault-500": (500, _error("fake internal error", "internal_error")),
-    "fault-400": (
-        400,
-        _error("fake bad request: max_tokens too large", "BadRequestError", "max_tokens"),
-    ),
-}
-_ERR_404 = _error("not found", "NotFoundError")
-_ERR_BAD_REQUEST = _error("request body is not a JSON object", "BadRequestError")
-_MODELS = _dumps(
-    {
-        "object": "list",
-        "data": [
-            {"id": m, "object": "model", "created": CREATED, "owned_by": "fake-upstream"}
-            for m in MODES
-        ],
-    }
-)
-_GET_BODIES = {"/health": b"", "/v1/models": _MODELS}
-_SSE_HEAD = {  # chunked on HTTP/1.1 keeps the connection reusable; HTTP/1.0 gets close-delimited
-    True: b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-    b"Transfer-Encoding: chunked\r\n\r\n",
-    False: b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-    b"Connection: close\r\n\r\n",
-}
-# A Content-Length the body never reaches, so the client sees a truncated response.
-_DROP_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 256\r\n\r\n"
-
-
-def _usage(n: int) -> dict:
-    return {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}
-
-
-def _full_body(chat: bool, model: str, n: int) -> bytes:
-    out = {"message": {"role": "assistant", "content": "hello"}} if chat else {"text": "hello"}
-    choices = [{"index": i, **out, "logprobs": None, "finish_reason": "stop"} for i in range(n)]
-    return _dumps(
-        {
-            "id": "chatcmpl-fake" if chat else "cmpl-fake",
-            "object": "chat.completion" if chat else "text_completion",
-            "created": CREATED,
-            "model": model,
-            "choices": choices,
-            "usage": _usage(n),
-        }
-    )
-
-
-def _stream_events(
-    chat: bool, model: str, n: int, include_usage: bool, drop: bool = False
-) -> list[bytes]:
-    """The SSE events of one stream; with drop, only the two content events that precede the cut."""
-
-    def event(choices: list, usage=None) -> bytes:
-        obj = {
-            "id": "chatcmpl-fake" if chat else "cmpl-fake",
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": CREATED,
-            "model": model,
-            "choices": choices,
-        }
-        if include_usage:  # OpenAI puts "usage": null on every chunk before the usage chunk
-            obj["usage"] = usage
-        return b"data: " + _dumps(obj) + b"\n\n"
-
-    def choice(i: int, text: str | None = None, role: bool = False, finish: str | None = None):
-        if not chat:
-            return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
-        delta = {"role": "assistant", "content": text or ""} if role else {}
-        if text is not None:
-            delta["content"] = text
-        return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
-
-    if drop:
-        return [event([choice(0, "hel", role=chat)]), event([choice(0, "lo")])]
-    steps = [{"text": "hel"}, {"text": "lo"}, {"finish": "stop"}]
-    steps = [{"role": True}, *steps] if chat else steps
-    events = [event([choice(i, **step)]) for step in steps for i in range(n)]
-    if include_usage:
-        events.append(event([], _usage(n)))
-    events.append(b"data: [DONE]\n\n")
-    return events
-
-
-def _frame(data: bytes, chunked: bool) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
 
 
 class FakeUpstream:
@@ -287,18 +178,18 @@ class FakeUpstream:
         path = target.split("?", 1)[0]
 
         if method == "GET":
-            body = _GET_BODIES.get(path)
+            body = GET_BODIES.get(path)
             ok = body is not None
-            writer.write(_response(200, body, close) if ok else _response(404, _ERR_404, close))
+            writer.write(response(200, body, close) if ok else response(404, ERR_404, close))
             return keep
         if "chunked" in headers.get("transfer-encoding", ""):
-            writer.write(_response(411, _error("send Content-Length", "BadRequestError"), True))
+            writer.write(response(411, error("send Content-Length", "BadRequestError"), True))
             return False
         length = int(headers.get("content-length", "0"))
         body = await reader.readexactly(length) if length else b""
-        chat = _ROUTES.get(path) if method == "POST" else None
+        chat = ROUTES.get(path) if method == "POST" else None
         if chat is None:
-            writer.write(_response(404, _ERR_404, close))
+            writer.write(response(404, ERR_404, close))
             return keep
         try:
             req = json.loads(body)
@@ -311,7 +202,7 @@ class FakeUpstream:
                 self.request_paths.append(path)
                 self.requests.append(req)
         if req is None:
-            writer.write(_response(400, _ERR_BAD_REQUEST, close))
+            writer.write(response(400, ERR_BAD_REQUEST, close))
             return keep
         return await self._dispatch(req, chat, http11, keep, reader, writer)
 
@@ -323,8 +214,8 @@ class FakeUpstream:
         mode = model if model in MODES else "ok"
         stream = req.get("stream") is True
         close = not keep
-        if mode in _ERRORS:  # vLLM answers errors as JSON even when a stream was asked for
-            writer.write(_response(*_ERRORS[mode], close))
+        if mode in ERRORS:  # vLLM answers errors as JSON even when a stream was asked for
+            writer.write(response(*ERRORS[mode], close))
             return keep
         if mode == "fault-stall":
             try:  # ends early if the client gives up (its timeout) and closes
@@ -335,7 +226,7 @@ class FakeUpstream:
             return False
         if mode == "fault-badjson":
             if not stream:
-                writer.write(_response(200, b'{"choices": [', close))
+                writer.write(response(200, b'{"choices": [', close))
                 return keep
             events = [b"data: {not json}\n\n", b"data: [DONE]\n\n"]
             return await self._stream(reader, writer, events, http11, keep)
@@ -347,19 +238,19 @@ class FakeUpstream:
                 await self._stream(
                     reader,
                     writer,
-                    _stream_events(chat, model, 1, False, drop=True),
+                    stream_events(chat, model, 1, False, drop=True),
                     http11,
                     keep,
                     drop=True,
                 )
             else:
-                writer.write(_DROP_HEAD)
+                writer.write(DROP_HEAD)
                 await self._abort_after_flush(writer)
             return False
         opts = req.get("stream_options") if stream else None
         usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
         if mode == "slow-stream" and stream:
-            events = _stream_events(chat, model, n, usage)
+            events = stream_events(chat, model, n, usage)
             return await self._stream(reader, writer, events, http11, keep, pause=SLOW_STREAM_PAUSE)
         # "ok": the whole response is cached as bytes, so a repeat costs a dict lookup and a write
         key = (chat, model, n, stream, usage, http11, close)
@@ -368,24 +259,24 @@ class FakeUpstream:
             if len(self._cache) > 1024:  # arbitrary model names mustn't grow it forever
                 self._cache.clear()
             if stream:
-                events = _stream_events(chat, model, n, usage)
-                data = _SSE_HEAD[http11] + b"".join(_frame(e, http11) for e in events)
+                events = stream_events(chat, model, n, usage)
+                data = SSE_HEAD[http11] + b"".join(frame(e, http11) for e in events)
                 data += b"0\r\n\r\n" if http11 else b""
             else:
-                data = _response(200, _full_body(chat, model, n), close)
+                data = response(200, full_body(chat, model, n), close)
             self._cache[key] = data
         writer.write(data)
         return keep and (http11 or not stream)
 
     async def _stream(self, reader, writer, events, chunked, keep, pause=0.0, drop=False) -> bool:
-        writer.write(_SSE_HEAD[chunked])
+        writer.write(SSE_HEAD[chunked])
         for i, data in enumerate(events):
             if i and pause:
                 await asyncio.sleep(pause)
             if reader.at_eof() or writer.is_closing():  # the client hung up mid-stream
                 self.stream_disconnects += 1
                 return False
-            writer.write(_frame(data, chunked))
+            writer.write(frame(data, chunked))
             await writer.drain()
         if drop:
             await self._abort_after_flush(writer)
