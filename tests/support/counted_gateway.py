@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support.processes import REPO, GatewayProcess, wait_http
+from tests.support.processes import GatewayProcess
 
 _EVERY_S = 0.1
 
@@ -28,22 +27,8 @@ class CountedGateway(GatewayProcess):
         super().__init__(config, workdir, env)
         self.count_path = workdir / f"gateway-{self.port}.tasks"
 
-    def start(self, wait_ready: bool = True, deadline_s: float = 60) -> CountedGateway:
-        argv = [sys.executable, "-m", "tests.support.counted_gateway", str(self.count_path)]
-        argv += ["serve", "--config", str(self.config_path), "--port", str(self.port)]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*argv, "--host", "127.0.0.1"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env=self._env,
-                start_new_session=True,
-            )
-        wait_http(self.url + "/health", deadline_s, self.proc, self.log_path)
-        if wait_ready:
-            wait_http(self.url + "/ready", deadline_s, self.proc, self.log_path)
-        return self
+    def program(self) -> list[str]:
+        return ["-m", "tests.support.counted_gateway", str(self.count_path)]
 
     @property
     def pid(self) -> int:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 import yaml
@@ -103,11 +104,14 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait_ready: bool = True, deadline_s: float = 60) -> GatewayProcess:
+    def program(self) -> list[str]:
+        """What runs `serve`: the gateway's own entry point (a subclass may wrap it)."""
+        return ["-m", "vlm_gateway"]
+
+    def start(self, wait_ready: bool = True, deadline_s: float = 60) -> Self:
         argv = [
             sys.executable,
-            "-m",
-            "vlm_gateway",
+            *self.program(),
             "serve",
             "--config",
             str(self.config_path),

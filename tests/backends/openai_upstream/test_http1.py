@@ -83,6 +83,17 @@ async def post(pool: Http1Pool, body: bytes = b"{}", timeout: float = 5.0) -> by
         response.release()
 
 
+def answers_then_closes(raw: bytes):
+    """A server side that writes `raw` to each connection and closes it."""
+
+    async def handle(reader, writer) -> None:
+        writer.write(raw)
+        await writer.drain()
+        writer.close()
+
+    return handle
+
+
 @in_loop
 async def test_requests_reuse_one_kept_alive_connection():
     async def ok(reader, writer):
@@ -121,11 +132,7 @@ async def test_a_chunked_stream_arrives_piece_by_piece_before_it_ends():
 
 @in_loop
 async def test_a_body_without_length_ends_with_the_connection():
-    async def close_delimited(reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
-        await writer.drain()
-        writer.close()
-
+    close_delimited = answers_then_closes(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
     async with serving(close_delimited) as (url, per_connection):
         pool = Http1Pool(url, limit=8)
         assert await post(pool) == b"all of it"
@@ -180,11 +187,7 @@ async def test_a_kept_alive_connection_that_dies_unanswered_is_retried_on_a_new_
 
 @in_loop
 async def test_a_server_that_closes_mid_body_is_a_disconnect():
-    async def cuts(reader, writer):
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this")
-        await writer.drain()
-        writer.close()
-
+    cuts = answers_then_closes(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this")
     async with serving(cuts) as (url, _):
         pool = Http1Pool(url, limit=8)
         with pytest.raises(UpstreamDisconnected, match="during the answer"):

@@ -98,6 +98,14 @@ class HeldRequests:
         upstream.wait_arrivals(2)
         wait_until(first_seen.is_set, "the stream's first event at the client")
 
+    def finish(self, upstream: HeldUpstream, gateway: Gateway) -> tuple[Done, Done]:
+        """Let the upstream answer; both results, once the gateway has exited 0."""
+        upstream.release()
+        answer, stream = self.results()
+        assert gateway.proc is not None
+        assert gateway.proc.wait(60) == 0, gateway.log()[-3000:]
+        return answer, stream
+
     def results(self) -> tuple[Done, Done]:
         try:
             return self.json.result(120), self.stream.result(120)
@@ -151,9 +159,7 @@ def test_sigterm_lets_open_json_and_stream_requests_finish_and_exits_0(tmp_path)
             assert ready.headers["connection"] == "close"  # the client moves elsewhere
             assert refused(gateway.url)  # the listening socket is closed
             assert gateway.proc.poll() is None  # still serving the two held requests
-            upstream.release()
-            answer, stream = held.results()
-            assert gateway.proc.wait(60) == 0, gateway.log()[-3000:]
+            answer, stream = held.finish(upstream, gateway)
         finally:
             gateway.stop()
     assert answer.status == 200
@@ -203,9 +209,7 @@ def test_managed_vllm_is_stopped_only_after_the_open_requests_finished(tmp_path)
             wait_until(lambda: "waiting for 2 request(s)" in gateway.log(), "the drain waits")
             assert httpx.get(vllm_url + "/models", timeout=10).status_code == 200
             assert not mark.exists()
-            upstream.release()
-            answer, stream = held.results()
-            assert gateway.proc.wait(60) == 0, gateway.log()[-3000:]
+            answer, stream = held.finish(upstream, gateway)
         finally:
             gateway.stop()
     assert answer.status == 200 and stream.text.endswith("data: [DONE]\n\n")
@@ -340,9 +344,7 @@ def test_ctrl_c_on_serve_with_workers_is_one_drain_not_two_signals(tmp_path):
             os.killpg(gateway.proc.pid, signal.SIGINT)
             wait_until(lambda: refused(gateway.url), "new connections refused")
             wait_until(lambda: gateway.log().count("draining: /ready answers 503") == 2, "drains")
-            upstream.release()
-            answer, stream = held.results()
-            assert gateway.proc.wait(60) == 0, gateway.log()[-3000:]
+            answer, stream = held.finish(upstream, gateway)
         finally:
             gateway.stop()
     assert answer.status == 200 and stream.text.endswith("data: [DONE]\n\n")
