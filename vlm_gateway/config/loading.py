@@ -25,6 +25,7 @@ _ENV_KEYS = (
     "log_level",
     "log_format",
     "access_log",
+    "server_timing",
     "ready_policy",
     "api_docs",
     "shutdown_grace",

@@ -128,6 +128,8 @@ class GatewaySettings(Section):
     # text: one line per record with a timestamp; json: one object per line (docs/operations.md).
     log_format: Literal["text", "json"] = "text"
     access_log: bool = True
+    # A Server-Timing header on every answer: the gateway's own time, the upstream's, images'.
+    server_timing: bool = True
     # Bare GET /ready: 200 when all models are ready, or when any one is (GET /ready?model=NAME
     # asks about one model).
     ready_policy: Literal["all", "any"] = "all"

@@ -27,10 +27,9 @@ from vlm_gateway.core.request_context import REQUEST_ID_HEADER, RequestContext, 
 from vlm_gateway.server.anthropic import router as anthropic_messages
 from vlm_gateway.server.batch.open_store import build_store
 from vlm_gateway.server.batch.runner import BatchRunner
-from vlm_gateway.server.door.install import install_security, open_image_resolver
+from vlm_gateway.server.door.door import REQUEST_CONTEXT_SCOPE
+from vlm_gateway.server.door.install import install_door, open_image_resolver
 from vlm_gateway.server.door.keys import KeyRing
-from vlm_gateway.server.door.request_id import REQUEST_CONTEXT_SCOPE, RequestIdMiddleware
-from vlm_gateway.server.door.request_metrics import RequestMetricsMiddleware
 from vlm_gateway.server.error_shapes import error_reply
 from vlm_gateway.server.extension import AppExtension
 from vlm_gateway.server.fast_routes import FastRoutesMiddleware, hot_routes
@@ -87,11 +86,8 @@ def create_app(
     app.add_middleware(FastRoutesMiddleware, routes=hot_routes(app.routes))
     if extension is not None:  # `serve --workers N` (vlm_gateway/server/workers/)
         extension.install(app)
-    install_security(app, settings, extension.shared_usage if extension else None)
-    # Outside the door's middlewares, so their refusals are counted too.
-    app.add_middleware(RequestMetricsMiddleware, metrics=app_metrics, routes=app.routes)
-    # Added last, so outermost: the door's refusals carry the request id too.
-    app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)
+    # Added last, so outermost: ids, metrics, keys, limits, the access line (server/door/).
+    install_door(app, settings, app_metrics, extension.shared_usage if extension else None)
     return app
 
 

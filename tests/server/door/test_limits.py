@@ -13,7 +13,7 @@ from tests.support.fake_upstream import FakeUpstream
 from tests.support.polling import wait_until
 from tests.support.processes import GatewayProcess
 from vlm_gateway.server.door.keys import CALLER_SCOPE, Caller
-from vlm_gateway.server.door.limits import RateLimitMiddleware
+from vlm_gateway.server.door.limits import RateLimiter
 
 KEYS = [f"sk-limits-{i}" for i in range(6)]
 MAX_BODY = 100_000
@@ -138,9 +138,7 @@ def test_requests_in_flight_per_key_give_429(gateway):
 
 def test_retry_after_counts_the_seconds_until_a_token_is_back():
     now = [0.0]
-    limiter = RateLimitMiddleware(
-        None, requests_per_minute=6, max_in_flight=None, clock=lambda: now[0]
-    )
+    limiter = RateLimiter(requests_per_minute=6, max_in_flight=None, clock=lambda: now[0])
     scope = {"client": ("127.0.0.1", 1)}
     _, shown_as, limits = limiter._limits_of(scope)
     usage = limiter._usage_of("a")
@@ -155,9 +153,7 @@ def test_both_limits_apply_and_a_refusal_takes_no_token_from_either():
     """The gateway's 6 a minute and a key's own 2: the third request is the key's own refusal,
     with the wait for its own bucket, and refusals leave the gateway's bucket untouched."""
     now = [0.0]
-    limiter = RateLimitMiddleware(
-        None, requests_per_minute=6, max_in_flight=None, clock=lambda: now[0]
-    )
+    limiter = RateLimiter(requests_per_minute=6, max_in_flight=None, clock=lambda: now[0])
     who, shown_as, limits = limiter._limits_of({CALLER_SCOPE: Caller("a", requests_per_minute=2)})
     usage = limiter._usage_of(who)
     assert all(limiter._refusal(shown_as, usage, limits) is None for _ in range(2))

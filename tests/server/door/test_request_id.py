@@ -24,7 +24,7 @@ from vlm_gateway.config.loading import load_settings
 from vlm_gateway.core.logs import RequestContextFilter
 from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.server.app import create_app
-from vlm_gateway.server.door.request_id import RequestIdMiddleware
+from vlm_gateway.server.door.door import Door
 
 KEY = "sk-request-ids-0123456789"
 HI = [{"role": "user", "content": "hi"}]
@@ -197,7 +197,7 @@ def access_records(caplog) -> list[logging.LogRecord]:
 
 def test_the_middleware_owns_the_header_and_writes_one_access_line(caplog):
     caplog.set_level(logging.INFO, "vlm_gateway.access")
-    response = call(RequestIdMiddleware(answer_with_own_id), {"x-request-id": "outer-1"})
+    response = call(Door(answer_with_own_id), {"x-request-id": "outer-1"})
     assert response.status_code == 201
     assert response.headers.get_list("x-request-id") == ["outer-1"]
     [record] = access_records(caplog)
@@ -207,14 +207,14 @@ def test_the_middleware_owns_the_header_and_writes_one_access_line(caplog):
 
 def test_access_log_off_writes_no_access_line_but_keeps_the_header(caplog):
     caplog.set_level(logging.INFO, "vlm_gateway.access")
-    response = call(RequestIdMiddleware(answer_with_own_id, access_log=False))
+    response = call(Door(answer_with_own_id, access_log=False))
     assert GENERATED.fullmatch(response.headers["x-request-id"])
     assert access_records(caplog) == []
 
 
 def test_an_app_that_raises_is_logged_as_500(caplog):
     caplog.set_level(logging.INFO, "vlm_gateway.access")
-    call(RequestIdMiddleware(crash), {"x-request-id": "crash-1"})
+    call(Door(crash), {"x-request-id": "crash-1"})
     [record] = access_records(caplog)
     assert (record.request_id, record.status) == ("crash-1", 500)
 

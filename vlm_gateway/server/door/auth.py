@@ -1,5 +1,5 @@
-"""API keys: a pure ASGI middleware guarding every route except an explicit public list; it
-leaves the caller (vlm_gateway/server/door/keys.py) in the scope for what comes after.
+"""API keys, checked by the door (door.py) on every route except an explicit public list; a
+key found leaves its caller (vlm_gateway/server/door/keys.py) in the scope for what comes after.
 
 The public list is matched exactly against `scope["path"]`, the path
 the router itself dispatches on, never against the Host header or the raw path: `//v1/models`,
@@ -13,31 +13,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from vlm_gateway.core.errors import InvalidAPIKeyError
-from vlm_gateway.core.metrics import AUTH
 from vlm_gateway.core.request_context import note_key
 from vlm_gateway.server.door.keys import CALLER_SCOPE, KeyRing
-from vlm_gateway.server.door.reply import header, send_error
-from vlm_gateway.server.door.request_metrics import note_refusal
+from vlm_gateway.server.door.reply import header
 from vlm_gateway.server.error_shapes import ANTHROPIC_PATHS
 
 log = logging.getLogger(__name__)
 
 
-class APIKeyMiddleware:
-    def __init__(self, app: ASGIApp, keys: KeyRing, public_paths: Iterable[str]) -> None:
-        self.app = app
+class KeyCheck:
+    def __init__(self, keys: KeyRing, public_paths: Iterable[str]) -> None:
         self._keys = keys
         self._public = frozenset(public_paths)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or (
-            scope["type"] == "http" and scope["path"] in self._public
-        ):
-            await self.app(scope, receive, send)
-            return
+    def refusal(self, scope: Scope) -> InvalidAPIKeyError | None:
+        """The 401 for a missing or unknown key on a guarded path; otherwise None, and the
+        caller left in the scope (and its name on the request's log lines)."""
+        if scope["type"] == "http" and scope["path"] in self._public:
+            return None
         presented = _bearer_token(header(scope, b"authorization"))
         anthropic_route = scope["path"] in ANTHROPIC_PATHS
         if presented is None and anthropic_route:  # how Anthropic's clients send it
@@ -50,15 +46,10 @@ class APIKeyMiddleware:
                 scope["path"][:200],
                 "missing" if presented is None else "invalid",
             )
-            note_refusal(scope, AUTH)
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
-            else:
-                await send_error(send, _refusal(presented, anthropic_route), scope)
-            return
+            return _refusal(presented, anthropic_route)
         scope[CALLER_SCOPE] = caller
         note_key(caller.name)  # the request's log lines carry the name, never the key
-        await self.app(scope, receive, send)
+        return None
 
 
 def _bearer_token(value: bytes | None) -> str | None:

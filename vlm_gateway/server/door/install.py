@@ -1,4 +1,4 @@
-"""Wiring for the door: the middleware stack and the image resolver, built from settings."""
+"""Wiring for the door: the one door layer and the image resolver, built from settings."""
 
 from __future__ import annotations
 
@@ -9,40 +9,48 @@ from fastapi import FastAPI
 
 from vlm_gateway.config.security import SecuritySettings
 from vlm_gateway.config.settings import GatewaySettings
+from vlm_gateway.core.metrics import Metrics
 from vlm_gateway.images.fetch import ImageFetcher
 from vlm_gateway.images.pool import ImagePreparer
 from vlm_gateway.images.resolve import ImageObserver, ImageResolver
-from vlm_gateway.server.door.auth import APIKeyMiddleware
+from vlm_gateway.server.door.auth import KeyCheck
+from vlm_gateway.server.door.door import Door
 from vlm_gateway.server.door.keys import KeyRing
-from vlm_gateway.server.door.limits import BodyLimitMiddleware, RateLimitMiddleware, SharedUsage
+from vlm_gateway.server.door.limits import BodyLimit, RateLimiter, SharedUsage
 from vlm_gateway.server.door.log_redaction import install_log_redaction
 
 
-def install_security(
-    app: FastAPI, settings: GatewaySettings, shared_usage: SharedUsage | None = None
+def install_door(
+    app: FastAPI,
+    settings: GatewaySettings,
+    metrics: Metrics,
+    shared_usage: SharedUsage | None = None,
 ) -> None:
-    """Outermost first: API key, then per-key rate limits, then the body cap. Starlette puts
-    the last added middleware outermost, hence the reverse order here. `shared_usage`: the
-    table several worker processes count rate limits in (None: this process alone)."""
+    """The door (door.py) around everything the app has so far: added last, so outermost.
+    `shared_usage`: the table several worker processes count rate limits in (None: this
+    process alone)."""
     security = settings.security
     # Batch input files have their own, larger limit (batch.max_file_bytes).
     upload_limit = max(security.max_body_bytes, settings.batch.max_file_bytes + 1024 * 1024)
-    app.add_middleware(
-        BodyLimitMiddleware,
-        max_bytes=security.max_body_bytes,
-        path_limits={"/v1/files": upload_limit},
-    )
+    limiter = None
     if _any_rate_limit(security):
-        app.add_middleware(
-            RateLimitMiddleware,
+        limiter = RateLimiter(
             requests_per_minute=security.requests_per_minute,
             max_in_flight=security.max_in_flight_per_key,
             public_paths=security.public_paths,
             shared=shared_usage,
         )
     keys = KeyRing.from_settings(security)
-    if keys:
-        app.add_middleware(APIKeyMiddleware, keys=keys, public_paths=security.public_paths)
+    app.add_middleware(
+        Door,
+        metrics=metrics,
+        routes=app.routes,  # the app's own list: routes included later are seen too
+        access_log=settings.access_log,
+        server_timing=settings.server_timing,
+        keys=KeyCheck(keys, security.public_paths) if keys else None,
+        limiter=limiter,
+        body_limit=BodyLimit(security.max_body_bytes, {"/v1/files": upload_limit}),
+    )
 
 
 def _any_rate_limit(security: SecuritySettings) -> bool:

@@ -1,5 +1,6 @@
-"""Request limits as pure ASGI middleware: the body-size cap (413) and per-key requests per
-minute and requests in flight, the gateway's and each key's own (429 with Retry-After)."""
+"""Request limits, checked by the door (door.py) before a request goes in: the body-size cap
+(413) and per-key requests per minute and requests in flight, the gateway's and each key's own
+(429 with Retry-After)."""
 
 from __future__ import annotations
 
@@ -9,36 +10,38 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope
 
 from vlm_gateway.core.errors import PayloadTooLargeError, RateLimitError
-from vlm_gateway.core.metrics import BODY_SIZE, RATE_LIMIT
+from vlm_gateway.core.metrics import BODY_SIZE
 from vlm_gateway.server.door.keys import CALLER_SCOPE, Caller
-from vlm_gateway.server.door.reply import header, send_error
+from vlm_gateway.server.door.reply import header
 from vlm_gateway.server.door.request_metrics import note_refusal
 
 
-class BodyLimitMiddleware:
-    """Refuses a declared Content-Length over the cap before reading a byte; a chunked body is
-    counted as it arrives and refused as soon as it passes the cap."""
+class BodyLimit:
+    """The body-size cap: a declared Content-Length over it is refused before a byte is read;
+    a body without one (chunked) is counted as it arrives and refused as soon as it passes."""
 
-    def __init__(
-        self, app: ASGIApp, max_bytes: int, path_limits: Mapping[str, int] | None = None
-    ) -> None:
-        self.app = app
+    def __init__(self, max_bytes: int, path_limits: Mapping[str, int] | None = None) -> None:
         self._max = max_bytes
         self._path_limits = dict(path_limits or {})
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def refusal(self, scope: Scope) -> PayloadTooLargeError | None:
+        """The 413 for a declared length over the path's cap; None when it fits or is unsaid."""
         limit = self._path_limits.get(scope["path"], self._max)
         declared = header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            note_refusal(scope, BODY_SIZE)
-            await send_error(send, _too_large(limit), scope)
-            return
+            return _too_large(limit)
+        return None
+
+    def counted(self, scope: Scope, receive: Receive) -> Receive:
+        """`receive` as it is when the length was declared (and checked); else one that counts
+        the body's pieces and raises the 413 once they pass the cap (the route's handler
+        answers it)."""
+        if header(scope, b"content-length") is not None:
+            return receive
+        limit = self._path_limits.get(scope["path"], self._max)
         received = 0
 
         async def counted_receive() -> Message:
@@ -48,10 +51,10 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     note_refusal(scope, BODY_SIZE)
-                    raise _too_large(limit)  # the route's handler answers it with a 413
+                    raise _too_large(limit)
             return message
 
-        await self.app(scope, counted_receive, send)
+        return counted_receive
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:
@@ -125,8 +128,11 @@ class _CallerUsage:
     in_flight: int = 0
     buckets: dict[str, _Bucket] = field(default_factory=dict)  # by the limit's rpm_setting
 
+    def leave(self) -> None:
+        self.in_flight -= 1
 
-class RateLimitMiddleware:
+
+class RateLimiter:
     """Per caller (API key, or client address when keys are off): requests per minute (a token
     bucket holding at most requests_per_minute, refilled evenly) and requests in flight, for the
     gateway's per-key limits and each key's own (security.keys[]); every limit that applies
@@ -137,14 +143,12 @@ class RateLimitMiddleware:
 
     def __init__(
         self,
-        app: ASGIApp,
         requests_per_minute: int | None,
         max_in_flight: int | None,
         public_paths: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
         shared: SharedUsage | None = None,
     ) -> None:
-        self.app = app
         self._gateway = _gateway_limit(requests_per_minute, max_in_flight)
         self._public = frozenset(public_paths)
         self._clock = clock
@@ -152,44 +156,22 @@ class RateLimitMiddleware:
         # Several worker processes: the counts live in their shared table instead.
         self._shared = shared
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._public:
-            await self.app(scope, receive, send)
-            return
+    def admit(self, scope: Scope) -> tuple[RateLimitError | None, Callable[[], None] | None]:
+        """(the 429, None) for a refused request; (None, release) for one let through, where
+        `release` gives its in-flight slot back when it ends; (None, None) for public paths."""
+        if scope["path"] in self._public:
+            return None, None
         who, shown_as, limits = self._limits_of(scope)
         if self._shared is not None:
-            await self._call_shared(self._shared, (who, shown_as, limits), scope, receive, send)
-            return
+            shared = self._shared
+            refusal = shared.admit(who, shown_as, limits, self._clock())
+            return (refusal, None) if refusal is not None else (None, lambda: shared.release(who))
         usage = self._usage_of(who)
         refusal = self._refusal(shown_as, usage, limits)
         if refusal is not None:
-            note_refusal(scope, RATE_LIMIT)
-            await send_error(send, refusal, scope)
-            return
+            return refusal, None
         usage.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            usage.in_flight -= 1
-
-    async def _call_shared(
-        self,
-        shared: SharedUsage,
-        caller: tuple[str, str, list[_Limit]],
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        who, shown_as, limits = caller
-        refusal = shared.admit(who, shown_as, limits, self._clock())
-        if refusal is not None:
-            note_refusal(scope, RATE_LIMIT)
-            await send_error(send, refusal, scope)
-            return
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            shared.release(who)
+        return None, usage.leave
 
     def _limits_of(self, scope: Scope) -> tuple[str, str, list[_Limit]]:
         """Who is counted (a key by its name, or else the client's address), how a refusal

@@ -1,24 +1,24 @@
-"""Request metrics as a pure ASGI middleware: every HTTP request is counted by route template,
-method, status, model, replica and key name, and its duration observed, once its response has
-ended (for a stream, after its last event).
+"""Request metrics: every HTTP request is counted by route template, method, status, model,
+replica and key name, and its duration observed, once its response has ended (for a stream,
+after its last event): the door (door.py) counts it.
 
-The middleware leaves a `RequestTracker` in the scope. What only later code learns is written
+The door leaves a `RequestTracker` in the scope. What only later code learns is written
 into it: the model (route_helpers.parse_body), the replica that served (call_tracked and
 stream_tracked), the first event of a stream, the tokens from `usage`, the images, and the
-reason a door middleware refused the request (`note_refusal`). The key name is the caller the
+reason the door refused the request (`note_refusal`), and for the `Server-Timing` header the
+seconds spent on images and waiting for the backend. The key name is the caller the
 key middleware left in the scope (`anonymous` without one). Tokens and images also go to the
 request's context, for its access line.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
 from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from vlm_gateway.core.metrics import Metrics
 from vlm_gateway.core.request_context import note_images, note_usage
@@ -27,19 +27,20 @@ from vlm_gateway.server.door.keys import caller_of
 
 METRICS_SCOPE = "vlmgw.metrics"
 UNMATCHED_ROUTE = "unmatched"  # a path no route serves: one label value, not the raw path
-# What an app that raised before answering ends up sending (the last-resort handler's 500).
-_UNANSWERED_STATUS = 500
 
 
 class RequestTracker:
     def __init__(self, metrics: Metrics, scope: Scope, clock: Callable[[], float]) -> None:
         self._metrics = metrics
         self._scope = scope
-        self._clock = clock
+        self.clock = clock
         self.started = clock()
         self.model = ""
         self.replica = ""
         self.refusal: str | None = None
+        # Server-Timing: image work, and the backend's answer (JSON) or its stream's opening.
+        self.images_s = 0.0
+        self.backend_s = 0.0
         self._first_event_seen = False
         self._stream_usage: Mapping[str, Any] | None = None
 
@@ -68,7 +69,7 @@ class RequestTracker:
         counted when the stream ends (some servers repeat a running total on every chunk)."""
         if not self._first_event_seen:
             self._first_event_seen = True
-            elapsed = self._clock() - self.started
+            elapsed = self.clock() - self.started
             self._metrics.first_token(
                 _route_template(self._scope), self.model, self.replica, elapsed
             )
@@ -88,59 +89,25 @@ def request_tracker(scope: Scope) -> RequestTracker | None:
 
 
 def note_refusal(scope: Scope, reason: str) -> None:
-    """Called by the door's middlewares as they refuse: the reason joins the request's count."""
+    """Called where the door refuses: the reason joins the request's count."""
     tracker = request_tracker(scope)
     if tracker is not None:
         tracker.refusal = reason
 
 
-class RequestMetricsMiddleware:
-    def __init__(
-        self,
-        app: ASGIApp,
-        metrics: Metrics,
-        routes: Sequence[BaseRoute],
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        self.app = app
-        self._metrics = metrics
+class RouteTemplates:
+    """The route template a request counts under: the one the router matched, or for a request
+    the router never saw (refused at the door, or no route serves it) the first route whose
+    pattern it matches."""
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
         self._routes = routes  # the app's own list: routes included later are seen too
         self._leaves: list[BaseRoute] | None = None
-        self._clock = clock
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        tracker = RequestTracker(self._metrics, scope, self._clock)
-        scope[METRICS_SCOPE] = tracker
-        status: int | None = None
-
-        async def send_counted(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_counted)
-        finally:
-            tracker.finish()
-            self._count(scope, tracker, status or _UNANSWERED_STATUS)
-
-    def _count(self, scope: Scope, tracker: RequestTracker, status: int) -> None:
-        route = _route_template(scope) or self._match_route(scope)
-        elapsed = self._clock() - tracker.started
-        method: str = scope.get("method", "")
-        self._metrics.request_done(
-            route, method, status, tracker.model, tracker.replica, elapsed, key=tracker.key
-        )
-        if tracker.refusal is not None:
-            self._metrics.refusal(tracker.refusal, tracker.model)
+    def of(self, scope: Scope) -> str:
+        return _route_template(scope) or self._match_route(scope)
 
     def _match_route(self, scope: Scope) -> str:
-        """The template of the route a request refused at the door was meant for (the router
-        never saw it); runs only for those and for paths no route serves."""
         if self._leaves is None:  # on the first such request: every route is included by then
             self._leaves = list(_leaf_routes(self._routes))
         for route in self._leaves:
@@ -148,6 +115,24 @@ class RequestMetricsMiddleware:
             if match is not Match.NONE:
                 return str(getattr(route, "path", UNMATCHED_ROUTE))
         return UNMATCHED_ROUTE
+
+
+def count_request(
+    metrics: Metrics,
+    tracker: RequestTracker,
+    route: str,
+    method: str,
+    status: int,
+    elapsed: float,
+) -> None:
+    """The request's count and duration, once its response has ended (tokens of a stream's
+    last usage event first), and its refusal if the door refused it."""
+    tracker.finish()
+    metrics.request_done(
+        route, method, status, tracker.model, tracker.replica, elapsed, key=tracker.key
+    )
+    if tracker.refusal is not None:
+        metrics.refusal(tracker.refusal, tracker.model)
 
 
 def _leaf_routes(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:

@@ -24,9 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vlm_gateway.core.errors import UpstreamError
 from vlm_gateway.core.metrics import CONTENT_TYPE
 from vlm_gateway.core.request_context import REQUEST_ID_HEADER
+from vlm_gateway.server.door.door import REQUEST_CONTEXT_SCOPE
 from vlm_gateway.server.door.limits import SharedUsage
 from vlm_gateway.server.door.reply import send_error
-from vlm_gateway.server.door.request_id import REQUEST_CONTEXT_SCOPE
 from vlm_gateway.server.extension import AppExtension
 from vlm_gateway.server.state import state_of
 from vlm_gateway.server.workers.backplane import LIVE_METRICS_PATH
