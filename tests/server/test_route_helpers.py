@@ -11,7 +11,7 @@ import pytest
 from starlette.requests import ClientDisconnect, Request
 
 from vlm_gateway.backends.base import Backend
-from vlm_gateway.server.route_helpers import _Relay, _RelayedStream, read_body
+from vlm_gateway.server.route_helpers import RelayedStream, StreamRelay, read_body
 
 
 class _Idle(Backend):
@@ -48,7 +48,7 @@ def test_a_client_gone_before_the_first_event_releases_the_backend():
     backend = _Idle("m")
     backend.in_flight = 1  # as stream_tracked leaves it after the opening
     upstream = _UpstreamEvents()
-    response = _RelayedStream(_Relay(backend, upstream, None))
+    response = RelayedStream(StreamRelay(backend, upstream, None))
 
     async def gone() -> dict[str, Any]:
         return {"type": "http.disconnect"}

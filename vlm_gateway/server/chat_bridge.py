@@ -1,6 +1,7 @@
 """What the translated APIs (Responses, Anthropic Messages) share: one request served through
-the backend's chat call, exactly as /v1/chat/completions serves it (model access, images
-through the same resolver, the replica pick, tracing, disconnect handling), and the chat
+the backend's chat call by the same `ModelRequest` as /v1/chat/completions (model access,
+images through the same resolver, the replica pick, failover, tracing, disconnect handling),
+and the chat
 stream read back as chunk objects for their own event builders.
 
 Each API translates its body into a `ChatCompletionRequest` plus `renames`: where each chat
@@ -20,13 +21,8 @@ from fastapi import Request, Response
 from vlm_gateway.backends.base import Backend
 from vlm_gateway.core.errors import GatewayError, UpstreamError
 from vlm_gateway.core.protocol import ChatCompletionRequest, StreamOptions
-from vlm_gateway.server.door.keys import caller_of
-from vlm_gateway.server.door.request_metrics import RequestTracker, request_tracker
-from vlm_gateway.server.failover import call_with_failover, stream_with_failover
-from vlm_gateway.server.model_access import require_model
-from vlm_gateway.server.route_helpers import resolve_images
-from vlm_gateway.server.state import gateway_state
-from vlm_gateway.server.tracing import BackendCall
+from vlm_gateway.server.door.request_metrics import RequestTracker
+from vlm_gateway.server.serving import ModelRequest
 
 Chunks = AsyncIterator[dict[str, Any]]  # chat.completion.chunk objects, in order
 
@@ -48,29 +44,24 @@ async def serve_translated(
     """Serve `translated.chat`; `answer` turns the chat.completion into the API's own object,
     `events` turns the chat chunks into its own SSE events (and words its errors)."""
     chat = translated.chat
-    state = gateway_state(request)
-    require_model(caller_of(request.scope), state.registry, chat.model)
-    state.tracer.annotate_request(chat.model)
+    served = ModelRequest(request, chat.model)
+    served.admit()
     try:
-        await resolve_images(request, chat)
+        await served.resolve_images(chat)
     except GatewayError as exc:
         exc.param = renamed(exc.param, translated.renames)
         raise
-    # Access was checked above; a replica that fails before answering is failed over.
     if chat.stream:
         chat.stream_options = StreamOptions(include_usage=True)  # usage for the final event
-        tracker = request_tracker(request.scope)
+        tracker = served.tracker
+        return await served.stream(
+            lambda backend: _translated_stream(backend.chat_stream(chat), events, tracker)
+        )
 
-        def opened(backend: Backend, traced: BackendCall) -> Awaitable[AsyncIterator[bytes]]:
-            opening = traced.stream(backend.chat_stream(chat))
-            return _translated_stream(opening, events, tracker)
+    async def call(backend: Backend) -> dict[str, Any]:
+        return answer(await backend.chat(chat))
 
-        return await stream_with_failover(request, chat.model, opened)
-
-    async def call(backend: Backend, traced: BackendCall) -> dict[str, Any]:
-        return answer(await traced.call(backend.chat(chat)))
-
-    return await call_with_failover(request, chat.model, call)
+    return await served.answer(call)
 
 
 async def _translated_stream(

@@ -1,9 +1,10 @@
-"""Failover before the first byte: a request whose replica failed before answering anything is
-tried once more on another ready replica of the same model (docs/reliability.md).
+"""Failover before the first byte, the rules: a request whose replica failed before answering
+anything is tried once more on another ready replica of the same model (docs/reliability.md).
+The loop that follows them is `ModelRequest._failing_over` (server/serving.py).
 
 Retried: errors a backend marks `retryable` (a refused or broken connection, a 502/503/504
 from the upstream, a timeout waiting for the answer's head), for JSON answers and for streams
-that have not been opened yet (`stream_tracked` commits to a 200 only after the opening, so
+that have not been opened yet (`ModelRequest.stream` commits to a 200 only after the opening, so
 nothing has reached the client). Never a 4xx, never an error inside a stream. Bounded by the
 model's retry budget (backends/retry_budget.py), by the client (one that left is not served
 again) and by the request's deadline, the model's `request_timeout` if set: an attempt still
@@ -16,87 +17,22 @@ Every outcome is also told to the registry, for outlier ejection (backends/eject
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, NamedTuple
+from collections.abc import Awaitable
+from typing import NamedTuple
 
-from fastapi import Request, Response
+from fastapi import Response
 
 from vlm_gateway.backends.base import Backend
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.core.errors import GatewayError, UpstreamTimeoutError
-from vlm_gateway.core.request_context import current_affinity_key
-from vlm_gateway.server.route_helpers import call_tracked, stream_tracked
-from vlm_gateway.server.state import gateway_state
-from vlm_gateway.server.tracing import BackendCall
-
-log = logging.getLogger(__name__)
 
 ATTEMPTS_HEADER = "x-vlmgw-attempts"
 MAX_ATTEMPTS = 2  # the first, and once more on another replica
 
-# The call of one attempt on the replica given, through the tracer's wrapper for it.
-JsonAttempt = Callable[[Backend, BackendCall], Coroutine[Any, Any, dict[str, Any]]]
-StreamAttempt = Callable[[Backend, BackendCall], Awaitable[AsyncIterator[bytes]]]
-_Served = Callable[[Backend, BackendCall], Awaitable[Response]]
 
-
-class _Deadline(NamedTuple):
+class Deadline(NamedTuple):
     at: float  # on the event loop's clock
     seconds: float  # the model's request_timeout
-
-
-async def call_with_failover(request: Request, model: str, attempt: JsonAttempt) -> Response:
-    """`call_tracked` of `attempt` on a picked replica, failing over once (see the module)."""
-
-    async def served(backend: Backend, traced: BackendCall) -> Response:
-        return await call_tracked(request, backend, attempt(backend, traced))
-
-    return await _with_failover(request, model, served)
-
-
-async def stream_with_failover(request: Request, model: str, attempt: StreamAttempt) -> Response:
-    """`stream_tracked` of `attempt`: a stream whose opening failed is opened elsewhere."""
-
-    async def served(backend: Backend, traced: BackendCall) -> Response:
-        return await stream_tracked(request, backend, attempt(backend, traced))
-
-    return await _with_failover(request, model, served)
-
-
-async def _with_failover(request: Request, model: str, served: _Served) -> Response:
-    state = gateway_state(request)
-    registry = state.registry
-    registry.retry_budgets.requested(model)
-    tried: list[Backend] = []
-    deadline = _deadline(state.settings.request_timeout(model))
-    key = current_affinity_key()  # its images' digest (images/resolve.py), for `affinity`
-    while True:
-        backend = registry.pick(model, avoid=tried, key=key)
-        tried.append(backend)
-        try:
-            attempt = served(backend, state.tracer.backend_call(backend, registry))
-            response = await _within(deadline, attempt, model)
-        except GatewayError as exc:
-            registry.record(backend, exc)
-            if not _may_retry(registry, model, tried, exc, deadline):
-                if len(tried) > 1:
-                    state.metrics.failover(model, served=False)
-                    exc.headers[ATTEMPTS_HEADER] = str(len(tried))
-                raise
-            log.warning(
-                "model %s: replica %d failed before answering (%s); trying another replica",
-                model,
-                registry.replica_index(backend),
-                exc.message,
-            )
-            continue
-        if response.status_code < 500:  # a 499 (the client left) says nothing of the replica
-            registry.succeeded(backend)
-        if len(tried) > 1:
-            response.headers[ATTEMPTS_HEADER] = str(len(tried))
-            state.metrics.failover(model, served=True)
-        return response
 
 
 class RequestDeadlineError(UpstreamTimeoutError):
@@ -105,14 +41,14 @@ class RequestDeadlineError(UpstreamTimeoutError):
     default_code = "request_timeout"
 
 
-def _deadline(request_timeout: float | None) -> _Deadline | None:
+def deadline_for(request_timeout: float | None) -> Deadline | None:
     """When the request must have its answer, on the loop's clock (None: no deadline)."""
     if request_timeout is None:
         return None
-    return _Deadline(asyncio.get_running_loop().time() + request_timeout, request_timeout)
+    return Deadline(asyncio.get_running_loop().time() + request_timeout, request_timeout)
 
 
-async def _within(deadline: _Deadline | None, attempt: Awaitable[Response], model: str) -> Response:
+async def within(deadline: Deadline | None, attempt: Awaitable[Response], model: str) -> Response:
     """The attempt, cut (and abandoned upstream) when the request's deadline comes."""
     if deadline is None:
         return await attempt
@@ -128,13 +64,14 @@ async def _within(deadline: _Deadline | None, attempt: Awaitable[Response], mode
         ) from None
 
 
-def _may_retry(
+def may_retry(
     registry: BackendRegistry,
     model: str,
     tried: list[Backend],
     error: GatewayError,
-    deadline: _Deadline | None,
+    deadline: Deadline | None,
 ) -> bool:
+    """Whether the failed attempt is tried once more on another replica (see the module)."""
     return (
         error.retryable
         and len(tried) < MAX_ATTEMPTS

@@ -1,10 +1,10 @@
-"""Request parsing and response helpers shared by the routes."""
+"""Request parsing and response helpers shared by the routes: the body read and validated, JSON
+answers, and a backend's event stream relayed to the client (server/serving.py serves)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -15,11 +15,9 @@ from starlette.types import Receive, Scope, Send
 
 from vlm_gateway.backends.base import Backend
 from vlm_gateway.core.errors import GatewayError, InvalidRequestError, validation_error_to_gateway
-from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.core.request_context import note_model
 from vlm_gateway.core.sse import error_event
 from vlm_gateway.server.door.request_metrics import RequestTracker, request_tracker
-from vlm_gateway.server.state import gateway_state
 
 log = logging.getLogger(__name__)
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -67,83 +65,11 @@ async def parse_body(
     return parsed
 
 
-async def resolve_images(request: Request, body: ChatCompletionRequest) -> None:
-    """Resolve the request's images (traced), then count them for its usage: metrics and log."""
-    state = gateway_state(request)
-    with state.tracer.resolving_images(body):
-        count = await state.image_resolver.resolve(body)
-    tracker = request_tracker(request.scope)
-    if tracker is not None and count:
-        tracker.images(count)
-
-
 def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
 
 
-async def call_tracked(
-    request: Request, backend: Backend, call: Coroutine[Any, Any, dict[str, Any]]
-) -> Response:
-    """Run a non-streaming call, abandoning it if the client disconnects first, so an upstream
-    request (or a generation) nobody waits for any more is stopped, not finished."""
-    tracker = _served_by(request, backend)
-    backend.in_flight += 1
-    work = asyncio.ensure_future(call)
-    # A watcher that cancels the work, rather than asyncio.wait() on both: that cost about 7%
-    # of the gateway's CPU for a 1-token request (issue 14).
-    watcher = asyncio.ensure_future(_abandon_when_gone(request, work, backend.name))
-    try:
-        try:
-            result = await work
-        except asyncio.CancelledError:
-            if watcher.done() and not watcher.cancelled() and watcher.result():
-                return Response(status_code=CLIENT_CLOSED_REQUEST)
-            raise
-        if tracker is not None:
-            tracker.usage(result.get("usage"))
-        return json_response(result)
-    finally:
-        watcher.cancel()
-        backend.in_flight -= 1
-
-
-async def _abandon_when_gone(request: Request, work: asyncio.Future[Any], model: str) -> bool:
-    """Wait for the client to disconnect, then cancel the work if it is still running."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    if work.done():
-        return False
-    work.cancel()
-    log.info("client left before model %s answered: request abandoned", model)
-    return True
-
-
-def _served_by(request: Request, backend: Backend) -> RequestTracker | None:
-    """Label the request's metrics with the replica that serves it."""
-    tracker = request_tracker(request.scope)
-    if tracker is not None:
-        replica = gateway_state(request).registry.replica_index(backend)
-        tracker.served_by(backend.name, str(replica))
-    return tracker
-
-
-async def stream_tracked(
-    request: Request, backend: Backend, opening: Awaitable[AsyncIterator[bytes]]
-) -> Response:
-    """Open the backend's stream first: an error before the first event is a plain JSON error
-    with the right status; only then do we commit to a 200 event stream."""
-    tracker = _served_by(request, backend)
-    backend.in_flight += 1
-    try:
-        events = await opening
-    except BaseException:
-        backend.in_flight -= 1
-        raise
-    relay = _Relay(backend, events, tracker)
-    return _RelayedStream(relay)
-
-
-class _Relay:
+class StreamRelay:
     """The backend's events on their way to the client, and the end of the request's hold on
     the backend (in flight count, upstream stream) exactly once: when the events run out, or
     when the response ends before they were ever read (a client gone at once)."""
@@ -182,12 +108,12 @@ class _Relay:
             await aclose()
 
 
-class _RelayedStream(StreamingResponse):
+class RelayedStream(StreamingResponse):
     """An event stream that lets go of its backend however the response ends: Starlette
     cancels the body for a client that is gone before the first event, and an async
     generator that never started runs no `finally`."""
 
-    def __init__(self, relay: _Relay) -> None:
+    def __init__(self, relay: StreamRelay) -> None:
         super().__init__(relay.events(), media_type="text/event-stream", headers=_SSE_HEADERS)
         self._relay = relay
 
