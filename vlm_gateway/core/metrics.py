@@ -63,6 +63,11 @@ class Metrics:
 
     def __init__(self, models: Iterable[str], multiprocess_dir: str | None = None) -> None:
         self._models = frozenset(models)
+        # The labelled children each request counts into, looked up once per label set:
+        # `labels()` checks and stringifies its values and takes a lock every time (issue 23).
+        # Bounded as the label values are.
+        self._request_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
+        self._token_children: dict[tuple[str, str, str, str], Any] = {}
         self.registry = CollectorRegistry()
         self._source: Collector = self.registry
         if multiprocess_dir:
@@ -184,9 +189,14 @@ class Metrics:
         key: str = "",
     ) -> None:
         """`key`: the caller's key name (a configured one or `anonymous`: bounded)."""
-        model = self.model_label(model)
-        self._requests.labels(route, method, model, replica, str(status), key).inc()
-        self._duration.labels(route, method, model, replica).observe(seconds)
+        labels = (route, method, self.model_label(model), replica, str(status), key)
+        children = self._request_children.get(labels)
+        if children is None:
+            children = (self._requests.labels(*labels), self._duration.labels(*labels[:4]))
+            self._request_children[labels] = children
+        counter, duration = children
+        counter.inc()
+        duration.observe(seconds)
 
     def first_token(self, route: str, model: str, replica: str, seconds: float) -> None:
         self._ttft.labels(route, self.model_label(model), replica).observe(seconds)
@@ -197,12 +207,17 @@ class Metrics:
         """Count the tokens of an OpenAI `usage` object; anything else is ignored."""
         counts = token_counts(usage)
         model = self.model_label(model)
-        for field, counter in (
-            ("prompt_tokens", self._prompt_tokens),
-            ("completion_tokens", self._completion_tokens),
-        ):
-            if counts.get(field):
-                counter.labels(model, replica, key).inc(counts[field])
+        for field, count in counts.items():
+            if count:
+                self._tokens(field, model, replica, key).inc(count)
+
+    def _tokens(self, field: str, model: str, replica: str, key: str) -> Any:
+        labels = (field, model, replica, key)
+        child = self._token_children.get(labels)
+        if child is None:
+            counter = self._prompt_tokens if field == "prompt_tokens" else self._completion_tokens
+            child = self._token_children[labels] = counter.labels(model, replica, key)
+        return child
 
     def request_images(self, model: str, key: str, count: int) -> None:
         """Images a live request carried, counted once the resolver accepted them all."""
