@@ -12,6 +12,7 @@ from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.images.fetch import ImageFetcher
 from vlm_gateway.images.pool import ImagePreparer
 from vlm_gateway.images.resolve import ImageObserver, ImageResolver
+from vlm_gateway.server.api_docs import docs_public_paths
 from vlm_gateway.server.door.auth import APIKeyMiddleware
 from vlm_gateway.server.door.keys import KeyRing
 from vlm_gateway.server.door.limits import BodyLimitMiddleware, RateLimitMiddleware, SharedUsage
@@ -25,6 +26,7 @@ def install_security(
     the last added middleware outermost, hence the reverse order here. `shared_usage`: the
     table several worker processes count rate limits in (None: this process alone)."""
     security = settings.security
+    public_paths = docs_public_paths(security.public_paths)  # /docs/assets/ go with /docs
     # Batch input files have their own, larger limit (batch.max_file_bytes).
     upload_limit = max(security.max_body_bytes, settings.batch.max_file_bytes + 1024 * 1024)
     app.add_middleware(
@@ -37,12 +39,12 @@ def install_security(
             RateLimitMiddleware,
             requests_per_minute=security.requests_per_minute,
             max_in_flight=security.max_in_flight_per_key,
-            public_paths=security.public_paths,
+            public_paths=public_paths,
             shared=shared_usage,
         )
     keys = KeyRing.from_settings(security)
     if keys:
-        app.add_middleware(APIKeyMiddleware, keys=keys, public_paths=security.public_paths)
+        app.add_middleware(APIKeyMiddleware, keys=keys, public_paths=public_paths)
 
 
 def _any_rate_limit(security: SecuritySettings) -> bool:
