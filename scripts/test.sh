@@ -6,6 +6,7 @@
 #   - prometheus (Debian's, as root) to scrape a real gateway (tests/server/test_metrics_prometheus.py)
 #   - kubectl (Debian's kubernetes-client, as root) to render deploy/k8s (tests/deploy/test_k8s.py)
 #   - postgresql (Debian's, as root) for the shared batch store's tests (tests/server/batch)
+#   - chromium (Debian's, as root) to render /docs with only loopback (tests/server/test_api_docs.py)
 # Then ruff (lint and format) and mypy over the tree; any finding fails the run before pytest.
 # Extra arguments go to pytest, e.g. `scripts/test.sh tests/server -x`.
 set -euo pipefail
@@ -41,6 +42,11 @@ if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev
   && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   apt_postgres() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >/dev/null; }
   apt_postgres || { apt-get update -q >/dev/null && apt_postgres; }
+fi
+# /docs is rendered by a real headless Chromium that can reach loopback only.
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt_chromium() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; }
+  apt_chromium || { apt-get update -q >/dev/null && apt_chromium; }
 fi
 
 # Gates before the tests: lint, format and types (configured in pyproject.toml).

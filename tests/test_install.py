@@ -117,6 +117,15 @@ def test_the_image_command_serves_ready_and_chat(servers):
     assert reply.choices[0].message.content
 
 
+def test_the_docs_page_and_its_swagger_ui_files_are_served(servers):
+    """Swagger UI comes from a main dependency (fastapi-swagger): no extra, no CDN."""
+    url, _, _ = servers
+    assert httpx.get(url + "/docs").status_code == 200
+    bundle = httpx.get(url + "/docs/assets/swagger-ui-bundle.js")
+    assert bundle.status_code == 200
+    assert b"SwaggerUIBundle" in bundle.content
+
+
 def test_a_png_data_url_is_answered(servers):
     url, upstream, _ = servers
     upstream.clear()

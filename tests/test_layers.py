@@ -22,6 +22,8 @@ LAYERS: dict[str, int] = {
     "cli": 5,
     "__main__": 6,
 }
+# Third-party packages only these layers may import: Swagger UI's files belong to the HTTP face.
+CONFINED: dict[str, set[str]] = {"fastapi_swagger": {"server"}}
 
 
 def layer_of(module: str) -> str:
@@ -78,6 +80,28 @@ def layer_violations(package: Path = PACKAGE) -> list[str]:
 
 def test_imports_point_only_down_the_layers():
     assert layer_violations() == []
+
+
+def confined_violations(package: Path = PACKAGE) -> list[str]:
+    problems = []
+    for path in sorted(package.rglob("*.py")):
+        here = layer_of(module_name(path, package))
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                allowed = CONFINED.get(name.split(".")[0])
+                if allowed is not None and here not in allowed:
+                    problems.append(f"{path.relative_to(package.parent)}:{node.lineno}: {name}")
+    return problems
+
+
+def test_confined_packages_are_imported_only_where_allowed():
+    assert confined_violations() == []
 
 
 def test_the_check_catches_an_upward_and_a_sideways_import(tmp_path):

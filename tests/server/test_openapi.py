@@ -1,6 +1,6 @@
 """/docs and /openapi.json: on by default, describing the bodies the routes parse by hand;
-`api_docs: false` turns both into a 404 envelope; with API keys they need a key like any
-non-public path."""
+`api_docs: false` turns both (and the page's assets) into a 404 envelope; with API keys they
+need a key like any non-public path. The page in a browser: test_api_docs.py."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from tests.support.processes import GatewayProcess, free_port
 
 KEY = "sk-docs-0123456789"
+ASSET = "/docs/assets/swagger-ui-bundle.js"
 
 
 def _config(**top) -> dict:
@@ -79,17 +80,18 @@ def test_docs_page_is_html_that_loads_the_document(keyed_gateway):
     assert "/openapi.json" in response.text
 
 
-@pytest.mark.parametrize("path", ["/docs", "/openapi.json"])
+@pytest.mark.parametrize("path", ["/docs", "/openapi.json", ASSET])
 def test_docs_need_a_key_like_other_non_public_paths(keyed_gateway, path):
     response = httpx.get(keyed_gateway.url + path)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
 
 
-def test_api_docs_false_turns_both_into_a_404_envelope(tmp_path):
+def test_api_docs_false_turns_all_into_a_404_envelope(tmp_path):
     config = _config(data_dir=str(tmp_path / "data"), api_docs=False)
     with GatewayProcess(config, tmp_path).start(wait_ready=False) as gateway:
-        responses = [httpx.get(gateway.url + path) for path in ("/docs", "/openapi.json")]
+        paths = ("/docs", "/openapi.json", ASSET, "/docs/oauth2-redirect")
+        responses = [httpx.get(gateway.url + path) for path in paths]
     for response in responses:
         assert response.status_code == 404
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}

@@ -25,6 +25,7 @@ from vlm_gateway.core.errors import GatewayError, InvalidRequestError, NotFoundE
 from vlm_gateway.core.metrics import Metrics
 from vlm_gateway.core.request_context import REQUEST_ID_HEADER, RequestContext, bound_request
 from vlm_gateway.server.anthropic import router as anthropic_messages
+from vlm_gateway.server.api_docs import install_api_docs
 from vlm_gateway.server.batch.open_store import build_store
 from vlm_gateway.server.batch.runner import BatchRunner
 from vlm_gateway.server.door.door import REQUEST_CONTEXT_SCOPE
@@ -66,12 +67,12 @@ def create_app(
             app.state.gateway = state
             yield
 
-    # /docs and /openapi.json: on unless `api_docs: false`; then both are a 404 envelope. They
-    # follow the API-key rule of every non-public path (security.public_paths).
+    # /docs (with its assets) and /openapi.json: on unless `api_docs: false`; then all are a 404
+    # envelope. They follow the API-key rule of every non-public path (security.public_paths).
     app = DocumentedApp(
         title="vlm-gateway",
         lifespan=lifespan,
-        docs_url="/docs" if settings.api_docs else None,
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN: server/api_docs.py's does not
         redoc_url=None,
         openapi_url="/openapi.json" if settings.api_docs else None,
         # The request span, around every middleware (refusals at the door get one too).
@@ -81,6 +82,8 @@ def create_app(
         app.include_router(module.router)
     for module in (responses, anthropic_messages):  # translated onto the chat call
         app.include_router(module.router)
+    if settings.api_docs:
+        install_api_docs(app, openapi_url="/openapi.json")
     _install_error_handlers(app)
     # Added first, so innermost (inside the door): chat and completions skip FastAPI's router.
     app.add_middleware(FastRoutesMiddleware, routes=hot_routes(app.routes))

@@ -13,6 +13,7 @@ from vlm_gateway.core.metrics import Metrics
 from vlm_gateway.images.fetch import ImageFetcher
 from vlm_gateway.images.pool import ImagePreparer
 from vlm_gateway.images.resolve import ImageObserver, ImageResolver
+from vlm_gateway.server.api_docs import docs_public_paths
 from vlm_gateway.server.door.auth import KeyCheck
 from vlm_gateway.server.door.door import Door
 from vlm_gateway.server.door.keys import KeyRing
@@ -30,6 +31,7 @@ def install_door(
     `shared_usage`: the table several worker processes count rate limits in (None: this
     process alone)."""
     security = settings.security
+    public_paths = docs_public_paths(security.public_paths)  # /docs/assets/ go with /docs
     # Batch input files have their own, larger limit (batch.max_file_bytes).
     upload_limit = max(security.max_body_bytes, settings.batch.max_file_bytes + 1024 * 1024)
     limiter = None
@@ -37,7 +39,7 @@ def install_door(
         limiter = RateLimiter(
             requests_per_minute=security.requests_per_minute,
             max_in_flight=security.max_in_flight_per_key,
-            public_paths=security.public_paths,
+            public_paths=public_paths,
             shared=shared_usage,
         )
     keys = KeyRing.from_settings(security)
@@ -47,7 +49,7 @@ def install_door(
         routes=app.routes,  # the app's own list: routes included later are seen too
         access_log=settings.access_log,
         server_timing=settings.server_timing,
-        keys=KeyCheck(keys, security.public_paths) if keys else None,
+        keys=KeyCheck(keys, public_paths) if keys else None,
         limiter=limiter,
         body_limit=BodyLimit(security.max_body_bytes, {"/v1/files": upload_limit}),
     )
