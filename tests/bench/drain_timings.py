@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.server.reliability.held_upstream import HeldUpstream
+from tests.support.held_upstream import HeldUpstream
 from tests.support.processes import GatewayProcess
 
 GRACE_S = 2.0

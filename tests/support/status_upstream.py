@@ -5,7 +5,9 @@ that fails every request is still "ready" as far as health checks go. Loopback o
     with StatusUpstream(status=503) as bad, StatusUpstream() as good: ...
 
 `status`: what POSTs get (200: an answer); `stall_s`: seconds to wait before the answer's
-head (a timeout before headers); `posts`: how many POSTs it received.
+head (a timeout before headers); `held`: POSTs wait before the head until release(), for a
+timeout or deadline that must act while the request is still waiting however slow the
+machine is; `posts`: how many POSTs it received.
 """
 
 from __future__ import annotations
@@ -42,11 +44,13 @@ def _events(chat: bool) -> bytes:
 
 
 class StatusUpstream:
-    def __init__(self, status: int = 200, stall_s: float = 0.0) -> None:
+    def __init__(self, status: int = 200, stall_s: float = 0.0, held: bool = False) -> None:
         self.status = status
         self.stall_s = stall_s
+        self.held = held  # POSTs wait at a gate until release() (or the exit), not for a time
         self.posts = 0
         self._stopping = threading.Event()
+        self._gate = threading.Event()
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,6 +70,8 @@ class StatusUpstream:
                 upstream.posts += 1
                 if upstream.stall_s:
                     upstream._stopping.wait(upstream.stall_s)
+                if upstream.held:
+                    upstream._gate.wait()
                 chat = self.path.endswith("/chat/completions")
                 if upstream.status != 200:
                     kind = "invalid_request_error" if upstream.status < 500 else "server_error"
@@ -97,12 +103,17 @@ class StatusUpstream:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
+    def release(self) -> None:
+        """Let every held POST, and each later one, have its answer."""
+        self._gate.set()
+
     def __enter__(self) -> StatusUpstream:
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stopping.set()
+        self._gate.set()
         self._server.shutdown()
         self._server.server_close()
         time.sleep(0)  # let handler threads see the stop

@@ -48,7 +48,7 @@ def test_upstream_statuses(status, retryable, stream):
 
 def test_refused_connection_and_timeout_before_the_head_are_retryable():
     assert failure(f"http://127.0.0.1:{free_port()}/v1", "m").retryable
-    with StatusUpstream(stall_s=30) as upstream:
+    with StatusUpstream(held=True) as upstream:  # held until the exit: the timeout acts
         assert failure(upstream.base_url, "m", timeout=0.3).retryable
 
 

@@ -1,13 +1,14 @@
 """Many gateways on one batch queue (issue 17's must-show): three `vlm-gateway serve` processes
 on one PostgreSQL database (a real throwaway cluster), each with its own empty data_dir, in
-front of a slowish fake upstream. One batch of 300 requests goes in through the official
-openai SDK; one gateway is killed with SIGKILL while it holds leased rows. Every custom_id
-comes out exactly once across the output and error files, and the batch completes, read back
+front of a fake upstream that answers the first ANSWERED requests and holds the rest until the
+test opens its gate (tests/support/gated_upstream.py). One batch of 300 requests goes in
+through the official openai SDK; one gateway is killed with SIGKILL while it holds leased rows,
+held upstream, so the kill lands mid-batch however fast the machine is. Every custom_id comes
+out exactly once across the output and error files, and the batch completes, read back
 through a surviving gateway."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import signal
@@ -18,57 +19,54 @@ import psycopg
 import pytest
 
 from tests.server.batch.batch_support import chat_line, jsonl, result_lines, wait_final
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.gated_upstream import GatedUpstream
 from tests.support.polling import wait_until
 from tests.support.processes import GatewayProcess
 
 REQUESTS = 300
-UPSTREAM_DELAY_S = 0.1  # per request: with 3 x SLOTS at once the batch takes a few seconds
+ANSWERED = 30  # requests the upstream answers before its gate holds the rest
 SLOTS = 4  # batch.concurrency_per_model, per gateway
 LEASE_S = 2.0  # batch.lease_seconds: the killed gateway's rows are free again after this
 
 
-class SlowUpstream(FakeUpstream):
-    """The fake upstream, answering each request after UPSTREAM_DELAY_S."""
-
-    async def _dispatch(self, req, chat, http11, keep, reader, writer) -> bool:
-        await asyncio.sleep(UPSTREAM_DELAY_S)
-        return await super()._dispatch(req, chat, http11, keep, reader, writer)
+@pytest.fixture
+def upstream():
+    with GatedUpstream(answer_first=ANSWERED) as gated:
+        yield gated
 
 
 @pytest.fixture
-def gateways(postgres_url, tmp_path):
-    with SlowUpstream() as upstream:
-        procs = []
-        try:
-            for n in range(3):
-                work = tmp_path / f"gw{n}"
-                work.mkdir()
-                config = {
-                    "data_dir": str(work / "data"),  # nothing shared on disk
-                    "access_log": False,
-                    "batch": {
-                        "store": postgres_url,
-                        "concurrency_per_model": SLOTS,
-                        "lease_seconds": LEASE_S,
-                    },
-                    "models": [
-                        {
-                            "name": "m",
-                            "backend": "openai",
-                            "base_url": upstream.base_url,
-                            "upstream_model": "ok",
-                            "timeout": 30,
-                        }
-                    ],
-                }
-                procs.append(GatewayProcess(config, work).start(wait_ready=False))
-            for proc in procs:
-                wait_until(lambda p=proc: _ready(p), f"gateway {proc.url} ready", 60)
-            yield procs
-        finally:
-            for proc in procs:
-                proc.stop()
+def gateways(postgres_url, tmp_path, upstream):
+    procs = []
+    try:
+        for n in range(3):
+            work = tmp_path / f"gw{n}"
+            work.mkdir()
+            config = {
+                "data_dir": str(work / "data"),  # nothing shared on disk
+                "access_log": False,
+                "batch": {
+                    "store": postgres_url,
+                    "concurrency_per_model": SLOTS,
+                    "lease_seconds": LEASE_S,
+                },
+                "models": [
+                    {
+                        "name": "m",
+                        "backend": "openai",
+                        "base_url": upstream.base_url,
+                        "upstream_model": "ok",
+                        "timeout": 30,
+                    }
+                ],
+            }
+            procs.append(GatewayProcess(config, work).start(wait_ready=False))
+        for proc in procs:
+            wait_until(lambda p=proc: _ready(p), f"gateway {proc.url} ready", 60)
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
 
 
 def _ready(proc: GatewayProcess) -> bool:
@@ -92,7 +90,7 @@ def _leases(db: psycopg.Connection, batch_id: str) -> tuple[int, set[int]]:
     return results, {int(owner.split(":")[-2]) for (owner,) in owners.fetchall()}
 
 
-def test_three_gateways_one_batch_survives_kill_9(gateways, postgres_url):
+def test_three_gateways_one_batch_survives_kill_9(gateways, postgres_url, upstream):
     first, victim, survivor = gateways
     client = openai.OpenAI(base_url=first.url + "/v1", api_key="unused", max_retries=0)
     lines = [chat_line(f"req-{i:03d}", "m") for i in range(REQUESTS)]
@@ -108,13 +106,16 @@ def test_three_gateways_one_batch_survives_kill_9(gateways, postgres_url):
         def midway() -> bool:
             results, holders = _leases(db, batch.id)
             seen.update(holders)
-            # Some rows done, the victim holding rows now: the kill lands mid-batch.
-            return results >= 30 and victim.proc.pid in holders and results < REQUESTS - 30
+            # Some rows done, every slot of every gateway held upstream, the victim's leases
+            # taken: the kill lands mid-batch, with rows in flight.
+            held = upstream.held == 3 * SLOTS
+            return results >= ANSWERED and held and victim.proc.pid in holders
 
-        wait_until(midway, "the victim holding rows with the batch part done", 60, 0.02)
+        wait_until(midway, "every gateway's rows held, the batch part done", 60, 0.02)
         os.killpg(victim.proc.pid, signal.SIGKILL)
         victim.proc.wait()
         results_at_kill, _ = _leases(db, batch.id)
+        upstream.release()
 
     reader = openai.OpenAI(base_url=survivor.url + "/v1", api_key="unused", max_retries=0)
     done = wait_final(reader, batch.id, deadline_s=120)

@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.held_upstream import HeldUpstream
 from tests.support.polling import wait_until
 from tests.support.processes import GatewayProcess
 from vlm_gateway.server.door.keys import CALLER_SCOPE, Caller
@@ -21,7 +22,14 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+def held():
+    """Model `slow`'s upstream: its streams send their first event, then wait for release()."""
+    with HeldUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, held):
     work = tmp_path_factory.mktemp("limits")
     with FakeUpstream() as upstream:
         config = {
@@ -42,8 +50,7 @@ def gateway(tmp_path_factory):
                 {
                     "name": "slow",
                     "backend": "openai",
-                    "base_url": upstream.base_url,
-                    "upstream_model": "slow-stream",
+                    "base_url": held.base_url,
                 },
             ],
         }
@@ -107,8 +114,8 @@ def test_requests_per_minute_give_429_with_retry_after(gateway):
     assert all(httpx.get(gateway.url + "/health").status_code == 200 for _ in range(5))
 
 
-def test_requests_in_flight_per_key_give_429(gateway):
-    body = {"model": "slow", "messages": HI, "stream": True}
+def test_requests_in_flight_per_key_give_429(gateway, held):
+    body = {"model": "slow", "messages": HI, "stream": True}  # held: in flight until release
     with httpx.stream(
         "POST", gateway.url + "/v1/chat/completions", headers=auth(KEYS[3]), json=body, timeout=30
     ) as first:
@@ -120,6 +127,7 @@ def test_requests_in_flight_per_key_give_429(gateway):
         )
         assert second.status_code == 429 and second.headers["retry-after"] == "1"
         assert "in flight" in second.json()["error"]["message"]
+        held.release()
         first.read()
 
     def unless_in_flight() -> httpx.Response | None:

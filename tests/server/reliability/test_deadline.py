@@ -1,5 +1,7 @@
 """The request's deadline bounds failover (`request_timeout` of a model): the real gateway
-process in front of two fake replicas of one model, the first listed slow to fail."""
+process in front of two fake replicas of one model, the first listed slow to fail: it holds
+its 503 until the client has its answer, so the deadline runs out while the first attempt is
+still waiting however slow the machine is."""
 
 from __future__ import annotations
 
@@ -34,12 +36,14 @@ def first_to_reach(
 
 
 def test_no_failover_once_the_request_deadline_has_passed(tmp_path):
-    # The first replica answers 503 (a failover case) only after 1 s; the deadline is 0.5 s.
-    with StatusUpstream(status=503, stall_s=1.0) as bad, StatusUpstream() as good:
+    # The first replica answers 503 (a failover case) only once released; the deadline is
+    # 0.5 s, so the gate opens after the deadline has passed.
+    with StatusUpstream(status=503, held=True) as bad, StatusUpstream() as good:
         config = gateway_config(bad, good, tmp_path, request_timeout=0.5)
         gateway = GatewayProcess(config, tmp_path).start()
         with gateway, httpx.Client(base_url=gateway.url, timeout=30) as client:
             answer, good_asked = first_to_reach(bad, good, client)
+            bad.release()
     assert answer.status_code == 504, answer.text
     assert answer.json()["error"]["code"] == "request_timeout"
     assert ATTEMPTS not in answer.headers

@@ -1,6 +1,8 @@
 """Graceful drain on SIGTERM, end to end: `vlm-gateway serve` as a real process on 127.0.0.1 in
-front of an upstream that holds its answers (held_upstream.py) and, where the order of the stop
-matters, a managed "vllm" (marking_vllm.py: tests/support/fake_vllm.py that notes its SIGTERM).
+front of an upstream that holds its answers until the test releases them
+(tests/support/held_upstream.py; the batch test: gated_upstream.py) and, where the order of the
+stop matters, a managed "vllm" (marking_vllm.py: tests/support/fake_vllm.py that notes its
+SIGTERM).
 
 Each test sends SIGTERM to the gateway's own pid, as an orchestrator does."""
 
@@ -27,8 +29,8 @@ import pytest
 import yaml
 
 from tests.server.batch.batch_support import chat_line, jsonl, result_lines, wait_final
-from tests.server.reliability.held_upstream import ANSWER, HeldUpstream
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.gated_upstream import GatedUpstream
+from tests.support.held_upstream import ANSWER, HeldUpstream
 from tests.support.managed import process_group_members
 from tests.support.polling import wait_until
 from tests.support.processes import (
@@ -239,8 +241,8 @@ def test_a_second_sigterm_stops_at_once_and_kills_managed_vllm(tmp_path):
 
 
 def test_a_batch_running_at_sigterm_loses_and_repeats_no_row_after_the_restart(tmp_path):
-    total = 1000
-    with FakeUpstream(record=False) as upstream:
+    total, answered = 1000, 50  # the upstream holds every row after the first `answered`
+    with GatedUpstream(answer_first=answered) as upstream:
         entry = {"name": "ok", "backend": "openai", "base_url": upstream.base_url}
         settings = {"data_dir": str(tmp_path / "data"), "batch": {"concurrency_per_model": 2}}
         gateway = GatewayProcess({**settings, "models": [entry]}, tmp_path).start()
@@ -252,14 +254,17 @@ def test_a_batch_running_at_sigterm_loses_and_repeats_no_row_after_the_restart(t
                 input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
             )
 
-            def done_if_50() -> int | None:
+            def done_if_answered() -> int | None:
                 counts = client.batches.retrieve(batch.id).request_counts
-                return counts.completed if counts.completed >= 50 else None
+                return counts.completed if counts.completed >= answered else None
 
-            done = wait_until(done_if_50, "50 requests done")
+            done = wait_until(done_if_answered, f"{answered} requests done")
+            # Rows in flight, held: the SIGTERM cannot come after the batch's end.
+            wait_until(lambda: upstream.held >= 1, "rows held at the upstream")
             sigterm(gateway)
             assert gateway.proc.wait(60) == 0, gateway.log()[-3000:]
-            assert done < total, "the batch finished before the SIGTERM; raise `total`"
+            assert done < total, "the batch finished before the SIGTERM"
+            upstream.release()
             gateway.start()  # same port, config and data dir: the batch resumes
             batch = wait_final(client, batch.id, deadline_s=120)
             seen = Counter(line["custom_id"] for line in result_lines(client, batch.output_file_id))

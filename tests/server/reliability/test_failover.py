@@ -102,7 +102,7 @@ def test_a_zero_retry_budget_turns_failover_off(replicas):
 @pytest.mark.parametrize("replicas", [(200, {"timeout": 0.5})], indirect=True)
 def test_a_timeout_before_the_answer_head_fails_over(replicas):
     bad, good, gateway = replicas
-    bad.stall_s = 30
+    bad.held = True  # its answers wait for the fixture's exit: the 0.5 s timeout always acts
     answers = sequential(gateway, 4)
     assert [r.status_code for r in answers] == [200] * 4
     assert sum(r.headers.get(ATTEMPTS) == "2" for r in answers) == bad.posts >= 1

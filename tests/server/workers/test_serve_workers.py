@@ -20,6 +20,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.held_upstream import HeldUpstream
 from tests.support.polling import wait_until
 from tests.support.processes import REPO, free_port, stop_process_group, wait_http
 
@@ -197,7 +198,14 @@ def test_files_and_batches_go_to_the_supervisor_as_the_callers_own(limited, tmp_
 
 
 @pytest.fixture
-def managed(upstream, tmp_path):
+def held():
+    """Model `held`'s upstream: its streams send their first event, then wait for release()."""
+    with HeldUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+def managed(upstream, held, tmp_path):
     remote = {"name": "remote", "backend": "openai", "base_url": upstream.base_url}
     vllm = {
         "name": "v",
@@ -208,8 +216,8 @@ def managed(upstream, tmp_path):
         "startup_timeout": 60,
         "liveness_interval": 3600,
     }
-    slow = {**remote, "name": "slow", "upstream_model": "slow-stream"}
-    gateway = WorkersGateway({"models": [remote, vllm, slow]}, tmp_path)
+    gated = {"name": "held", "backend": "openai", "base_url": held.base_url}
+    gateway = WorkersGateway({"models": [remote, vllm, gated]}, tmp_path)
     yield gateway
     gateway.stop()
 
@@ -240,14 +248,19 @@ def test_a_killed_worker_is_replaced_and_managed_vllm_is_untouched(managed):
     assert f"(pid {killed}) exited with -9" in managed.log()
 
 
-def test_sigterm_drains_open_requests_and_stops_everything(managed):
+def test_sigterm_drains_open_requests_and_stops_everything(managed, held):
     (vllm_pid,) = managed.children("tests.support.fake_vllm")
     workers = managed.workers()
     client = openai.OpenAI(base_url=managed.url + "/v1", api_key="unused", max_retries=0)
-    stream = client.chat.completions.create(model="slow", messages=HI, stream=True)
+    stream = client.chat.completions.create(model="held", messages=HI, stream=True)
     first = next(iter(stream))
     assert first.choices is not None
     os.kill(managed.proc.pid, signal.SIGTERM)
+    # The stream is held upstream, so its worker drains it, whatever the machine's speed.
+    draining = "draining: /ready answers 503, no new connections; 1 request(s) in flight"
+    wait_until(lambda: draining in managed.log(), "a worker draining the open stream")
+    assert managed.proc.poll() is None
+    held.release()
     rest = list(stream)  # the open stream runs to its end
     assert rest and rest[-1].choices[0].finish_reason is not None
     assert managed.proc.wait(60) == 0

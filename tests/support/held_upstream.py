@@ -1,6 +1,7 @@
 """An OpenAI-compatible upstream (one model `m`, loopback) that holds its answers until the test
-lets them go, for drain tests: a JSON answer is held before its head; a stream sends its head
-and first event, then holds the rest.
+lets them go, for tests that act while a request is in flight (a drain, an in-flight limit):
+a JSON answer is held before its head; a stream sends its head and first event, then holds
+the rest.
 
     with HeldUpstream() as up:
         ... up.wait_arrivals(2) ...; up.release()
