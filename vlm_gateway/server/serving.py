@@ -69,10 +69,9 @@ class ModelRequest:
         started = time.perf_counter()
         with self.state.tracer.resolving_images(chat):
             count = await self.state.image_resolver.resolve(chat)
-        if self.tracker is not None:
+        if self.tracker is not None and count:
             self.tracker.images_s += time.perf_counter() - started
-            if count:
-                self.tracker.images(count)
+            self.tracker.images(count)
 
     async def answer(self, call: JsonCall) -> Response:
         """The JSON answer of `call` on a replica."""

@@ -175,7 +175,7 @@ def server_timing(tracker: RequestTracker) -> bytes:
     """`gateway;dur=0.214, upstream;dur=0.160, images;dur=0.041` in milliseconds, as the
     response starts; `upstream` once a backend was called, `images` when the request had any."""
     upstream, images = tracker.backend_s, tracker.images_s
-    gateway = tracker.clock() - tracker.started - upstream
+    gateway = max(0.0, tracker.clock() - tracker.started - upstream)  # never below zero
     timing = f"gateway;dur={gateway * 1000:.3f}"
     if upstream:
         timing += f", upstream;dur={upstream * 1000:.3f}"
