@@ -3,6 +3,7 @@ request body reaches the app."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Iterator
@@ -108,3 +109,49 @@ def test_a_client_that_leaves_mid_body_is_a_disconnect_for_the_app(server):
     with socket.create_connection(("127.0.0.1", port_of(uvicorn_server))) as sock:
         sock.sendall(b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\n" + b"z" * 500)
     wait_until(lambda: app.disconnects == 1, "the app told of the disconnect")
+
+
+class WaitingApp:
+    """Reads the whole body, then waits for its client to go, as told by the protocol."""
+
+    def __init__(self) -> None:
+        self.told: list[bool] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()  # the whole body
+        gone = scope[http_protocol.CLIENT_GONE_SCOPE]
+        went = asyncio.Event()
+        gone.when_gone(went.set)
+        await went.wait()
+        self.told.append(gone.gone)
+
+
+def test_a_client_that_leaves_before_the_answer_fires_its_client_gone():
+    app = WaitingApp()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, http=head_deadline_protocol(10), log_level="warning"
+    )
+    uvicorn_server = uvicorn.Server(config)
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: uvicorn_server.started, "uvicorn started")
+    try:
+        with socket.create_connection(("127.0.0.1", port_of(uvicorn_server))) as sock:
+            sock.sendall(b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{}")
+        wait_until(lambda: app.told == [True], "the app told its client went")
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(10)
+
+
+def test_client_gone_calls_back_once_and_forgets_an_undone_callback():
+    gone = http_protocol.ClientGone()
+    calls: list[str] = []
+    gone.when_gone(lambda: calls.append("kept"))
+    undo = gone.when_gone(lambda: calls.append("undone"))
+    undo()
+    gone.went()
+    gone.went()
+    assert calls == ["kept"] and gone.gone

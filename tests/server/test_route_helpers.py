@@ -11,7 +11,7 @@ import pytest
 from starlette.requests import ClientDisconnect, Request
 
 from vlm_gateway.backends.base import Backend
-from vlm_gateway.server.route_helpers import RelayedStream, StreamRelay, read_body
+from vlm_gateway.server.route_helpers import RelayedStream, StreamRelay, client_gone, read_body
 
 
 class _Idle(Backend):
@@ -87,3 +87,25 @@ def test_a_client_gone_mid_body_is_a_disconnect():
     )
     with pytest.raises(ClientDisconnect):
         asyncio.run(read_body(gone))
+
+
+def test_client_gone_outside_the_gateways_protocol_is_watched_on_receive():
+    """In process (no ClientGone in the scope) the disconnect comes through `receive`."""
+
+    async def scenario() -> bool:
+        disconnected = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+        gone, stop_watching = client_gone(request)
+        went = asyncio.Event()
+        gone.when_gone(went.set)
+        disconnected.set()
+        await went.wait()
+        stop_watching()
+        return gone.gone
+
+    assert asyncio.run(scenario())

@@ -17,11 +17,16 @@ chain about eight times, with the socket paused and resumed in between (about a 
 gateway's CPU for that request at 64 in flight, docs/benchmarks.md). Every route here reads the
 whole body before it acts, so a body of up to WHOLE_BODY_BYTES now reaches the app in one
 piece once it has all arrived; a larger one (a file upload) goes on in pieces, as before.
+
+A client that leaves: each request's scope carries a `ClientGone` that the protocol fires when
+the connection is lost before the response completes, so the app learns it without a task per
+request waiting on `receive()` (server/serving.py abandons the backend call; issue 23).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -38,6 +43,28 @@ _TOO_LARGE = (
 )
 # Kept while the body arrives, per connection: a phone photo's base64 fits.
 WHOLE_BODY_BYTES = 8 * 1024 * 1024
+# Where the protocol leaves each request's ClientGone.
+CLIENT_GONE_SCOPE = "vlmgw.client_gone"
+
+
+class ClientGone:
+    """Whether the client of one request has gone (its connection lost before the response
+    completed), and what to call when it goes."""
+
+    def __init__(self) -> None:
+        self.gone = False
+        self._callbacks: list[Callable[[], object]] = []
+
+    def when_gone(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Call `callback` once the client goes; the returned function undoes that."""
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    def went(self) -> None:
+        self.gone = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 class _HeadDeadlineProtocol(HttpToolsProtocol):
@@ -68,6 +95,11 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
             self.transport.write(_TOO_LARGE)
             self.transport.close()
 
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self.cycle is not None and self.cycle.scope is self.scope:
+            self.scope[CLIENT_GONE_SCOPE] = ClientGone()  # type: ignore[literal-required]
+
     def on_body(self, body: bytes) -> None:
         if self.parser.should_upgrade() and self._should_upgrade():
             return  # as uvicorn: bytes after a WebSocket upgrade are not a request body
@@ -94,6 +126,11 @@ class _HeadDeadlineProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            gone = cycle.scope.get(CLIENT_GONE_SCOPE)
+            if isinstance(gone, ClientGone):
+                gone.went()
         super().connection_lost(exc)
 
     def _between_requests(self) -> bool:

@@ -3,6 +3,7 @@ answers, and a backend's event stream relayed to the client (server/serving.py s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from vlm_gateway.core.errors import GatewayError, InvalidRequestError, validatio
 from vlm_gateway.core.request_context import note_model
 from vlm_gateway.core.sse import error_event
 from vlm_gateway.server.door.request_metrics import RequestTracker, request_tracker
+from vlm_gateway.server.http_protocol import CLIENT_GONE_SCOPE, ClientGone
 
 log = logging.getLogger(__name__)
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -63,6 +65,28 @@ async def parse_body(
         if tracker is not None:
             tracker.named_model(named_model)  # for its metrics (an unknown one counts as "")
     return parsed
+
+
+def client_gone(request: Request) -> tuple[ClientGone, Callable[[], object]]:
+    """The request's ClientGone and what stops watching it: the gateway's HTTP protocol fires
+    its own; under another server (or in process) a task waits on `receive()` for the
+    disconnect instead."""
+    gone = request.scope.get(CLIENT_GONE_SCOPE)
+    if isinstance(gone, ClientGone):
+        return gone, _nothing
+    gone = ClientGone()
+    watcher = asyncio.ensure_future(_went_when_disconnected(request, gone))
+    return gone, watcher.cancel
+
+
+def _nothing() -> None:
+    return None
+
+
+async def _went_when_disconnected(request: Request, gone: ClientGone) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gone.went()
 
 
 def json_response(payload: dict[str, Any], status_code: int = 200) -> Response:
