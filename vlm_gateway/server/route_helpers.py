@@ -12,6 +12,7 @@ import orjson
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from vlm_gateway.backends.base import Backend
@@ -32,9 +33,18 @@ _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 async def read_body(request: Request) -> bytes:
     """The whole body, as `request.body()` but uncopied when it came in one piece (as the
     gateway's HTTP protocol hands it over): Starlette joins the pieces and a closing b"",
-    a copy of every body (5% of the CPU of a 450 KB image request at 64 in flight)."""
-    pieces = [piece async for piece in request.stream() if piece]
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    a copy of every body (5% of the CPU of a 450 KB image request at 64 in flight). Read
+    from `receive` itself: `request.stream()`'s async generator cost more than the read."""
+    pieces: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        piece = message.get("body", b"")
+        if piece:
+            pieces.append(piece)
+        if not message.get("more_body", False):
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 async def parse_body(
