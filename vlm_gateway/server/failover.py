@@ -1,8 +1,9 @@
 """Failover before the first byte: a request whose replica failed before answering anything is
 tried once more on another ready replica of the same model (docs/reliability.md).
 
-Retried: errors a backend marks `retryable` (a refused or broken connection, a 502/503/504
-from the upstream, a timeout waiting for the answer's head), for JSON answers and for streams
+Retried: what the model's failover rule allows (backends/failover_rule.py: a refused or broken
+connection, a timeout waiting for the answer's head, an upstream status in `failover_on`; a
+request that got a 500 from two replicas is not tried again), for JSON answers and for streams
 that have not been opened yet (`stream_tracked` commits to a 200 only after the opening, so
 nothing has reached the client). Never a 4xx, never an error inside a stream. Bounded by the
 model's retry budget (backends/retry_budget.py), by the client (one that left is not served
@@ -69,6 +70,7 @@ async def _with_failover(request: Request, model: str, served: _Served) -> Respo
     registry = state.registry
     registry.retry_budgets.requested(model)
     tried: list[Backend] = []
+    failures: list[GatewayError] = []  # of this request's attempts, for the failover rule
     deadline = _deadline(state.settings.request_timeout(model))
     key = current_affinity_key()  # its images' digest (images/resolve.py), for `affinity`
     while True:
@@ -79,7 +81,8 @@ async def _with_failover(request: Request, model: str, served: _Served) -> Respo
             response = await _within(deadline, attempt, model)
         except GatewayError as exc:
             registry.record(backend, exc)
-            if not _may_retry(registry, model, tried, exc, deadline):
+            failures.append(exc)
+            if not _may_retry(registry, model, tried, failures, deadline):
                 if len(tried) > 1:
                     state.metrics.failover(model, served=False)
                     exc.headers[ATTEMPTS_HEADER] = str(len(tried))
@@ -132,11 +135,11 @@ def _may_retry(
     registry: BackendRegistry,
     model: str,
     tried: list[Backend],
-    error: GatewayError,
+    failures: list[GatewayError],
     deadline: _Deadline | None,
 ) -> bool:
     return (
-        error.retryable
+        registry.failover_rule.fails_over(model, failures)
         and len(tried) < MAX_ATTEMPTS
         and (deadline is None or asyncio.get_running_loop().time() < deadline.at)
         and registry.has_other_ready(tried[-1], tried)
