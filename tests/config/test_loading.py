@@ -102,3 +102,19 @@ def test_replicas_share_a_name(tmp_path):
     )
     settings = load_settings(settings_model(), path, environ={})
     assert settings.model_names() == ["m"] and len(settings.entries_for("m")) == 2
+
+
+def test_failover_on_takes_server_errors_only_and_says_why(tmp_path):
+    text = """\
+        models:
+          - name: m
+            backend: openai
+            base_url: http://127.0.0.1:8001/v1
+            failover_on: [500, 429, 404]
+        """
+    with pytest.raises(ConfigError) as info:
+        load_settings(settings_model(), write(tmp_path, text))
+    (reason,) = info.value.reasons
+    assert reason.startswith(f"{tmp_path}/gateway.yaml:5: models[0].failover_on")
+    assert "only 5xx statuses can be failed over, not [429, 404]" in reason
+    assert "the request's own fault" in reason

@@ -30,3 +30,26 @@ def test_blip2_models_take_one_image_unless_configured():
 
 def test_an_unknown_model_has_no_limits():
     assert settings().image_limits("absent") is None
+
+
+def test_failover_on_defaults_to_the_server_errors_and_every_kind_has_it():
+    config = settings_model().model_validate(
+        {
+            "models": [
+                {"name": "o", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
+                {"name": "s", "backend": "openai", "base_url": "http://x/v1", "failover_on": []},
+                {"name": "b", "backend": "blip2", "model": "/m", "failover_on": [503]},
+            ]
+        }
+    )
+    assert config.failover_on("o") == {500, 502, 503, 504}
+    assert config.failover_on("s") == frozenset()  # connection failures still fail over
+    assert config.failover_on("b") == {503}
+    assert config.failover_on("absent") == {500, 502, 503, 504}
+
+
+def test_the_first_entry_of_a_model_decides_its_failover_on():
+    first = {"name": "m", "backend": "openai", "base_url": "http://a/v1", "failover_on": [503]}
+    second = {"name": "m", "backend": "openai", "base_url": "http://b/v1"}
+    config = settings_model().model_validate({"models": [first, second]})
+    assert config.failover_on("m") == {503}

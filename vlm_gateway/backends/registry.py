@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Literal
 
 from vlm_gateway.backends.affinity import HashRing
 from vlm_gateway.backends.base import Backend, State
 from vlm_gateway.backends.ejection import OutlierEjector
+from vlm_gateway.backends.failover_rule import FailoverRule
 from vlm_gateway.backends.retry_budget import RetryBudgets
 from vlm_gateway.core.errors import GatewayError, ModelNotFoundError, ServiceUnavailableError
 
@@ -27,6 +28,7 @@ class BackendRegistry:
         ejector: OutlierEjector | None = None,
         retry_budgets: RetryBudgets | None = None,
         routing: Callable[[str], Routing] | None = None,
+        failover_on: Callable[[str], Collection[int]] | None = None,
     ) -> None:
         self._by_name: dict[str, list[Backend]] = {}
         for backend in backends:
@@ -35,6 +37,7 @@ class BackendRegistry:
         # built without settings (tests, tools).
         self.ejector = ejector or OutlierEjector(lambda _name: DEFAULT_EJECT_AFTER)
         self.retry_budgets = retry_budgets or RetryBudgets(lambda _name: DEFAULT_RETRY_BUDGET)
+        self.failover_rule = FailoverRule(failover_on)  # which failures go to another replica
         # Per model: how many picks broke a tie, so ties rotate instead of always going to
         # the first listed replica (a sequential client would never reach the others).
         self._turns: dict[str, int] = {}

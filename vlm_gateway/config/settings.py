@@ -19,6 +19,12 @@ from vlm_gateway.images.decode import ImageLimits
 from vlm_gateway.images.settings import ImageSettings, ModelImageLimits, limits_for, parse_resize
 from vlm_gateway.launch.gpu_sharing import GpuClaim, split_gpu_memory
 
+# Upstream statuses failed over to another replica unless a model says otherwise: a 500 too,
+# since a replica that answers 500 to everything would otherwise cost a client request per
+# failure until it is ejected; the poison-request guard bounds what a 500 may cost
+# (backends/failover_rule.py).
+DEFAULT_FAILOVER_ON = (500, 502, 503, 504)
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -37,6 +43,8 @@ class ModelEntry(Section):
     # Seconds from a request's first attempt within which its answer (a stream: its opening)
     # must come, failovers included; None: no overall deadline, each attempt has its `timeout`.
     request_timeout: Annotated[float, Field(gt=0)] | None = None
+    # Upstream answers (statuses) tried once more on another replica, before the first byte.
+    failover_on: list[int] = Field(default_factory=lambda: list(DEFAULT_FAILOVER_ON))
     # How a replica is picked: the least busy, or by the request's images (backends/affinity.py).
     routing: Literal["least_busy", "affinity"] = "least_busy"
     # What the model takes; None: what its kind knows (`kind_input_modalities`).
@@ -49,6 +57,19 @@ class ModelEntry(Section):
     kind_image_resize: ClassVar[str] = "none"
     _input_size: tuple[int, int] | None = PrivateAttr(default=None)  # found once, then kept
     kind_input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
+
+    @field_validator("failover_on")
+    @classmethod
+    def _server_errors_only(cls, statuses: list[int]) -> list[int]:
+        # A 4xx is about the request or its caller, not the replica: every replica would
+        # answer it alike, and the client must see it (a 429 it backs off from itself).
+        wrong = [status for status in statuses if not 500 <= status <= 599]
+        if wrong:
+            raise ValueError(
+                f"only 5xx statuses can be failed over, not {wrong}: a 4xx is the request's "
+                "own fault and goes back to the client as it is"
+            )
+        return statuses
 
     def modalities(self) -> tuple[str, ...]:
         """The inputs this model takes: configured, else what its kind knows of it."""
@@ -186,6 +207,10 @@ class GatewaySettings(Section):
     def request_timeout(self, name: str) -> float | None:
         entries = self.entries_for(name)
         return entries[0].request_timeout if entries else None
+
+    def failover_on(self, name: str) -> frozenset[int]:
+        entries = self.entries_for(name)
+        return frozenset(entries[0].failover_on if entries else DEFAULT_FAILOVER_ON)
 
     def retry_budget(self, name: str) -> float:
         entries = self.entries_for(name)

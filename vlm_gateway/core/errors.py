@@ -16,9 +16,12 @@ class GatewayError(Exception):
     error_type = "internal_error"
     default_code: str | None = None
     # Set by a backend when the request failed before the upstream sent an answer's head (a
-    # refused connection, a 502/503/504, a timeout waiting for headers): another replica may
-    # be tried (server/failover.py). Never for a 4xx, never once bytes reached the client.
+    # refused or broken connection, a timeout waiting for headers): another replica may be
+    # tried (server/failover.py). Never once bytes reached the client.
     retryable = False
+    # Set by a backend when this error is the upstream's own answer, a status before any byte
+    # reached the client: the model's `failover_on` decides (backends/failover_rule.py).
+    upstream_status: int | None = None
 
     def __init__(
         self,

@@ -109,7 +109,9 @@ async def _running(
     ):
         ejector = OutlierEjector(settings.eject_after, observer=app_metrics.ejection)
         budgets = RetryBudgets(settings.retry_budget)
-        registry = BackendRegistry(build(settings, client), ejector, budgets, settings.routing)
+        registry = BackendRegistry(
+            build(settings, client), ejector, budgets, settings.routing, settings.failover_on
+        )
         for backend in registry.backends():
             await backend.start()
         store = build_store(settings)  # batch.store: SQLite, or PostgreSQL shared by gateways

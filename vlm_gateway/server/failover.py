@@ -2,8 +2,9 @@
 anything is tried once more on another ready replica of the same model (docs/reliability.md).
 The loop that follows them is `ModelRequest._failing_over` (server/serving.py).
 
-Retried: errors a backend marks `retryable` (a refused or broken connection, a 502/503/504
-from the upstream, a timeout waiting for the answer's head), for JSON answers and for streams
+Retried: what the model's failover rule allows (backends/failover_rule.py: a refused or broken
+connection, a timeout waiting for the answer's head, an upstream status in `failover_on`; a
+request that got a 500 from two replicas is not tried again), for JSON answers and for streams
 that have not been opened yet (`ModelRequest.stream` commits to a 200 only after the opening, so
 nothing has reached the client). Never a 4xx, never an error inside a stream. Bounded by the
 model's retry budget (backends/retry_budget.py), by the client (one that left is not served
@@ -68,12 +69,12 @@ def may_retry(
     registry: BackendRegistry,
     model: str,
     tried: list[Backend],
-    error: GatewayError,
+    failures: list[GatewayError],
     deadline: Deadline | None,
 ) -> bool:
     """Whether the failed attempt is tried once more on another replica (see the module)."""
     return (
-        error.retryable
+        registry.failover_rule.fails_over(model, failures)
         and len(tried) < MAX_ATTEMPTS
         and (deadline is None or asyncio.get_running_loop().time() < deadline.at)
         and registry.has_other_ready(tried[-1], tried)

@@ -94,6 +94,7 @@ class ModelRequest:
         deadline = deadline_for(self.state.settings.request_timeout(model))
         key = current_affinity_key()  # its images' digest (images/resolve.py), for `affinity`
         tried: list[Backend] = []
+        failures: list[GatewayError] = []  # of this request's attempts, for the failover rule
         while True:
             backend = registry.pick(model, avoid=tried, key=key)
             tried.append(backend)
@@ -102,7 +103,8 @@ class ModelRequest:
                 response = await within(deadline, attempt(backend, traced), model)
             except GatewayError as exc:
                 registry.record(backend, exc)
-                if not may_retry(registry, model, tried, exc, deadline):
+                failures.append(exc)
+                if not may_retry(registry, model, tried, failures, deadline):
                     if len(tried) > 1:
                         metrics.failover(model, served=False)
                         exc.headers[ATTEMPTS_HEADER] = str(len(tried))

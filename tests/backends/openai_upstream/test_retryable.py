@@ -1,6 +1,7 @@
-"""Which upstream failures the `openai` backend marks `retryable` (failover may try another
-replica): only those before the answer's head, and 502/503/504; never a 4xx, a 500, or a
-failure after the head."""
+"""What the `openai` backend tells failover of each upstream failure: `retryable` for those
+before the answer's head (no answer at all); the status for an answer with an error status
+(the model's `failover_on` decides, backends/failover_rule.py); neither for a failure after
+the head."""
 
 import asyncio
 
@@ -36,20 +37,20 @@ def failure(base_url: str, upstream_model: str, stream: bool = False, **options)
     return asyncio.run(call())
 
 
-RETRYABLE = [(502, True), (503, True), (504, True), (500, False), (400, False), (429, False)]
-
-
-@pytest.mark.parametrize("status,retryable", RETRYABLE)
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 400, 429])
 @pytest.mark.parametrize("stream", [False, True])
-def test_upstream_statuses(status, retryable, stream):
+def test_upstream_statuses_are_told_as_such(status, stream):
     with StatusUpstream(status=status) as upstream:
-        assert failure(upstream.base_url, "m", stream).retryable is retryable
+        error = failure(upstream.base_url, "m", stream)
+    assert error.upstream_status == status and not error.retryable
 
 
 def test_refused_connection_and_timeout_before_the_head_are_retryable():
-    assert failure(f"http://127.0.0.1:{free_port()}/v1", "m").retryable
+    refused = failure(f"http://127.0.0.1:{free_port()}/v1", "m")
+    assert refused.retryable and refused.upstream_status is None
     with StatusUpstream(held=True) as upstream:  # held until the exit: the timeout acts
-        assert failure(upstream.base_url, "m", timeout=0.3).retryable
+        timed_out = failure(upstream.base_url, "m", timeout=0.3)
+    assert timed_out.retryable and timed_out.upstream_status is None
 
 
 AFTER_THE_HEAD = [("fault-badjson", False), ("fault-drop", False), ("fault-drop", True)]
@@ -58,4 +59,5 @@ AFTER_THE_HEAD = [("fault-badjson", False), ("fault-drop", False), ("fault-drop"
 @pytest.mark.parametrize("mode,stream", AFTER_THE_HEAD)
 def test_failures_after_the_head_are_not(mode, stream):
     with FakeUpstream() as upstream:
-        assert not failure(upstream.base_url, mode, stream).retryable
+        error = failure(upstream.base_url, mode, stream)
+    assert not error.retryable and error.upstream_status is None

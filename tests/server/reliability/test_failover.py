@@ -42,7 +42,10 @@ def sequential(gateway, n, path="/v1/chat/completions", body=HI) -> list[httpx.R
 NO_EJECTION = {"eject_after": 1000}
 
 
-@pytest.mark.parametrize("replicas", [(503, NO_EJECTION), (502, NO_EJECTION)], indirect=True)
+FAILING = [(503, NO_EJECTION), (502, NO_EJECTION), (500, NO_EJECTION)]
+
+
+@pytest.mark.parametrize("replicas", FAILING, indirect=True)
 def test_a_sequential_client_is_served_although_the_first_replica_fails(replicas):
     bad, good, gateway = replicas
     answers = sequential(gateway, 20)
@@ -57,7 +60,7 @@ def test_a_sequential_client_is_served_although_the_first_replica_fails(replicas
     assert served in metrics
 
 
-@pytest.mark.parametrize("replicas", [(503, NO_EJECTION)], indirect=True)
+@pytest.mark.parametrize("replicas", [(503, NO_EJECTION), (500, NO_EJECTION)], indirect=True)
 def test_a_stream_whose_opening_failed_is_opened_on_the_other_replica(replicas):
     bad, good, gateway = replicas
     retried = 0
@@ -81,8 +84,11 @@ def test_responses_messages_and_completions_fail_over_too(replicas):
     assert bad.posts >= 4 and good.posts == 9
 
 
-@pytest.mark.parametrize("replicas", [(400, {}), (500, NO_EJECTION)], indirect=True)
-def test_a_4xx_or_a_500_is_not_retried(replicas):
+WITHOUT_500 = {"failover_on": [502, 503, 504], **NO_EJECTION}
+
+
+@pytest.mark.parametrize("replicas", [(400, {}), (500, WITHOUT_500)], indirect=True)
+def test_a_4xx_or_a_status_left_out_of_failover_on_is_not_retried(replicas):
     bad, good, gateway = replicas
     answers = sequential(gateway, 6)
     failed = [r for r in answers if r.status_code != 200]
@@ -112,9 +118,10 @@ def test_a_timeout_before_the_answer_head_fails_over(replicas):
 def test_five_failures_in_a_row_eject_the_replica_and_say_so(replicas):
     bad, good, gateway = replicas
     answers = sequential(gateway, 40)
-    # A 500 is not failed over: the client sees the first five, then the replica is out.
-    assert sum(r.status_code == 502 for r in answers) == bad.posts
-    assert 5 <= bad.posts < 10 and good.posts == 40 - bad.posts
+    # Each of its 500s was failed over (the client saw none of them), then it was out.
+    assert Counter(r.status_code for r in answers) == {200: 40}
+    assert sum(r.headers.get(ATTEMPTS) == "2" for r in answers) == bad.posts
+    assert 5 <= bad.posts < 10 and good.posts == 40
     card = httpx.get(gateway.url + "/v1/models/m").json()["vlm_gateway"]
     assert card["replicas"][0]["ejections_in_a_row"] >= 1  # until a success clears it
     assert card["replicas"][1]["state"] == "ready"

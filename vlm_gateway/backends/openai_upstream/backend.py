@@ -307,15 +307,11 @@ def upstream_status_error(status: int, body: bytes, headers: Mapping[str, str]) 
     return UpstreamError(f"The upstream failed with status {status}: {message or 'no message'}")
 
 
-# The upstream said it could not take the request now (a proxy's 502/504, an overloaded 503):
-# another replica may. A 500 is not retried: it may be this request that breaks the server.
-_RETRYABLE_STATUSES = frozenset({502, 503, 504})
-
-
 def upstream_status_failure(status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
-    """`upstream_status_error`, marked `retryable` for the statuses another replica may fix."""
+    """`upstream_status_error`, carrying the upstream's status: whether another replica is
+    tried is the model's `failover_on`, not this backend's call (backends/failover_rule.py)."""
     error = upstream_status_error(status, body, headers)
-    error.retryable = status in _RETRYABLE_STATUSES
+    error.upstream_status = status
     return error
 
 
