@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextvars
+import copy
+import functools
 import random
 
 import orjson
 import pytest
 
 from vlm_gateway.core import chat_body
-from vlm_gateway.core.chat_body import LONG_DATA_URL_BYTES, loads_chat_body
+from vlm_gateway.core.chat_body import (
+    LONG_DATA_URL_BYTES,
+    dumps_chat_body,
+    json_source,
+    loads_chat_body,
+)
 
 PAYLOAD = "iVBORw0KGgo" + "A" * LONG_DATA_URL_BYTES  # long enough to be cut out
 URL = f"data:image/png;base64,{PAYLOAD}"
@@ -108,3 +116,59 @@ def _control_character_in_a_payload(parsed: dict) -> bool:
         if part.get("type") == "image_url"
     ]
     return any(any(ord(c) < 0x20 for c in url.partition(",")[2]) for url in urls)
+
+
+def image_urls(data: dict) -> list:
+    return [p["image_url"]["url"] for p in data["messages"][0]["content"] if "image_url" in p]
+
+
+def in_a_new_context(test):
+    """Each request is served in its own task, so its own context: so is each of these."""
+
+    @functools.wraps(test)
+    def run() -> None:
+        contextvars.Context().run(test)
+
+    return run
+
+
+@in_a_new_context
+def test_unchanged_data_urls_are_dumped_as_views_of_the_clients_own_bytes():
+    other = URL.replace("AAAA", "BBBB", 1)
+    body = orjson.dumps(chat(URL, other))
+    data = loads_chat_body(body)
+    pieces = dumps_chat_body(copy.deepcopy(data))  # a deep copy keeps the very strings
+    assert b"".join(pieces) == orjson.dumps(data)
+    views = [bytes(p) for p in pieces if isinstance(p, memoryview) and p.obj is body]
+    assert views == [b'"' + URL.encode() + b'"', b'"' + other.encode() + b'"']
+    assert [bytes(json_source(url) or b"") for url in image_urls(data)] == views
+
+
+@in_a_new_context
+def test_a_changed_or_merely_equal_string_is_serialised_as_ever():
+    body = orjson.dumps(chat(URL, URL.replace("AAAA", "BBBB", 1)))
+    data = loads_chat_body(body)
+    first, second = data["messages"][0]["content"][1:]
+    first["image_url"]["url"] = "data:image/jpeg;base64," + PAYLOAD  # what the resolver made
+    url = second["image_url"]["url"]
+    second["image_url"]["url"] = equal = "".join([url[:9], url[9:]])  # a new object
+    assert equal == url and equal is not url
+    assert json_source(equal) is None
+    pieces = dumps_chat_body(copy.deepcopy(data))
+    assert b"".join(pieces) == orjson.dumps(data)
+    assert not any(isinstance(p, memoryview) and p.obj is body for p in pieces)
+
+
+@in_a_new_context
+def test_a_body_parsed_whole_has_no_bytes_to_reuse():
+    """Escaped slashes: the string is not its bytes, so it is serialised again (unescaped)."""
+    body = orjson.dumps(chat(URL)).replace(b"image/png", b"image\\/png")
+    data = loads_chat_body(body)
+    assert image_urls(data) == [URL] and json_source(URL) is None
+    assert dumps_chat_body(copy.deepcopy(data)) == [orjson.dumps(data)]
+
+
+def test_another_requests_bytes_are_not_seen():
+    body = orjson.dumps(chat(URL))
+    data = contextvars.Context().run(loads_chat_body, body)
+    assert contextvars.Context().run(json_source, image_urls(data)[0]) is None

@@ -83,11 +83,23 @@ GOOD = base64.b64encode(png_bytes(40, 40)).decode()
     ],
     ids=["line-break", "space", "crlf", "cut", "inner-padding", "url-safe", "non-ascii"],
 )
-def test_base64_is_strict(payload):
+@pytest.mark.parametrize("given_bytes", [False, True], ids=["str", "body-bytes"])
+def test_base64_is_strict(payload, given_bytes):
+    """Also when it is decoded from the request body's own bytes (core/chat_body.py)."""
     assert "+" in GOOD or "/" in GOOD  # so the URL-safe case differs
+    url = f"data:image/png;base64,{payload}"
+    url_bytes = memoryview(url.encode()) if given_bytes else None
     with pytest.raises(ImageError) as caught:
-        checked_data_url(f"data:image/png;base64,{payload}", "auto", LIMITS, "The image")
+        checked_data_url(url, "auto", LIMITS, "The image", url_bytes)
     assert caught.value.code == "invalid_base64"
+
+
+def test_from_the_body_bytes_the_answers_are_the_same():
+    png, jpeg = data_url(png_bytes(40, 40)), data_url(jpeg_bytes(40, 40), "image/png")
+    for url in (png, jpeg):
+        expected = checked_data_url(url, "auto", LIMITS, "x")
+        assert checked_data_url(url, "auto", LIMITS, "x", memoryview(url.encode())) == expected
+    assert checked_data_url(png, "auto", LIMITS, "x", memoryview(png.encode())) is png
 
 
 def test_the_resolver_forwards_what_passes_and_shrinks_what_must_change():

@@ -18,6 +18,7 @@ from tests.support.fake_upstream import FakeUpstream
 from tests.support.image_server import ImageServer
 from tests.support.images import data_url, image_message, png_bytes, png_data_url
 from tests.support.processes import GatewayProcess
+from vlm_gateway.core.chat_body import LONG_DATA_URL_BYTES
 from vlm_gateway.server.door.log_redaction import RedactBase64
 
 PNG = png_bytes(40, 40)
@@ -103,6 +104,22 @@ def test_a_long_data_url_with_escaped_slashes_reaches_the_upstream_unescaped(ser
     answer = post_raw(servers[0], body.replace(b"data:image/png", b"data:image\\/png"))
     assert answer.status_code == 200, answer.text
     assert forwarded_urls(servers[1]) == [url]
+
+
+def test_long_data_urls_forwarded_as_sent_beside_one_the_gateway_corrected(servers, client):
+    """The first two go on as the client's own bytes (core/chat_body.py), the third with its
+    declared type corrected, so serialised anew."""
+    kept, also_kept = png_data_url(200, 200, seed=8), png_data_url(200, 200, seed=9)
+    corrected = png_data_url(200, 200, seed=10)
+    mislabelled = corrected.replace("image/png", "image/jpeg", 1)
+    assert min(map(len, (kept, also_kept, corrected))) > LONG_DATA_URL_BYTES
+    message = image_message("what?", kept)
+    message["content"] += [
+        {"type": "image_url", "image_url": {"url": url}} for url in (also_kept, mislabelled)
+    ]
+    answer = post_raw(servers[0], orjson.dumps({"model": "m", "messages": [message]}))
+    assert answer.status_code == 200, answer.text
+    assert forwarded_urls(servers[1]) == [kept, also_kept, corrected]
 
 
 def test_a_control_character_inside_a_long_data_url_is_a_400_not_forwarded(servers, client):

@@ -17,7 +17,8 @@ Once started, it also takes what the startup made (the app, its backends, import
 out of the cyclic garbage collector's reach with `gc.freeze()`: those objects live as long as
 the process, and every full collection walked them all again, in the middle of requests.
 Measured (docs/benchmarks.md, run E): p99 at 64 in flight 68 -> 26 ms (text) and 125 -> 79 ms
-(image), 7-12% more requests/s.
+(image), 7-12% more requests/s. And it keeps the requests' large buffers on glibc's heap
+(allocator.py).
 
 Used by `serve` (one process) and by each worker of `serve --workers N`.
 """
@@ -40,6 +41,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from vlm_gateway.cli.allocator import keep_large_buffers_on_heap
 from vlm_gateway.server.drain import Drain
 from vlm_gateway.server.state import state_of
 
@@ -77,6 +79,7 @@ class DrainingServer(uvicorn.Server):
         if self.started:  # the app's startup went through: what it made stays to the end
             gc.collect()
             gc.freeze()
+            keep_large_buffers_on_heap()  # requests' large buffers: no mmap/munmap each
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

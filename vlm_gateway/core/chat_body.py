@@ -12,12 +12,19 @@ way: a string with a backslash, a non-ASCII byte or a control character in its h
 that does not turn out to be the `url` of an `image_url` part of a message. The payload after
 the comma is not checked here: the image resolver decodes it as strict base64 (any other byte
 is a 400 `invalid_base64` there) before anything is forwarded.
+
+The bytes each string was made from are kept for the request being served (a context variable,
+so in the request's own task): `json_source` finds them again for a string that is still the
+one put back, so the resolver decodes the base64 from them (no copy of the payload) and
+`dumps_chat_body` forwards an unchanged data URL as a view of the client's own bytes instead of
+serialising it again (docs/benchmarks.md, "The image request's copies").
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -26,6 +33,11 @@ import orjson
 LONG_DATA_URL_BYTES = 32 * 1024
 _OPENING = b'"data:'
 _HEADER_BYTES = 256  # "data:<media type>;<params>," is never longer in practice
+
+# id(string put back) -> (that string, its JSON bytes in the body, quotes included). The string
+# is held, so its id cannot be reused while the entry lives; set per parsed body.
+_Sources = dict[int, tuple[str, memoryview]]
+_SOURCES: ContextVar[_Sources | None] = ContextVar("vlmgw_data_url_sources", default=None)
 
 
 def loads_chat_body(body: bytes) -> Any:
@@ -41,9 +53,49 @@ def loads_chat_body(body: bytes) -> Any:
     pieces.append(body[start:])
     data = orjson.loads(b"".join(pieces))
     urls = {f"vlmgw-{marker}-{index}": span for index, span in enumerate(spans)}
-    if not _put_back(data, urls, memoryview(body)):
+    sources: _Sources = {}
+    if not _put_back(data, urls, memoryview(body), sources):
         return orjson.loads(body)  # a marker landed somewhere else: parse it all, as ever
+    _SOURCES.set(sources)
     return data
+
+
+def json_source(value: str) -> memoryview | None:
+    """The body's bytes `value` was made from, quotes included, when it is a long data URL that
+    loads_chat_body put back in this request (this very object: the same characters, and those
+    bytes are its JSON, no escapes); None otherwise (a string the resolver made anew)."""
+    sources = _SOURCES.get()
+    entry = sources.get(id(value)) if sources else None
+    return entry[1] if entry is not None and entry[0] is value else None
+
+
+def dumps_chat_body(data: Any) -> list[bytes | memoryview]:
+    """`orjson.dumps(data)` (a chat request's dump), as pieces to write one after the other:
+    each data URL still as loads_chat_body put it back is the client's own bytes, not copied
+    nor serialised again. Those URLs in `data` are replaced on the way (it is the caller's
+    throwaway dump). Sound because only the resolver's strict base64 check lets a data URL
+    through unchanged, and the chat route resolves every image before a backend sees it."""
+    if not _SOURCES.get():
+        return [orjson.dumps(data)]
+    marker = secrets.token_hex(8)
+    kept: list[memoryview] = []
+    for image in _image_urls(data):
+        source = json_source(image["url"])
+        if source is not None:
+            image["url"] = f"vlmgw-{marker}-{len(kept)}"
+            kept.append(source)
+    out = orjson.dumps(data)
+    if not kept:
+        return [out]
+    view, start = memoryview(out), 0
+    pieces: list[bytes | memoryview] = []
+    for index, source in enumerate(kept):
+        placeholder = f'"vlmgw-{marker}-{index}"'.encode()
+        at = out.index(placeholder, start)  # orjson writes them in the order they were set
+        pieces += [view[start:at], source]
+        start = at + len(placeholder)
+    pieces.append(view[start:])
+    return pieces
 
 
 def _long_data_urls(body: bytes) -> list[tuple[int, int]]:
@@ -70,18 +122,21 @@ def _plain(body: bytes, start: int, end: int) -> bool:
     return header.isascii() and header.decode("ascii").isprintable()
 
 
-def _put_back(data: Any, urls: dict[str, tuple[int, int]], raw: memoryview) -> bool:
-    """Replace each marker with its data URL, in image parts only; False if any marker is
-    elsewhere (or missing), or a payload is not ASCII."""
+def _put_back(
+    data: Any, urls: dict[str, tuple[int, int]], raw: memoryview, sources: _Sources
+) -> bool:
+    """Replace each marker with its data URL, in image parts only, noting each one's bytes in
+    `sources`; False if any marker is elsewhere (or missing), or a payload is not ASCII."""
     found = 0
     for image in _image_urls(data):
         span = urls.get(image["url"])
         if span is None:
             continue
         try:
-            image["url"] = str(raw[span[0] + 1 : span[1] - 1], "ascii")
+            value = image["url"] = str(raw[span[0] + 1 : span[1] - 1], "ascii")
         except UnicodeDecodeError:
             return False
+        sources[id(value)] = (value, raw[span[0] : span[1]])
         found += 1
     return found == len(urls)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote
 
+from vlm_gateway.core.chat_body import json_source
 from vlm_gateway.core.errors import InvalidRequestError
 from vlm_gateway.core.image_errors import (
     BlockedImageURLError,
@@ -173,7 +174,7 @@ class ImageResolver:
             started = time.perf_counter()
             if scheme == "data":
                 part.image_url.url = await self._prepare_data_url(url, detail, limits, what)
-                size = _base64_size(url.partition(",")[2])
+                size = _base64_size(url)
                 self._resolved(model, scheme, size, None, time.perf_counter() - started)
                 return
             if scheme in ("http", "https"):
@@ -198,7 +199,9 @@ class ImageResolver:
     async def _prepare_data_url(self, url: str, detail: str, limits: ImageLimits, what: str) -> str:
         """The header-only check right here when it settles the matter, else the full one."""
         if limits.resize is None and len(url) <= INLINE_DATA_URL_CHARS:
-            checked = checked_data_url(url, detail, limits, what)
+            source = json_source(url)  # the body's own bytes, quotes included, if unchanged
+            url_bytes = source[1:-1] if source is not None else None
+            checked = checked_data_url(url, detail, limits, what, url_bytes)
             if checked is not None:
                 return checked
         return await self._prepare(limits, what, prepare_data_url, url, detail, limits, what)
@@ -241,7 +244,8 @@ async def digest_of(url: str) -> str:
 
 
 def image_digest(url: str) -> str:
-    return "sha256:" + hashlib.sha256(url.encode()).hexdigest()
+    source = json_source(url)  # the same bytes as url.encode(), without the copy
+    return "sha256:" + hashlib.sha256(url.encode() if source is None else source[1:-1]).hexdigest()
 
 
 def affinity_key(request: ChatCompletionRequest) -> int:
@@ -289,9 +293,10 @@ def local_media_path(url: str, media_dir: Path) -> Path:
     return real
 
 
-def _base64_size(payload: str) -> int:
-    """Decoded length of checked base64 (strict: no whitespace, padding only at the end)."""
-    return len(payload) * 3 // 4 - payload[-2:].count("=")
+def _base64_size(url: str) -> int:
+    """Decoded length of a data URL's checked base64 (strict: no whitespace, padding only at
+    the end, and at least 4 characters: an empty image is refused), not copied out."""
+    return (len(url) - url.index(",") - 1) * 3 // 4 - url[-2:].count("=")
 
 
 def _real_dir(path: Path | None) -> Path | None:

@@ -75,7 +75,7 @@ def answer(body: bytes, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
 
-async def post(pool: Http1Pool, body: bytes = b"{}", timeout: float = 5.0) -> bytes:
+async def post(pool: Http1Pool, body: bytes | list = b"{}", timeout: float = 5.0) -> bytes:
     response = await pool.post("/chat", JSON, body, connect_timeout=5, read_timeout=timeout)
     try:
         return await response.read()
@@ -301,3 +301,25 @@ async def test_a_response_dropped_unreleased_frees_its_connection():
         opened.release()
         pool.close()
     assert len(per_connection) == 2
+
+
+@in_loop
+async def test_a_body_in_pieces_arrives_as_their_concatenation():
+    received: list[bytes] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await read_request(reader) or b"")
+        writer.write(answer(b"{}"))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    pool = Http1Pool(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", limit=1)
+    try:
+        pieces = [b'{"url":', memoryview(b'..."data:x"...')[3:11], b"}"]
+        assert await post(pool, pieces) == b"{}"
+    finally:
+        pool.close()
+        server.close()
+    head, _, body = received[0].partition(b"\r\n\r\n")
+    assert body == b'{"url":"data:x"}' and head.endswith(b"\r\ncontent-length: 16")

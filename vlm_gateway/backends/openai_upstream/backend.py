@@ -28,6 +28,7 @@ from vlm_gateway.backends.openai_upstream.http1 import (
     UpstreamDisconnected,
 )
 from vlm_gateway.backends.openai_upstream.image_ids import add_image_uuids
+from vlm_gateway.core.chat_body import dumps_chat_body
 from vlm_gateway.core.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from vlm_gateway.core.protocol import ChatCompletionRequest, CompletionRequest
 from vlm_gateway.core.request_context import (
@@ -254,12 +255,16 @@ class OpenAIUpstreamBackend(Backend):
             headers[REQUEST_ID_HEADER] = request_id
         return headers
 
-    def _body(self, request: BaseModel) -> bytes:
+    def _body(self, request: BaseModel) -> list[bytes | memoryview]:
+        """The upstream's body, as pieces written one after the other (http1.py)."""
         payload = request.model_dump(mode="json", exclude_unset=True)
         payload["model"] = self.upstream_model
-        if self._image_uuids and isinstance(request, ChatCompletionRequest):
+        if not isinstance(request, ChatCompletionRequest):
+            return [orjson.dumps(payload)]
+        if self._image_uuids:
             add_image_uuids(payload, request)
-        return orjson.dumps(payload)
+        # An unchanged data URL goes on as the client's bytes (model_dump keeps the very string).
+        return dumps_chat_body(payload)
 
     @contextlib.contextmanager
     def _translate_errors(self) -> Iterator[None]:

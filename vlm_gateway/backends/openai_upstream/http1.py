@@ -15,7 +15,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -239,19 +239,21 @@ class Http1Pool:
         self,
         path: str,
         headers: Mapping[str, str],
-        body: bytes,
+        body: bytes | Sequence[bytes | memoryview],
         *,
         connect_timeout: float,
         read_timeout: float,
     ) -> Http1Response:
         """Send the request; return once the answer's head has arrived. A reused connection
         that closes before any byte of an answer (the upstream closed it as we sent) is retried
-        once on a new one: the upstream saw, at most, a request it did not answer."""
-        head = self._head(path, headers, len(body))
+        once on a new one: the upstream saw, at most, a request it did not answer. `body`: its
+        bytes, or pieces of it to write one after the other (not joined: no copy)."""
+        pieces = (body,) if isinstance(body, bytes) else tuple(body)
+        head = self._head(path, headers, sum(len(piece) for piece in pieces))
         for attempt in range(2):
             connection, reused = await self._acquire(connect_timeout, read_timeout)
             try:
-                return await self._exchange(connection, head, body, read_timeout)
+                return await self._exchange(connection, head, pieces, read_timeout)
             except UpstreamDisconnected:
                 self.discard(connection)
                 if not (reused and not connection.got_bytes and attempt == 0):
@@ -262,12 +264,16 @@ class Http1Pool:
         raise AssertionError("unreachable")
 
     async def _exchange(
-        self, connection: _Connection, head: bytes, body: bytes, read_timeout: float
+        self,
+        connection: _Connection,
+        head: bytes,
+        body: tuple[bytes | memoryview, ...],
+        read_timeout: float,
     ) -> Http1Response:
         transport = connection.transport
         assert transport is not None
         # One write, so one segment for a small request: a syscall and a wake-up fewer.
-        transport.writelines((head, body))
+        transport.writelines((head, *body))
         while not connection.head_done:
             await connection.wait(read_timeout)
         return Http1Response(self, connection, read_timeout)
