@@ -4,6 +4,7 @@ request body reaches the app."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -41,9 +42,9 @@ class RecordingApp:
         await send({"type": "http.response.body", "body": body})
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[uvicorn.Server, RecordingApp]]:
-    app = RecordingApp()
+@contextlib.contextmanager
+def serving(app) -> Iterator[uvicorn.Server]:
+    """`app` under a real uvicorn server with the gateway's protocol, in a thread."""
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, http=head_deadline_protocol(10), log_level="warning"
     )
@@ -52,10 +53,17 @@ def server() -> Iterator[tuple[uvicorn.Server, RecordingApp]]:
     thread.start()
     wait_until(lambda: server.started, "uvicorn started")
     try:
-        yield server, app
+        yield server
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[uvicorn.Server, RecordingApp]]:
+    app = RecordingApp()
+    with serving(app) as running:
+        yield running, app
 
 
 def port_of(server: uvicorn.Server) -> int:
@@ -130,20 +138,10 @@ class WaitingApp:
 
 def test_a_client_that_leaves_before_the_answer_fires_its_client_gone():
     app = WaitingApp()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, http=head_deadline_protocol(10), log_level="warning"
-    )
-    uvicorn_server = uvicorn.Server(config)
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: uvicorn_server.started, "uvicorn started")
-    try:
+    with serving(app) as uvicorn_server:
         with socket.create_connection(("127.0.0.1", port_of(uvicorn_server))) as sock:
             sock.sendall(b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{}")
         wait_until(lambda: app.told == [True], "the app told its client went")
-    finally:
-        uvicorn_server.should_exit = True
-        thread.join(10)
 
 
 def test_client_gone_calls_back_once_and_forgets_an_undone_callback():
