@@ -6,7 +6,7 @@
 forwards every POST body as it came to the upstream and the answer back, with nothing between:
 no JSON parse, no validation, no keys, limits, metrics or log lines. What it costs per request is
 what the event loop, the two sockets and the kernel's loopback TCP cost, before any gateway
-code; the gateway's figures are read against it (docs/benchmarks.md, "The floor").
+code; the gateway's figures are read against it (docs/benchmarks-history.md, "The floor").
 
 - `proxy`: the gateway's own structure at its leanest: the request is a task that awaits the
   upstream through the gateway's HTTP/1.1 pool (backends/openai_upstream/http1.py), then writes

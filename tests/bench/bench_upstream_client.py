@@ -6,7 +6,7 @@ One process, uvloop, the fixed-response fake upstream (tests/support/fake_upstre
 loopback; each client posts the overhead matrix's bodies (1-token text chat, 337 KB PNG data
 URL) sequentially over one kept-alive connection, the two clients alternating round by round.
 Prints the process's CPU time per request (user + system, so the socket writes count).
-docs/benchmarks.md, "The upstream client replaced".
+docs/benchmarks-history.md, "The upstream client replaced".
 """
 
 from __future__ import annotations
