@@ -16,9 +16,9 @@ included.)
 Once started, it also takes what the startup made (the app, its backends, imported modules)
 out of the cyclic garbage collector's reach with `gc.freeze()`: those objects live as long as
 the process, and every full collection walked them all again, in the middle of requests.
-Measured (docs/benchmarks-history.md, run E): p99 at 64 in flight 68 -> 26 ms (text) and 125 -> 79 ms
-(image), 7-12% more requests/s. And it keeps the requests' large buffers on glibc's heap
-(allocator.py).
+Measured (docs/benchmarks-history.md, run E): p99 at 64 in flight 68 -> 26 ms (text) and
+125 -> 79 ms (image), 7-12% more requests/s. And it keeps the requests' large buffers on
+glibc's heap (allocator.py).
 
 Used by `serve` (one process) and by each worker of `serve --workers N`.
 """

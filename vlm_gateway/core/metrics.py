@@ -63,11 +63,10 @@ class Metrics:
 
     def __init__(self, models: Iterable[str], multiprocess_dir: str | None = None) -> None:
         self._models = frozenset(models)
-        # The labelled children each request counts into, looked up once per label set:
-        # `labels()` checks and stringifies its values and takes a lock every time (issue 23).
-        # Bounded as the label values are.
-        self._request_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
-        self._token_children: dict[tuple[str, str, str, str], Any] = {}
+        # The labelled children requests count into, looked up once per label set: `labels()`
+        # checks and stringifies its values and takes a lock every time (issue 23). Bounded
+        # as the label values are.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry()
         self._source: Collector = self.registry
         if multiprocess_dir:
@@ -189,17 +188,12 @@ class Metrics:
         key: str = "",
     ) -> None:
         """`key`: the caller's key name (a configured one or `anonymous`: bounded)."""
-        labels = (route, method, self.model_label(model), replica, str(status), key)
-        children = self._request_children.get(labels)
-        if children is None:
-            children = (self._requests.labels(*labels), self._duration.labels(*labels[:4]))
-            self._request_children[labels] = children
-        counter, duration = children
-        counter.inc()
-        duration.observe(seconds)
+        model = self.model_label(model)
+        self._child(self._requests, route, method, model, replica, str(status), key).inc()
+        self._child(self._duration, route, method, model, replica).observe(seconds)
 
     def first_token(self, route: str, model: str, replica: str, seconds: float) -> None:
-        self._ttft.labels(route, self.model_label(model), replica).observe(seconds)
+        self._child(self._ttft, route, self.model_label(model), replica).observe(seconds)
 
     def usage(
         self, model: str, replica: str, usage: Mapping[str, Any] | None, key: str = ""
@@ -207,25 +201,27 @@ class Metrics:
         """Count the tokens of an OpenAI `usage` object; anything else is ignored."""
         counts = token_counts(usage)
         model = self.model_label(model)
-        for field, count in counts.items():
-            if count:
-                self._tokens(field, model, replica, key).inc(count)
+        for field, counter in (
+            ("prompt_tokens", self._prompt_tokens),
+            ("completion_tokens", self._completion_tokens),
+        ):
+            if counts.get(field):
+                self._child(counter, model, replica, key).inc(counts[field])
 
-    def _tokens(self, field: str, model: str, replica: str, key: str) -> Any:
-        labels = (field, model, replica, key)
-        child = self._token_children.get(labels)
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, made once per label set."""
+        child = self._children.get((metric, labels))
         if child is None:
-            counter = self._prompt_tokens if field == "prompt_tokens" else self._completion_tokens
-            child = self._token_children[labels] = counter.labels(model, replica, key)
+            child = self._children[(metric, labels)] = metric.labels(*labels)
         return child
 
     def request_images(self, model: str, key: str, count: int) -> None:
         """Images a live request carried, counted once the resolver accepted them all."""
         if count > 0:
-            self._request_images.labels(self.model_label(model), key).inc(count)
+            self._child(self._request_images, self.model_label(model), key).inc(count)
 
     def refusal(self, reason: str, model: str = "") -> None:
-        self._refusals.labels(reason, self.model_label(model)).inc()
+        self._child(self._refusals, reason, self.model_label(model)).inc()
 
     # -- images (the resolver's observer) -----------------------------------------------------
 
@@ -238,10 +234,10 @@ class Metrics:
         decode_seconds: float,
     ) -> None:
         model = self.model_label(model)
-        self._image_bytes.labels(model, source).observe(size_bytes)
+        self._child(self._image_bytes, model, source).observe(size_bytes)
         if fetch_seconds is not None:
-            self._image_fetch.labels(model, source).observe(fetch_seconds)
-        self._image_decode.labels(model, source).observe(decode_seconds)
+            self._child(self._image_fetch, model, source).observe(fetch_seconds)
+        self._child(self._image_decode, model, source).observe(decode_seconds)
 
     def image_refused(self, model: str, code: str | None) -> None:
         """Image errors that are policy (limits, blocked URLs) count as refusals; a broken
