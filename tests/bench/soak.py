@@ -11,7 +11,9 @@ requests 503 and resets 4% of connections before answering; `slow` waits 0.5 s b
 answer and streams slowly; `steady` is healthy. Load, about --rate requests/s from
 --concurrency clients: text and image chats (JSON and streams; a fifth of the streams are left
 by their client after the second event), and a batch of --batch-lines lines every
---batch-every seconds. Figures: docs/reliability.md, "Soak".
+--batch-every seconds. With VLMGW_TEST_CENSUS=FILE, the gateway also appends a census of its
+live objects by type and its allocators' totals to FILE once a minute, to tell a leak from
+allocator high-water (tests/support/counted_gateway.py). Figures: docs/reliability.md, "Soak".
 """
 
 from __future__ import annotations

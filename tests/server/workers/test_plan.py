@@ -39,6 +39,14 @@ def test_models_the_supervisor_runs_become_one_upstream_each_at_the_backplane():
     assert workers.data_dir == "/tmp/w0"
 
 
+def test_a_postgresql_batch_store_is_the_supervisors_alone():
+    pg = "postgresql://gw@db.internal/batches"
+    settings = _settings(batch={"store": pg, "concurrency_per_model": 3})
+    assert backplane_settings(settings, LINK).batch.store == pg
+    workers = worker_settings(settings, LINK, "/tmp/w0").batch
+    assert (workers.store, workers.concurrency_per_model) == ("sqlite", 3)
+
+
 def test_with_keys_the_backplane_takes_the_token_and_drops_the_rate_limits():
     keys = {
         "keys": [{"name": "a", "key": "ka", "requests_per_minute": 3, "max_in_flight": 2}],

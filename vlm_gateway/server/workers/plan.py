@@ -89,8 +89,11 @@ def worker_settings(
     settings: GatewaySettings, link: BackplaneLink, data_dir: str
 ) -> GatewaySettings:
     """A worker's settings: models the supervisor runs become upstreams at the backplane (one
-    per model: the supervisor picks the replica), and a private `data_dir` (the Files and
-    Batch API is forwarded to the supervisor, which alone owns the store and its runner)."""
+    per model: the supervisor picks the replica), and a private `data_dir` with an SQLite
+    store that stays empty (the Files and Batch API is forwarded to the supervisor, which
+    alone owns the store and its runner). A PostgreSQL `batch.store` is the supervisor's
+    alone too: a worker on it would run a runner of its own, each taking another
+    `concurrency_per_model` rows, beside the one the supervisor runs."""
     needs_token = bool(
         settings.security.keys or settings.security.api_keys or settings.security.api_keys_file
     )
@@ -105,7 +108,8 @@ def worker_settings(
             api_key = SecretStr(link.token) if needs_token else None
             index = names.index(entry.name)
             models.append(_backplane_upstream(settings, entry, link.model_base_url(index), api_key))
-    return settings.model_copy(update={"models": models, "data_dir": data_dir})
+    batch = settings.batch.model_copy(update={"store": "sqlite"})
+    return settings.model_copy(update={"models": models, "data_dir": data_dir, "batch": batch})
 
 
 def _backplane_upstream(
