@@ -125,11 +125,11 @@ class DrainGuard:
 
 def _note_start(entry: _InFlight, message: Message, draining: bool) -> None:
     entry.started = True
-    headers = list(message.get("headers", []))
-    entry.stream = any(
-        name.lower() == b"content-type" and value.startswith(b"text/event-stream")
-        for name, value in headers
-    )
+    headers = message.get("headers", ())
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            entry.stream = value.startswith(b"text/event-stream")
+            break
     if draining:  # the client's next request goes to a gateway that is not stopping
         message["headers"] = [*headers, (b"connection", b"close")]
 

@@ -57,11 +57,13 @@ def write_access_line(
 def _who_and_usage(context: RequestContext) -> str:
     """` key=NAME model=M prompt_tokens=P completion_tokens=C images=N`, each part only when
     known (images when the request had any)."""
-    parts = [
-        ("key", context.key),
-        ("model", context.model),
-        ("prompt_tokens", context.prompt_tokens),
-        ("completion_tokens", context.completion_tokens),
-        ("images", context.images or None),
-    ]
-    return "".join(f" {name}={value}" for name, value in parts if value not in (None, ""))
+    text = f" key={context.key}" if context.key else ""
+    if context.model:
+        text += f" model={context.model}"
+    if context.prompt_tokens is not None:
+        text += f" prompt_tokens={context.prompt_tokens}"
+    if context.completion_tokens is not None:
+        text += f" completion_tokens={context.completion_tokens}"
+    if context.images:
+        text += f" images={context.images}"
+    return text
