@@ -4,6 +4,7 @@ it is about (vlm_gateway/core/request_context.py). docs/operations.md shows both
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -113,3 +114,42 @@ class JsonFormatter(logging.Formatter):
         if details:
             entry["exc"] = details
         return orjson.dumps(entry, default=str).decode()
+
+
+class TurnBufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that, on an event loop's thread, gathers the lines of one turn of the
+    loop and writes them at the turn's end in one write: with many requests in flight, one
+    write a turn instead of one per access line (issue 23). Anywhere else (another thread, no
+    loop) a line is written at once, after what was gathered, so lines keep their order; what
+    is gathered is written by `flush`, which logging calls at exit too."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on a loop's thread: at once, in order
+            self._pending.append(line)
+            self.flush()
+            return
+        if not self._pending:
+            loop.call_soon(self.flush)
+        self._pending.append(line)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._pending:
+                lines = "".join(self._pending)
+                self._pending.clear()
+                try:
+                    self.stream.write(lines)
+                except Exception:  # a closed stream at exit: nothing left to tell
+                    return
+            super().flush()

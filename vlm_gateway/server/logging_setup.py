@@ -13,7 +13,12 @@ import logging.config
 from typing import Any, Literal
 
 from vlm_gateway.config.settings import GatewaySettings
-from vlm_gateway.core.logs import JsonFormatter, RequestContextFilter, TextFormatter
+from vlm_gateway.core.logs import (
+    JsonFormatter,
+    RequestContextFilter,
+    TextFormatter,
+    TurnBufferedStreamHandler,
+)
 from vlm_gateway.server.door.log_redaction import RedactBase64
 
 LogFormat = Literal["text", "json"]
@@ -37,7 +42,7 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
         },
         "handlers": {
             "stderr": {
-                "class": "logging.StreamHandler",
+                "()": TurnBufferedStreamHandler,
                 "stream": "ext://sys.stderr",
                 "formatter": "gateway",
                 "filters": ["request", "redact_base64"],
