@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections import Counter
 from pathlib import Path
 
 import openai
@@ -44,6 +45,19 @@ def result_lines(client: openai.OpenAI, file_id: str | None) -> list[dict]:
         return []
     text = client.files.content(file_id).text
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def assert_each_line_answered_once(client: openai.OpenAI, done, custom_ids: list[str]) -> None:
+    """Every custom_id written exactly once across the output and error files, each a 200,
+    and the batch's counts saying so."""
+    output = result_lines(client, done.output_file_id)
+    errors = result_lines(client, done.error_file_id)
+    written = Counter(line["custom_id"] for line in output + errors)
+    assert written == Counter(custom_ids)  # each exactly once
+    assert errors == [] and all(line["response"]["status_code"] == 200 for line in output)
+    counts = done.request_counts
+    total = len(custom_ids)
+    assert (counts.total, counts.completed, counts.failed) == (total, total, 0)
 
 
 # The store's tables before files and batches had owners (vlm_gateway/server/batch/store.py at

@@ -12,13 +12,17 @@ from __future__ import annotations
 import io
 import os
 import signal
-from collections import Counter
 
 import openai
 import psycopg
 import pytest
 
-from tests.server.batch.batch_support import chat_line, jsonl, result_lines, wait_final
+from tests.server.batch.batch_support import (
+    assert_each_line_answered_once,
+    chat_line,
+    jsonl,
+    wait_final,
+)
 from tests.support.gated_upstream import GatedUpstream
 from tests.support.polling import wait_until
 from tests.support.processes import GatewayProcess
@@ -122,11 +126,5 @@ def test_three_gateways_one_batch_survives_kill_9(gateways, postgres_url, upstre
     assert done.status == "completed", done
     assert results_at_kill < REQUESTS  # the kill landed before the end
     assert seen == pids  # the batch fanned out over all three gateways
-    output = result_lines(reader, done.output_file_id)
-    errors = result_lines(reader, done.error_file_id)
-    written = Counter(line["custom_id"] for line in output + errors)
-    assert written == Counter(f"req-{i:03d}" for i in range(REQUESTS))  # each exactly once
-    assert errors == [] and all(line["response"]["status_code"] == 200 for line in output)
-    counts = done.request_counts
-    assert (counts.total, counts.completed, counts.failed) == (REQUESTS, REQUESTS, 0)
+    assert_each_line_answered_once(reader, done, [f"req-{i:03d}" for i in range(REQUESTS)])
     assert client.batches.retrieve(batch.id).status == "completed"  # the same from the first

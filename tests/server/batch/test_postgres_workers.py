@@ -20,7 +20,12 @@ import openai
 import psycopg
 import pytest
 
-from tests.server.batch.batch_support import chat_line, jsonl, result_lines, wait_final
+from tests.server.batch.batch_support import (
+    assert_each_line_answered_once,
+    chat_line,
+    jsonl,
+    wait_final,
+)
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.polling import wait_until
 from tests.support.workers_gateway import WorkersGateway
@@ -127,10 +132,4 @@ def test_two_workers_one_batch_on_postgresql(gateway, postgres_url):
     assert done.status == "completed", done
     assert stored == REQUESTS
     assert connected == {supervisor}
-    output = result_lines(client, done.output_file_id)
-    errors = result_lines(client, done.error_file_id)
-    written = Counter(line["custom_id"] for line in output + errors)
-    assert written == Counter(f"req-{i:02d}" for i in range(REQUESTS))  # each exactly once
-    assert errors == [] and all(line["response"]["status_code"] == 200 for line in output)
-    counts = done.request_counts
-    assert (counts.total, counts.completed, counts.failed) == (REQUESTS, REQUESTS, 0)
+    assert_each_line_answered_once(client, done, [f"req-{i:02d}" for i in range(REQUESTS)])
