@@ -54,6 +54,23 @@ def test_bad_nested_value_names_the_path():
     assert error.param == "messages[0].content"
 
 
+def with_content(content: str) -> str:
+    return '{"model": "m", "messages": [{"role": "user", "content": ' + content + "}]}"
+
+
+def test_an_unknown_content_part_type_names_the_type_and_what_is_accepted():
+    error = first_error(with_content('[{"type": "text", "text": "hi"}, {"type": "video_url"}]'))
+    assert (error.status_code, error.param) == (400, "messages[0].content[1].type")
+    assert "'video_url' is not a supported type" in error.message
+    assert "'text', 'image_url'" in error.message
+    assert "valid string" not in error.message  # not the string member's complaint
+
+
+def test_a_bad_value_inside_a_content_list_is_named_not_the_string_member():
+    error = first_error(with_content('[{"type": "image_url", "image_url": {"url": 3}}]'))
+    assert error.param == "messages[0].content[0].image_url.url"
+
+
 def test_envelope_shape():
     envelope = ModelNotFoundError("nope", ["b", "a"]).envelope()
     assert envelope == {

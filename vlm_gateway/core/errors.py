@@ -129,8 +129,9 @@ Loc = tuple[str | int, ...]  # where pydantic found an error: keys and list inde
 
 
 def validation_error_to_gateway(exc: ValidationError, prefix: Loc = ()) -> InvalidRequestError:
-    """Turn pydantic's first error into a 400 whose `param` names the field, OpenAI style."""
-    first = exc.errors(include_url=False)[0]
+    """Turn pydantic's first telling error into a 400 whose `param` names the field, OpenAI
+    style."""
+    first = _telling(exc.errors(include_url=False))
     loc = prefix + tuple(first.get("loc", ()))
     param = loc_to_param(loc)
     if first.get("type") == "json_invalid":
@@ -140,9 +141,31 @@ def validation_error_to_gateway(exc: ValidationError, prefix: Loc = ()) -> Inval
     message = first.get("msg", "Invalid value")
     if first.get("type") == "missing":
         message = f"Missing required parameter: '{param}'."
+    elif first.get("type") == "union_tag_invalid":
+        # An unknown content part (or message) type: name the field and what is accepted.
+        context = first.get("ctx") or {}
+        field = str(context.get("discriminator", "'type'")).strip("'")
+        param = f"{param}.{field}" if param else field
+        message = (
+            f"Invalid value for '{param}': {context.get('tag')!r} is not a supported type; "
+            f"the supported types are {context.get('expected_tags')}."
+        )
     elif param:
         message = f"Invalid value for '{param}': {message}."
     return InvalidRequestError(message, param=param or None)
+
+
+def _telling(errors: list[Any]) -> Any:
+    """The first error, unless it only says the input is not a union's other member (`content`
+    sent as a list reports "Input should be a valid string" for the string member first): then
+    the first error from the member the input is."""
+    for error in errors:
+        loc = error.get("loc", ())
+        member = str(loc[-1]) if loc else ""
+        is_member = member in _TYPE_LABELS or "[" in member
+        if not (is_member and error.get("type", "").endswith("_type")):
+            return error
+    return errors[0]  # the input is none of the members: the first one says so
 
 
 # Labels pydantic puts in error locations that are not field names: the tag of a
