@@ -42,6 +42,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from vlm_gateway.cli.allocator import keep_large_buffers_on_heap
+from vlm_gateway.core.logs import flush_log_handlers
 from vlm_gateway.server.drain import Drain
 from vlm_gateway.server.state import state_of
 
@@ -132,6 +133,7 @@ class DrainingServer(uvicorn.Server):
         for pgid in managed_process_groups(self._app):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
+        flush_log_handlers()  # lines gathered this turn (core/logs.py)
         os._exit(128 + signum)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -33,6 +33,7 @@ from fastapi import FastAPI
 from vlm_gateway.cli.draining_server import managed_process_groups
 from vlm_gateway.cli.worker import SPEC_ENV, WorkerSpec
 from vlm_gateway.config.settings import GatewaySettings
+from vlm_gateway.core.logs import flush_log_handlers
 from vlm_gateway.core.metrics import MULTIPROCESS_ENV
 from vlm_gateway.server.app import create_app
 from vlm_gateway.server.door.shared_limits import SharedUsageTable, table_path
@@ -171,6 +172,7 @@ class _Supervisor:
         for pgid in managed_process_groups(app):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
+        flush_log_handlers()  # lines gathered this turn (core/logs.py)
         os._exit(128 + signum)
 
     async def _keep_workers(self, public: socket.socket, link: BackplaneLink) -> None:

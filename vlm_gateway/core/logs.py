@@ -116,12 +116,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+# The access lines (server/door/access_line.py): one per request, written after its response.
+ACCESS_LOGGER = "vlm_gateway.access"
+
+
 class TurnBufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that, on an event loop's thread, gathers the lines of one turn of the
-    loop and writes them at the turn's end in one write: with many requests in flight, one
-    write a turn instead of one per access line (issue 23). Anywhere else (another thread, no
-    loop) a line is written at once, after what was gathered, so lines keep their order; what
-    is gathered is written by `flush`, which logging calls at exit too."""
+    """A stream handler that, on an event loop's thread, gathers the access lines of one turn
+    of the loop and writes them at the turn's end in one write: with many requests in flight,
+    one write a turn instead of one per request (issue 23). Every other line is written at
+    once, after what was gathered, so lines keep their order and a line logged before a
+    response (a refusal's reason) or before a hard exit is out before it. What is gathered is
+    written by `flush`, which logging calls at exit, and `flush_log_handlers` before an
+    `os._exit`."""
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
@@ -136,6 +142,8 @@ class TurnBufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not on a loop's thread: at once, in order
+            loop = None
+        if loop is None or record.name != ACCESS_LOGGER:
             self._pending.append(line)
             self.flush()
             return
@@ -153,3 +161,10 @@ class TurnBufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg
                 except Exception:  # a closed stream at exit: nothing left to tell
                     return
             super().flush()
+
+
+def flush_log_handlers() -> None:
+    """Write what every handler of the root logger holds: before `os._exit`, which skips
+    logging's own flush at exit."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()

@@ -14,9 +14,10 @@ import logging
 
 from starlette.types import Scope
 
+from vlm_gateway.core.logs import ACCESS_LOGGER
 from vlm_gateway.core.request_context import RequestContext
 
-access_log = logging.getLogger("vlm_gateway.access")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 _MAX_LOGGED_PATH = 300
 
