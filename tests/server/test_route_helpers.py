@@ -46,7 +46,7 @@ def test_a_client_gone_before_the_first_event_releases_the_backend():
     head was still being sent): the backend's in-flight count and the upstream stream must
     still be let go, or the replica looks busy forever and its connection stays open."""
     backend = _Idle("m")
-    backend.in_flight = 1  # as stream_tracked leaves it after the opening
+    backend.in_flight = 1  # as ModelRequest.stream leaves it after the opening
     upstream = _UpstreamEvents()
     response = RelayedStream(StreamRelay(backend, upstream, None))
 

@@ -2,9 +2,9 @@
 on the root logger (stderr) that our loggers and uvicorn's all go through, so every line has
 the same format, a timestamp, the request id, and base64 payloads replaced by their size.
 
-uvicorn's own access log is off (`access_log=False` to uvicorn.run): the request-id middleware
+uvicorn's own access log is off (`access_log=False` to uvicorn.run): the door (server/door/)
 writes the access line instead, after the response ends, so it has the duration and the model
-(vlm_gateway/server/door/request_id.py)."""
+(vlm_gateway/server/door/access_line.py)."""
 
 from __future__ import annotations
 

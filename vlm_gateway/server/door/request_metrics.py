@@ -3,11 +3,11 @@ replica and key name, and its duration observed, once its response has ended (fo
 after its last event): the door (door.py) counts it.
 
 The door leaves a `RequestTracker` in the scope. What only later code learns is written
-into it: the model (route_helpers.parse_body), the replica that served (call_tracked and
-stream_tracked), the first event of a stream, the tokens from `usage`, the images, and the
+into it: the model (route_helpers.parse_body), the replica that served (serving.py's
+ModelRequest), the first event of a stream, the tokens from `usage`, the images, and the
 reason the door refused the request (`note_refusal`), and for the `Server-Timing` header the
 seconds spent on images and waiting for the backend. The key name is the caller the
-key middleware left in the scope (`anonymous` without one). Tokens and images also go to the
+key check left in the scope (`anonymous` without one). Tokens and images also go to the
 request's context, for its access line.
 """
 
