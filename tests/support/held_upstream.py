@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.support.loopback_http import LoopbackHTTPServer, QuietHandler
 from tests.support.polling import wait_until
 
 MODEL = "m"
@@ -45,12 +45,7 @@ class HeldUpstream:
         self._lock = threading.Lock()
         upstream = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 body = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
                 self._head(200, "application/json", len(body))
@@ -85,13 +80,8 @@ class HeldUpstream:
                     self.send_header("content-length", str(length))
                 self.end_headers()
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        self._server = LoopbackHTTPServer(Handler)
+        self.base_url = self._server.base_url
 
     def wait_arrivals(self, count: int) -> None:
         wait_until(lambda: self.arrivals >= count, f"{count} requests at the upstream")
@@ -100,10 +90,9 @@ class HeldUpstream:
         self._gate.set()
 
     def __enter__(self) -> HeldUpstream:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._gate.set()
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()

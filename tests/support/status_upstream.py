@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.support.loopback_http import LoopbackHTTPServer, QuietHandler
 
 MODEL = "m"
 
@@ -53,12 +54,7 @@ class StatusUpstream:
         self._gate = threading.Event()
         upstream = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/v1/models":
                     self._send(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
@@ -95,25 +91,19 @@ class StatusUpstream:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the gateway gave up waiting (a stall past its timeout)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        self._server = LoopbackHTTPServer(Handler)
+        self.base_url = self._server.base_url
 
     def release(self) -> None:
         """Let every held POST, and each later one, have its answer."""
         self._gate.set()
 
     def __enter__(self) -> StatusUpstream:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stopping.set()
         self._gate.set()
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
         time.sleep(0)  # let handler threads see the stop
