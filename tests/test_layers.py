@@ -16,11 +16,12 @@ LAYERS: dict[str, int] = {
     "core": 0,
     "launch": 1,
     "images": 1,
-    "config": 2,
-    "backends": 3,
-    "server": 4,
-    "cli": 5,
-    "__main__": 6,
+    "media": 2,  # video and audio, on top of the images layer's fetcher
+    "config": 3,
+    "backends": 4,
+    "server": 5,
+    "cli": 6,
+    "__main__": 7,
 }
 # Third-party packages only these layers may import: Swagger UI's files belong to the HTTP face.
 CONFINED: dict[str, set[str]] = {"fastapi_swagger": {"server"}}

@@ -59,11 +59,18 @@ def with_content(content: str) -> str:
 
 
 def test_an_unknown_content_part_type_names_the_type_and_what_is_accepted():
-    error = first_error(with_content('[{"type": "text", "text": "hi"}, {"type": "video_url"}]'))
+    error = first_error(with_content('[{"type": "text", "text": "hi"}, {"type": "hologram"}]'))
     assert (error.status_code, error.param) == (400, "messages[0].content[1].type")
-    assert "'video_url' is not a supported type" in error.message
-    assert "'text', 'image_url'" in error.message
+    assert "'hologram' is not a supported type" in error.message
+    for accepted in ("text", "image_url", "video_url", "input_audio", "audio_url", "file"):
+        assert f"'{accepted}'" in error.message
     assert "valid string" not in error.message  # not the string member's complaint
+
+
+def test_a_video_part_without_its_url_names_the_missing_field():
+    error = first_error(with_content('[{"type": "video_url"}]'))
+    assert (error.status_code, error.param) == (400, "messages[0].content[0].video_url")
+    assert "Missing required parameter" in error.message
 
 
 def test_a_bad_value_inside_a_content_list_is_named_not_the_string_member():

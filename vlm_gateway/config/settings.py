@@ -18,6 +18,8 @@ from vlm_gateway.config.tracing import TracingSettings
 from vlm_gateway.images.decode import ImageLimits
 from vlm_gateway.images.settings import ImageSettings, ModelImageLimits, limits_for, parse_resize
 from vlm_gateway.launch.gpu_sharing import GpuClaim, split_gpu_memory
+from vlm_gateway.media.resolve import ModelMedia
+from vlm_gateway.media.settings import MediaSettings, ModelMediaLimits, media_limits_for
 
 # Upstream statuses failed over to another replica unless a model says otherwise: a 500 too,
 # since a replica that answers 500 to everything would otherwise cost a client request per
@@ -37,6 +39,7 @@ class ModelEntry(Section):
     name: Annotated[str, Field(min_length=1)]
     backend: str
     images: ModelImageLimits | None = None  # overrides of the top-level `images:` limits
+    media: ModelMediaLimits | None = None  # overrides of the top-level `media:` limits
     # Reliability (docs/reliability.md); a model's first entry decides for all its replicas.
     retry_budget: Annotated[float, Field(ge=0, le=1)] = 0.2  # failovers per request, windowed
     eject_after: Annotated[int, Field(ge=1)] = 5  # consecutive failures that eject a replica
@@ -48,7 +51,7 @@ class ModelEntry(Section):
     # How a replica is picked: the least busy, or by the request's images (backends/affinity.py).
     routing: Literal["least_busy", "affinity"] = "least_busy"
     # What the model takes; None: what its kind knows (`kind_input_modalities`).
-    input_modalities: list[Literal["text", "image"]] | None = None
+    input_modalities: list[Literal["text", "image", "video", "audio"]] | None = None
 
     # Images per request this kind's models take when not configured (None: `images.max_images`).
     kind_max_images: ClassVar[int | None] = None
@@ -57,6 +60,8 @@ class ModelEntry(Section):
     kind_image_resize: ClassVar[str] = "none"
     _input_size: tuple[int, int] | None = PrivateAttr(default=None)  # found once, then kept
     kind_input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
+    # Whether this kind hands per-request `media_io_kwargs` / `mm_processor_kwargs` to vLLM.
+    kind_takes_media_kwargs: ClassVar[bool] = False
 
     @field_validator("failover_on")
     @classmethod
@@ -164,6 +169,7 @@ class GatewaySettings(Section):
     data_dir: str = Field(default_factory=_default_data_dir)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)  # video and audio (docs/media.md)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)  # off by default
 
@@ -220,3 +226,16 @@ class GatewaySettings(Section):
         """The image limits of model `name` (None: no such model)."""
         entries = self.entries_for(name)
         return entries[0].image_limits(self.images) if entries else None
+
+    def model_media(self, name: str) -> ModelMedia | None:
+        """What the media resolver needs of model `name` (None: no such model)."""
+        entries = self.entries_for(name)
+        if not entries:
+            return None
+        first = entries[0]
+        return ModelMedia(
+            limits=media_limits_for(self.media, first.media),
+            modalities=first.modalities(),
+            takes_media_kwargs=first.kind_takes_media_kwargs,
+            digests=self.image_digests(name),
+        )

@@ -9,9 +9,9 @@ bytes (one ASCII decode, a memory copy's cost).
 
 It falls back to parsing the whole body whenever the shortcut could differ from orjson in any
 way: a string with a backslash, a non-ASCII byte or a control character in its header, or one
-that does not turn out to be the `url` of an `image_url` part of a message. The payload after
-the comma is not checked here: the image resolver decodes it as strict base64 (any other byte
-is a 400 `invalid_base64` there) before anything is forwarded.
+that does not turn out to be the URL of an image, video, audio or file part of a message. The
+payload after the comma is not checked here: the resolvers decode it as strict base64 (any other
+byte is a 400 there) before anything is forwarded.
 
 The bytes each string was made from are kept for the request being served (a context variable,
 so in the request's own task): `json_source` finds them again for a string that is still the
@@ -79,10 +79,10 @@ def dumps_chat_body(data: Any) -> list[bytes | memoryview]:
         return [orjson.dumps(data)]
     marker = secrets.token_hex(8)
     kept: list[memoryview] = []
-    for image in _image_urls(data):
-        source = json_source(image["url"])
+    for holder, key in _data_urls(data):
+        source = json_source(holder[key])
         if source is not None:
-            image["url"] = f"vlmgw-{marker}-{len(kept)}"
+            holder[key] = f"vlmgw-{marker}-{len(kept)}"
             kept.append(source)
     out = orjson.dumps(data)
     if not kept:
@@ -125,15 +125,15 @@ def _plain(body: bytes, start: int, end: int) -> bool:
 def _put_back(
     data: Any, urls: dict[str, tuple[int, int]], raw: memoryview, sources: _Sources
 ) -> bool:
-    """Replace each marker with its data URL, in image parts only, noting each one's bytes in
+    """Replace each marker with its data URL, in media parts only, noting each one's bytes in
     `sources`; False if any marker is elsewhere (or missing), or a payload is not ASCII."""
     found = 0
-    for image in _image_urls(data):
-        span = urls.get(image["url"])
+    for holder, key in _data_urls(data):
+        span = urls.get(holder[key])
         if span is None:
             continue
         try:
-            value = image["url"] = str(raw[span[0] + 1 : span[1] - 1], "ascii")
+            value = holder[key] = str(raw[span[0] + 1 : span[1] - 1], "ascii")
         except UnicodeDecodeError:
             return False
         sources[id(value)] = (value, raw[span[0] : span[1]])
@@ -141,14 +141,25 @@ def _put_back(
     return found == len(urls)
 
 
-def _image_urls(data: Any) -> Iterator[dict[str, Any]]:
-    """The `image_url` objects of the messages' image parts whose `url` is a string."""
+# Part type -> (the object holding its URL, the URL's key): the parts whose data URLs are long.
+_URL_HOLDERS = {
+    "image_url": ("image_url", "url"),
+    "video_url": ("video_url", "url"),
+    "audio_url": ("audio_url", "url"),
+    "file": ("file", "file_data"),  # mapped onto video_url / audio_url (media/parts.py)
+}
+
+
+def _data_urls(data: Any) -> Iterator[tuple[dict[str, Any], str]]:
+    """(holder, key) of each string URL in the messages' image, video, audio and file parts:
+    `holder[key]` is the URL."""
     messages = data.get("messages") if isinstance(data, dict) else None
     for message in messages if isinstance(messages, list) else ():
         content = message.get("content") if isinstance(message, dict) else None
         for part in content if isinstance(content, list) else ():
-            if not isinstance(part, dict) or part.get("type") != "image_url":
+            where = _URL_HOLDERS.get(str(part.get("type"))) if isinstance(part, dict) else None
+            if where is None:
                 continue
-            image = part.get("image_url")
-            if isinstance(image, dict) and isinstance(image.get("url"), str):
-                yield image
+            holder = part.get(where[0])
+            if isinstance(holder, dict) and isinstance(holder.get(where[1]), str):
+                yield holder, where[1]

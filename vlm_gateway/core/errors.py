@@ -172,6 +172,7 @@ def _telling(errors: list[Any]) -> Any:
 # discriminated-union member (right after a list index) and the member type of a plain union.
 _UNION_TAGS = frozenset(
     {"system", "developer", "user", "assistant", "tool", "text", "image_url"}
+    | {"video_url", "input_audio", "audio_url", "file"}
     # The Responses API's and Anthropic's content parts.
     | {"input_text", "input_image", "output_text", "image"}
 )

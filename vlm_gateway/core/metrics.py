@@ -43,12 +43,22 @@ AUTH = "auth"
 RATE_LIMIT = "rate_limit"
 BODY_SIZE = "body_size"
 IMAGE_LIMITS = "image_limits"
+MEDIA_LIMITS = "media_limits"
 SSRF = "ssrf"
 _IMAGE_REFUSALS = {
     BlockedImageURLError.default_code: SSRF,
     TooManyImagesError.default_code: IMAGE_LIMITS,
     ImageTooLargeError.default_code: IMAGE_LIMITS,
 }
+
+
+def _media_refusal(code: str) -> str | None:
+    if code.endswith("_url_blocked"):
+        return SSRF
+    if code.endswith(("_too_large", "_too_long")) or code.startswith("too_many_"):
+        return MEDIA_LIMITS
+    return None
+
 
 # Vision requests run from milliseconds (a refusal) to minutes (a long generation).
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -162,6 +172,19 @@ class Metrics:
             "model",
             "source",
         )
+        self._media_parts = self._counter(
+            "vlmgw_media_parts_total",
+            "Video and audio parts accepted, by modality and source (data, http, https, file).",
+            "model",
+            "modality",
+            "source",
+        )
+        self._media_bytes = self._counter(
+            "vlmgw_media_bytes_total",
+            "Bytes of the video and audio parts accepted.",
+            "model",
+            "modality",
+        )
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
         return Counter(name, documentation, labels, registry=self.registry)
@@ -243,6 +266,17 @@ class Metrics:
         """Image errors that are policy (limits, blocked URLs) count as refusals; a broken
         image is the client's mistake and shows only as a 400 in vlmgw_requests_total."""
         reason = _IMAGE_REFUSALS.get(code or "")
+        if reason is not None:
+            self.refusal(reason, model)
+
+    def media_resolved(self, model: str, modality: str, source: str, size_bytes: int) -> None:
+        model = self.model_label(model)
+        self._child(self._media_parts, model, modality, source).inc()
+        self._child(self._media_bytes, model, modality).inc(size_bytes)
+
+    def media_refused(self, model: str, modality: str, code: str | None) -> None:
+        """Like images: limits and blocked URLs are refusals; a broken file is a plain 400."""
+        reason = _media_refusal(code or "")
         if reason is not None:
             self.refusal(reason, model)
 

@@ -49,8 +49,77 @@ class ChatCompletionContentPartImage(_Strict):
         self._digest = digest
 
 
+class _MediaPart(_Strict):
+    """A video or audio part. `uuid` is vLLM's extension, as on image parts."""
+
+    uuid: str | None = None
+    _digest: str | None = PrivateAttr(default=None)
+
+    @property
+    def digest(self) -> str | None:
+        """A digest of the media as forwarded, once the resolver has it (media/resolve.py)."""
+        return self._digest
+
+    def set_digest(self, digest: str) -> None:
+        self._digest = digest
+
+
+class VideoURL(_Strict):
+    url: str
+
+
+class ChatCompletionContentPartVideo(_MediaPart):
+    # vLLM's part (OpenAI's API has no video part): a data:, http(s) or file: URL.
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+class InputAudio(_Strict):
+    data: str  # base64, no data: prefix
+    format: str  # OpenAI takes "wav" and "mp3"; vLLM any container its decoder reads
+
+
+class ChatCompletionContentPartInputAudio(_MediaPart):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class AudioURL(_Strict):
+    url: str
+
+
+class ChatCompletionContentPartAudio(_MediaPart):
+    # vLLM's part: audio by URL, like `video_url`.
+    type: Literal["audio_url"]
+    audio_url: AudioURL
+
+
+class FileFile(_Strict):
+    file_data: str | None = None  # a data: URL
+    file_id: str | None = None
+    filename: str | None = None
+
+
+class ChatCompletionContentPartFile(_Strict):
+    """OpenAI's file part. The gateway takes video/* and audio/* data and hands it on as a
+    `video_url` or `audio_url` part (media/resolve.py); any other file is a 400."""
+
+    type: Literal["file"]
+    file: FileFile
+
+
+MediaPart = (
+    ChatCompletionContentPartVideo
+    | ChatCompletionContentPartInputAudio
+    | ChatCompletionContentPartAudio
+)
 ContentPart = Annotated[
-    ChatCompletionContentPartText | ChatCompletionContentPartImage,
+    ChatCompletionContentPartText
+    | ChatCompletionContentPartImage
+    | ChatCompletionContentPartVideo
+    | ChatCompletionContentPartInputAudio
+    | ChatCompletionContentPartAudio
+    | ChatCompletionContentPartFile,
     Field(discriminator="type"),
 ]
 TextPart = ChatCompletionContentPartText

@@ -160,18 +160,23 @@ class ImageFetcher:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def fetch(self, url: HttpURL, max_bytes: int) -> FetchedImage:
-        """The image's bytes; identical URLs within the cache window are fetched once."""
+    async def fetch(
+        self, url: HttpURL, max_bytes: int, noun: str = "image", timeout: float | None = None
+    ) -> FetchedImage:
+        """The file's bytes (an image, or the `noun` the errors name: video, audio), read no
+        further than `max_bytes`, within `timeout` (default `images.fetch_timeout`);
+        identical URLs within the cache window are fetched once."""
         image = self._cache.get(url.url)
         if image is None:
             key = (url.url, max_bytes)  # a smaller cap must not fail a request with a larger one
             if key not in self._in_flight:
-                task = asyncio.ensure_future(self._fetch_bounded(url, max_bytes))
+                fetching = self._fetch_bounded(url, max_bytes, noun, timeout)
+                task = asyncio.ensure_future(fetching)
                 self._in_flight[key] = task
                 task.add_done_callback(lambda done: self._settle(key, done))
             image = await asyncio.shield(self._in_flight[key])
         if len(image.data) > max_bytes:  # cached for a request whose limit was larger
-            raise _too_large(url, max_bytes)
+            raise _too_large(url, max_bytes, noun)
         return image
 
     def _settle(self, key: tuple[str, int], task: asyncio.Future[FetchedImage]) -> None:
@@ -179,44 +184,47 @@ class ImageFetcher:
         if not task.cancelled():
             task.exception()  # retrieved: the waiters may all have gone away
 
-    async def _fetch_bounded(self, url: HttpURL, max_bytes: int) -> FetchedImage:
-        timeout = self._settings.fetch_timeout
+    async def _fetch_bounded(
+        self, url: HttpURL, max_bytes: int, noun: str, timeout: float | None
+    ) -> FetchedImage:
+        timeout = timeout or self._settings.fetch_timeout
         try:
             async with asyncio.timeout(timeout):
-                image = await self._follow(url, max_bytes)
+                image = await self._follow(url, max_bytes, noun)
         except TimeoutError:
             raise ImageFetchError(
-                f"Fetching the image '{shorten(url.url)}' took longer than {timeout:g} s."
+                f"Fetching the {noun} '{shorten(url.url)}' took longer than {timeout:g} s."
             ) from None
         self._cache.put(url.url, image, len(image.data))
         return image
 
-    async def _follow(self, url: HttpURL, max_bytes: int) -> FetchedImage:
+    async def _follow(self, url: HttpURL, max_bytes: int, noun: str) -> FetchedImage:
+        headers = {"accept": f"{noun}/*"}
         for _ in range(self._settings.max_redirects + 1):
-            self._check_domain(url)
-            with _translate_errors(url):
-                async with self._client.stream("GET", url.url) as response:
+            self._check_domain(url, noun)
+            with _translate_errors(url, noun):
+                async with self._client.stream("GET", url.url, headers=headers) as response:
                     location = response.headers.get("location")
                     if response.status_code in _REDIRECTS and location:
                         url = parse_http_url(urljoin(url.url, location))
                         continue
                     if response.status_code != 200:
                         raise ImageFetchError(
-                            f"Fetching the image '{shorten(url.url)}' failed: "
+                            f"Fetching the {noun} '{shorten(url.url)}' failed: "
                             f"the server answered HTTP {response.status_code}."
                         )
-                    data = await _read_capped(response, url, max_bytes)
+                    data = await _read_capped(response, url, max_bytes, noun)
                     return FetchedImage(data, response.headers.get("content-type"))
         raise ImageFetchError(
-            f"Fetching the image '{shorten(url.url)}' failed: more than "
+            f"Fetching the {noun} '{shorten(url.url)}' failed: more than "
             f"{self._settings.max_redirects} redirects."
         )
 
-    def _check_domain(self, url: HttpURL) -> None:
+    def _check_domain(self, url: HttpURL, noun: str) -> None:
         allowed = self._settings.allowed_domains
         if allowed and not _domain_allowed(url.host, allowed):
             raise BlockedImageURLError(
-                f"The image URL '{shorten(url.url)}' was refused: its host '{url.host}' is not "
+                f"The {noun} URL '{shorten(url.url)}' was refused: its host '{url.host}' is not "
                 "in the allowed domains (images.allowed_domains)."
             )
 
@@ -232,43 +240,44 @@ def _domain_allowed(host: str, allowed: Iterable[str]) -> bool:
     return False
 
 
-async def _read_capped(response: httpx.Response, url: HttpURL, max_bytes: int) -> bytes:
+async def _read_capped(response: httpx.Response, url: HttpURL, max_bytes: int, noun: str) -> bytes:
+    """The body, or an error as soon as it passes `max_bytes` (the rest is never read)."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(url, max_bytes)
+        raise _too_large(url, max_bytes, noun)
     chunks, total = [], 0
     async for chunk in response.aiter_raw():
         total += len(chunk)
         if total > max_bytes:
-            raise _too_large(url, max_bytes)
+            raise _too_large(url, max_bytes, noun)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large(url: HttpURL, max_bytes: int) -> ImageTooLargeError:
+def _too_large(url: HttpURL, max_bytes: int, noun: str = "image") -> ImageTooLargeError:
     return ImageTooLargeError(
-        f"The image at '{shorten(url.url)}' is larger than the limit of {max_bytes} bytes."
+        f"The {noun} at '{shorten(url.url)}' is larger than the limit of {max_bytes} bytes."
     )
 
 
 @contextlib.contextmanager
-def _translate_errors(url: HttpURL) -> Iterator[None]:
+def _translate_errors(url: HttpURL, noun: str) -> Iterator[None]:
     """Transport failures in our own words: socket error text may name internal hosts."""
     where = shorten(url.url)
     try:
         yield
     except _Refused as exc:
         raise BlockedImageURLError(
-            f"The image URL '{where}' was refused: {exc.reason}. Private and internal "
+            f"The {noun} URL '{where}' was refused: {exc.reason}. Private and internal "
             "addresses are not fetched (see images.allow_private_networks)."
         ) from None
     except httpx.TimeoutException:
-        raise ImageFetchError(f"Fetching the image '{where}' timed out.") from None
+        raise ImageFetchError(f"Fetching the {noun} '{where}' timed out.") from None
     except httpx.ConnectError:
-        raise ImageFetchError(f"Fetching the image '{where}' failed: could not connect.") from None
+        raise ImageFetchError(f"Fetching the {noun} '{where}' failed: could not connect.") from None
     except httpx.HTTPError:
         raise ImageFetchError(
-            f"Fetching the image '{where}' failed: the connection broke or "
+            f"Fetching the {noun} '{where}' failed: the connection broke or "
             "the answer was not valid HTTP."
         ) from None
 

@@ -96,9 +96,23 @@ def _hub_cache_snapshot(model: str) -> Path | None:
     return snapshot if revision and snapshot.is_dir() else None
 
 
+# Model types vLLM takes video for although their config names no video token.
+_VIDEO_MODEL_TYPES = ("minicpmv", "minicpmo", "llava_onevision", "llava_next_video", "qwen2_5_omni")
+_VIDEO_KEYS = ("video_token_id", "video_token_index", "video_config")
+_AUDIO_KEYS = ("audio_config", "audio_token_id", "audio_token_index", "audio_model_id")
+
+
 def model_takes_images(model: str) -> bool | None:
     """Whether the model's config.json describes a vision part (`vision_config`, or an image
     processor beside it); None when there is no local config to read."""
+    modalities = model_modalities(model)
+    return None if modalities is None else "image" in modalities
+
+
+def model_modalities(model: str) -> tuple[str, ...] | None:
+    """What the model takes, read from its config.json: text, plus image for a vision part
+    (`vision_config`, or an image processor beside it), video and audio for their tokens or
+    towers (an omni model's thinker included); None when there is no local config to read."""
     directory = Path(model) if os.path.isdir(model) else _hub_cache_snapshot(model)
     if directory is None:
         return None
@@ -108,6 +122,17 @@ def model_takes_images(model: str) -> bool | None:
         return None
     if not isinstance(config, dict):
         return None
+    parts = [config, *(v for v in config.values() if isinstance(v, dict))]  # thinker_config
+
+    def has(keys: tuple[str, ...]) -> bool:
+        return any(key in part for part in parts for key in keys)
+
     vision_keys = ("vision_config", "vision_tower", "mm_vision_tower", "image_token_index")
-    has_vision_part = any(key in config for key in vision_keys)
-    return has_vision_part or _image_processor_config(directory) is not None
+    found = ["text"]
+    if has(vision_keys) or _image_processor_config(directory) is not None:
+        found.append("image")
+    if has(_VIDEO_KEYS) or config.get("model_type") in _VIDEO_MODEL_TYPES:
+        found.append("video")
+    if has(_AUDIO_KEYS):
+        found.append("audio")
+    return tuple(found)

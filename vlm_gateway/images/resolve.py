@@ -250,8 +250,8 @@ def image_digest(url: str) -> str:
 
 def affinity_key(request: ChatCompletionRequest) -> int:
     """The request's key for `routing: affinity`: a 64-bit digest of the text before its first
-    image (the prompt prefix every request with these images shares) and of every image's
-    digest, in order. Call once the images are resolved."""
+    image, video or audio part (the prompt prefix every request with them shares) and of each
+    one's digest, in order. Call once they are resolved."""
     hasher = hashlib.blake2b(digest_size=8)
     before_images = True
     for message in request.messages:
@@ -260,11 +260,12 @@ def affinity_key(request: ChatCompletionRequest) -> int:
             hasher.update(f"{message.role}\x00{content}\x00".encode())
             continue
         for part in content if isinstance(content, list) else ():
-            if isinstance(part, ChatCompletionContentPartImage):
+            if isinstance(part, ChatCompletionContentPartText):
+                if before_images:
+                    hasher.update(f"{message.role}\x00{part.text}\x00".encode())
+            elif getattr(part, "digest", None) is not None:  # images, video and audio
                 before_images = False
                 hasher.update(f"\x01{part.digest}".encode())
-            elif before_images and isinstance(part, ChatCompletionContentPartText):
-                hasher.update(f"{message.role}\x00{part.text}\x00".encode())
     return int.from_bytes(hasher.digest(), "big")
 
 

@@ -29,7 +29,7 @@ from vlm_gateway.server.api_docs import install_api_docs
 from vlm_gateway.server.batch.open_store import build_store
 from vlm_gateway.server.batch.runner import BatchRunner
 from vlm_gateway.server.door.door import REQUEST_CONTEXT_SCOPE
-from vlm_gateway.server.door.install import install_door, open_image_resolver
+from vlm_gateway.server.door.install import install_door, open_request_resolver
 from vlm_gateway.server.door.keys import KeyRing
 from vlm_gateway.server.error_shapes import error_reply
 from vlm_gateway.server.extension import AppExtension
@@ -105,7 +105,7 @@ async def _running(
     """Everything one app runs, started in order and stopped in reverse."""
     async with (
         upstream_session(settings) as client,
-        open_image_resolver(settings, app_metrics) as image_resolver,
+        open_request_resolver(settings, app_metrics) as resolver,
     ):
         ejector = OutlierEjector(settings.eject_after, observer=app_metrics.ejection)
         budgets = RetryBudgets(settings.retry_budget)
@@ -120,14 +120,14 @@ async def _running(
             store,
             registry,
             settings.batch,
-            image_resolver.resolve,
+            resolver.resolve,
             metrics=app_metrics,
             # Each batch runs as its owner: the models that key may call.
             callers=KeyRing.from_settings(settings.security).caller_named,
         )
         await runner.start()
         state = GatewayState(
-            settings, started_at, registry, image_resolver, store, runner, app_metrics, tracer
+            settings, started_at, registry, resolver, store, runner, app_metrics, tracer
         )
         log.info("%s", startup_summary(settings, registry))
         try:

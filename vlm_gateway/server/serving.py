@@ -6,7 +6,8 @@ request's metrics tracker, the model) and is the one place that serves it:
 
 1. `admit`: a model the caller's key may not use answers as an unknown one (404), before any
    image work (server/model_access.py);
-2. `resolve_images`: every image part checked and made a data URL (images/resolve.py), traced,
+2. `resolve_images`: every image, video and audio part checked and made a data URL
+   (media/resolve.py, images/resolve.py), traced,
    counted, and its time kept for `Server-Timing`;
 3. `answer` or `stream`: the loop in `_failing_over` picks a replica (backends/registry.py),
    traces the call (server/tracing.py), and runs one attempt: `_answer_from` (a JSON answer,
@@ -69,7 +70,7 @@ class ModelRequest:
         and Server-Timing."""
         started = time.perf_counter()
         with self.state.tracer.resolving_images(chat):
-            count = await self.state.image_resolver.resolve(chat)
+            count = await self.state.resolver.resolve(chat)
         if self.tracker is not None and count:
             self.tracker.images_s += time.perf_counter() - started
             self.tracker.images(count)

@@ -11,7 +11,7 @@ from fastapi import Request
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.core.metrics import Metrics
-from vlm_gateway.images.resolve import ImageResolver
+from vlm_gateway.media.resolve import RequestResolver
 from vlm_gateway.server.batch.runner import BatchRunner
 from vlm_gateway.server.batch.store_base import BatchStore
 from vlm_gateway.server.tracing import Tracer
@@ -22,7 +22,7 @@ class GatewayState:
     settings: GatewaySettings
     started_at: int  # unix time: `created` of every model card
     registry: BackendRegistry
-    image_resolver: ImageResolver
+    resolver: RequestResolver  # images, video and audio (media/resolve.py)
     batch_store: BatchStore
     batch_runner: BatchRunner
     metrics: Metrics

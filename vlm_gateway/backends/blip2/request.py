@@ -28,6 +28,7 @@ from vlm_gateway.core.protocol import (
     ChatCompletionContentPartImage,
     ChatCompletionContentPartText,
     ChatCompletionRequest,
+    ContentPart,
 )
 from vlm_gateway.images.decode import ImageLimits
 from vlm_gateway.images.decode import decode_image as safe_decode_image
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 # A message's content: text, or parts (only user messages carry image parts), or none.
-_Content = str | Sequence[ChatCompletionContentPartText | ChatCompletionContentPartImage] | None
+_Content = str | Sequence[ContentPart] | None
 
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,", re.I)
 # Extra (non-OpenAI) fields some upstreams accept; harmless to ignore here, as they only tune
@@ -135,11 +136,17 @@ def _message_text(content: _Content, index: int, images: list[tuple[str, str]]) 
         return content.strip()
     texts = []
     for part_index, part in enumerate(content):
-        if part.type == "image_url":
+        if isinstance(part, ChatCompletionContentPartImage):
             param = f"messages[{index}].content[{part_index}].image_url.url"
             images.append((part.image_url.url, param))
-        else:
+        elif isinstance(part, ChatCompletionContentPartText):
             texts.append(part.text.strip())
+        else:  # the resolver refuses these first (BLIP-2 takes text and images only)
+            raise InvalidRequestError(
+                f"The blip2 backend does not take {part.type} parts.",
+                param=f"messages[{index}].content[{part_index}]",
+                code=f"{part.type}_input_not_supported",
+            )
     return " ".join(t for t in texts if t)
 
 

@@ -1,7 +1,7 @@
-"""Stable image ids for vLLM: each image part of a forwarded chat request gets the resolver's
-digest of its bytes (images/resolve.py) as its `uuid`, vLLM's per-part extension that becomes
-the request's `multi_modal_uuids`. vLLM then keys its processor and encoder caches, and the
-image's blocks in its prefix cache, by that id instead of hashing the image again.
+"""Stable media ids for vLLM: each image, video and audio part of a forwarded chat request gets
+the resolver's digest of its bytes (images/resolve.py, media/resolve.py) as its `uuid`, vLLM's
+per-part extension that becomes the request's `multi_modal_uuids`. vLLM then keys its processor
+and encoder caches, and the image's blocks in its prefix cache, by that id instead of hashing the image again.
 
 Only for upstreams that are vLLM (managed `backend: vllm`, or `backend: openai` with
 `image_uuids: true`): other OpenAI-compatible servers may refuse a field they do not know.
@@ -11,11 +11,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlm_gateway.core.protocol import ChatCompletionContentPartImage, ChatCompletionRequest
+from vlm_gateway.core.protocol import (
+    ChatCompletionContentPartAudio,
+    ChatCompletionContentPartImage,
+    ChatCompletionContentPartInputAudio,
+    ChatCompletionContentPartVideo,
+    ChatCompletionRequest,
+)
+
+_DIGESTED = (
+    ChatCompletionContentPartImage,
+    ChatCompletionContentPartVideo,
+    ChatCompletionContentPartAudio,
+    ChatCompletionContentPartInputAudio,
+)
 
 
 def add_image_uuids(payload: dict[str, Any], request: ChatCompletionRequest) -> None:
-    """Set `uuid` on the image parts of `payload` (the dump of `request`) that have none."""
+    """Set `uuid` on the image, video and audio parts of `payload` (the dump of `request`)
+    that have none."""
     messages = payload.get("messages")
     if not isinstance(messages, list):
         return
@@ -28,7 +42,7 @@ def add_image_uuids(payload: dict[str, Any], request: ChatCompletionRequest) -> 
             continue
         for sent_part, part in zip(sent_parts, content, strict=False):
             if (
-                isinstance(part, ChatCompletionContentPartImage)
+                isinstance(part, _DIGESTED)
                 and part.digest is not None
                 and isinstance(sent_part, dict)
                 and sent_part.get("uuid") is None

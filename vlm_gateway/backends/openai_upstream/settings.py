@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -22,6 +22,9 @@ class OpenAIBackendSettings(ModelEntry):
     # The upstream is vLLM: send each image's digest as its `uuid`, so vLLM's caches hit
     # (openai_upstream/image_ids.py). Off by default: other servers may refuse the field.
     image_uuids: bool = False
+
+    # Forwarded as they are: a remote vLLM honours them, another server answers for itself.
+    kind_takes_media_kwargs: ClassVar[bool] = True
 
     @field_validator("base_url")
     @classmethod

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from vlm_gateway.backends.vllm.processes import describe_processes
 from vlm_gateway.config.settings import GatewaySettings, ModelEntry
-from vlm_gateway.images.model_size import model_input_size, model_takes_images
+from vlm_gateway.images.model_size import model_input_size, model_modalities
 from vlm_gateway.launch.gpu_sharing import GpuClaim
 from vlm_gateway.launch.vllm_command import GATEWAY_OWNED_FLAGS
 
@@ -43,6 +43,7 @@ class VllmBackendSettings(ModelEntry):
     progress_interval: Annotated[float, Field(gt=0)] = 5.0  # a log line while it starts
 
     kind_image_resize: ClassVar[str] = "auto"
+    kind_takes_media_kwargs: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _no_flags_the_gateway_sets(self) -> VllmBackendSettings:
@@ -62,9 +63,9 @@ class VllmBackendSettings(ModelEntry):
         return model_input_size(self.model)
 
     def known_modalities(self) -> tuple[str, ...]:
-        """From the model's config.json; text and image when it cannot be read."""
-        takes_images = model_takes_images(self.model)
-        return ("text",) if takes_images is False else ("text", "image")
+        """From the model's config.json (video and audio too, where it has their tokens or
+        towers); text and image when it cannot be read."""
+        return model_modalities(self.model) or ("text", "image")
 
     def sends_image_ids(self) -> bool:
         return True  # vLLM takes them (backends/openai_upstream/image_ids.py)

@@ -1,9 +1,11 @@
-"""Wiring for the door: the one door layer and the image resolver, built from settings."""
+"""Wiring for the door: the one door layer and the media resolver, built from settings."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -12,7 +14,8 @@ from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.core.metrics import Metrics
 from vlm_gateway.images.fetch import ImageFetcher
 from vlm_gateway.images.pool import ImagePreparer
-from vlm_gateway.images.resolve import ImageObserver, ImageResolver
+from vlm_gateway.images.resolve import ImageResolver
+from vlm_gateway.media.resolve import RequestResolver
 from vlm_gateway.server.api_docs import docs_public_paths
 from vlm_gateway.server.door.auth import KeyCheck
 from vlm_gateway.server.door.door import Door
@@ -62,16 +65,17 @@ def _any_rate_limit(security: SecuritySettings) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def open_image_resolver(
-    settings: GatewaySettings, observer: ImageObserver | None = None
-) -> AsyncIterator[ImageResolver]:
-    """The resolver, its fetcher's own HTTP client (never the upstream pool: that one may
-    dial private addresses) and its image preparation pool, for the app's lifetime."""
+async def open_request_resolver(
+    settings: GatewaySettings, observer: Metrics | None = None
+) -> AsyncIterator[RequestResolver]:
+    """The resolver of images, video and audio, its fetcher's own HTTP client (never the
+    upstream pool: that one may dial private addresses) and its image preparation pool, for
+    the app's lifetime."""
     install_log_redaction()
     fetcher = ImageFetcher(settings.images)
     preparer = ImagePreparer(settings.images.prepare_workers)
     try:
-        yield ImageResolver(
+        images = ImageResolver(
             settings.images,
             settings.image_limits,
             fetcher,
@@ -79,6 +83,14 @@ async def open_image_resolver(
             preparer,
             takes_images=lambda model: "image" in settings.input_modalities(model),
             digests_for=settings.image_digests,
+        )
+        media_dir = settings.images.local_media_dir
+        yield RequestResolver(
+            images,
+            settings.model_media,
+            fetcher,
+            Path(os.path.realpath(media_dir)) if media_dir is not None else None,
+            observer,
         )
     finally:
         await preparer.aclose()
