@@ -4,6 +4,8 @@
         server.url("/cat.png")                   # 200 with the bytes
         server.url("/redirect?to=http://10.0.0.1/x")  # 302 to `to`
         server.url("/stall")                     # never answers (until stop)
+        server.slow_files["/v.mp4"] = (data, 16384, gate)  # chunked: 16384 bytes, then waits
+                                                           # for gate.set() to send the rest
 Each GET is counted in `hits[path]`; its User-Agent and Host headers are recorded. 127.0.0.1 only.
 """
 
@@ -24,6 +26,8 @@ class ImageServer:
         self, files: dict[str, bytes] | None = None, tls: ssl.SSLContext | None = None
     ) -> None:
         self.files = dict(files or {})
+        self.slow_files: dict[str, tuple[bytes, int, threading.Event]] = {}
+        self.sent: Counter[str] = Counter()  # body bytes written for each slow file
         self.hits: Counter[str] = Counter()
         self.user_agents: list[str] = []
         self.hosts: list[str] = []  # the Host header of each GET
@@ -50,6 +54,8 @@ class ImageServer:
                     server._stop.wait(30)
                 elif parts.path == "/endless":
                     self._endless()
+                elif parts.path in server.slow_files:
+                    self._held(parts.path, *server.slow_files[parts.path])
                 elif parts.path in server.files:
                     self._answer(200, server.files[parts.path], {"content-type": "image/png"})
                 else:
@@ -62,6 +68,23 @@ class ImageServer:
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _held(self, path: str, data: bytes, before: int, gate: threading.Event) -> None:
+                """Chunked, no length: `before` bytes, then nothing until the gate opens."""
+                self.send_response(200)
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                try:
+                    for start in range(0, len(data), 4096):
+                        if start >= before:
+                            gate.wait(30)
+                        chunk = data[start : start + 4096]
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.wfile.flush()
+                        server.sent[path] += len(chunk)
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:
+                    pass
 
             def _endless(self) -> None:
                 """A chunked body that never ends and declares no length."""

@@ -13,11 +13,11 @@ class MediaError(InvalidRequestError):
 
 def media_error(modality: str, problem: str, message: str, param: str | None = None) -> MediaError:
     """A 400 coded `<problem>` with the modality in it: `invalid` -> `invalid_video`,
-    `too_large` -> `video_too_large`, `too_many` -> `too_many_videos`."""
+    `too_large` -> `video_too_large`, `too_many` -> `too_many_video_parts`."""
     if problem == "invalid":
         code = f"invalid_{modality}"
     elif problem == "too_many":
-        code = f"too_many_{modality}s" if modality == "video" else f"too_many_{modality}_parts"
+        code = f"too_many_{modality}_parts"
     else:
         code = f"{modality}_{problem}"
     return MediaError(message, param=param, code=code)

@@ -94,13 +94,16 @@ def media_limits_for(media: MediaSettings, overrides: ModelMediaLimits | None) -
 
 
 def video_sampling(media: MediaSettings, overrides: ModelMediaLimits | None) -> dict[str, float]:
-    """The model's default frame sampling (`num_frames` or `fps`), as vLLM's `media_io_kwargs`
-    video entry; empty when neither is set."""
+    """The model's default frame sampling as vLLM's `media_io_kwargs` video entry: the model's
+    own `num_frames` / `fps` when it sets either (they are one choice), else the gateway's;
+    empty when neither says."""
     own = overrides.video if overrides is not None else None
-    sampling = {}
-    for key in ("num_frames", "fps"):
-        value = getattr(own, key, None) if own is not None else None
-        value = value if value is not None else getattr(media.video, key)
-        if value is not None:
-            sampling[key] = value
-    return sampling
+    for source in (own, media.video):
+        sampling = {
+            key: getattr(source, key)
+            for key in ("num_frames", "fps")
+            if source is not None and getattr(source, key) is not None
+        }
+        if sampling:
+            return sampling
+    return {}

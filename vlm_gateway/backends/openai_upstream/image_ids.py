@@ -1,7 +1,8 @@
 """Stable media ids for vLLM: each image, video and audio part of a forwarded chat request gets
 the resolver's digest of its bytes (images/resolve.py, media/resolve.py) as its `uuid`, vLLM's
 per-part extension that becomes the request's `multi_modal_uuids`. vLLM then keys its processor
-and encoder caches, and the image's blocks in its prefix cache, by that id instead of hashing the image again.
+and encoder caches, and the image's blocks in its prefix cache, by that id instead of hashing
+the image again.
 
 Only for upstreams that are vLLM (managed `backend: vllm`, or `backend: openai` with
 `image_uuids: true`): other OpenAI-compatible servers may refuse a field they do not know.
