@@ -149,3 +149,23 @@ def test_an_unknown_part_type_lists_what_is_accepted(servers, client):
         client.chat.completions.create(model="omni", messages=ask({"type": "hologram"}))
     assert caught.value.body["param"] == "messages[0].content[0].type"
     assert "'video_url'" in caught.value.body["message"]
+
+
+def test_the_responses_api_s_input_file_with_a_video_reaches_the_upstream_as_video_url(
+    servers, client
+):
+    url = data_url(MP4, "video/mp4")
+    file_part = {"type": "input_file", "file_data": url, "filename": "clip.mp4"}
+    client.responses.create(
+        model="omni",
+        input=[{"role": "user", "content": [file_part, {"type": "input_text", "text": "what?"}]}],
+    )
+    assert forwarded_parts(servers[1]) == [{"type": "video_url", "video_url": {"url": url}}]
+
+
+def test_a_truncated_input_file_is_a_400_naming_the_responses_part(servers, client):
+    file_part = {"type": "input_file", "file_data": data_url(MP4[:-900], "video/mp4")}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="omni", input=[{"role": "user", "content": [file_part]}])
+    assert caught.value.body["param"] == "input[0].content[0]"
+    assert servers[1].requests == []

@@ -174,7 +174,7 @@ _UNION_TAGS = frozenset(
     {"system", "developer", "user", "assistant", "tool", "text", "image_url"}
     | {"video_url", "input_audio", "audio_url", "file"}
     # The Responses API's and Anthropic's content parts.
-    | {"input_text", "input_image", "output_text", "image"}
+    | {"input_text", "input_image", "input_file", "output_text", "image"}
 )
 _TYPE_LABELS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 

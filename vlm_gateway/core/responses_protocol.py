@@ -30,6 +30,18 @@ class InputImage(_Strict):
     file_id: str | None = None  # refused: the gateway keeps no files for images
 
 
+class InputFile(_Strict):
+    """A file by its bytes (`file_data`, a data: URL): video/* and audio/* become the chat
+    API's video and audio parts (media/parts.py); other files, `file_id` and `file_url` are
+    refused."""
+
+    type: Literal["input_file"]
+    file_data: str | None = None
+    file_id: str | None = None
+    file_url: str | None = None
+    filename: str | None = None
+
+
 class OutputText(BaseModel):
     """An earlier answer sent back as input (a multi-turn conversation kept by the client);
     its annotations and logprobs are accepted and ignored."""
@@ -39,7 +51,9 @@ class OutputText(BaseModel):
     text: str
 
 
-InputContentPart = Annotated[InputText | InputImage | OutputText, Field(discriminator="type")]
+InputContentPart = Annotated[
+    InputText | InputImage | InputFile | OutputText, Field(discriminator="type")
+]
 
 
 class InputMessage(_Strict):

@@ -15,6 +15,7 @@ from typing import Any
 from vlm_gateway.core.errors import InvalidRequestError
 from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.core.responses_protocol import (
+    InputFile,
     InputImage,
     InputMessage,
     ResponseCreateRequest,
@@ -43,6 +44,8 @@ def to_chat(body: ResponseCreateRequest) -> Translated:
                 if isinstance(part, InputImage):
                     chat_param = f"messages[{chat_index}].content[{j}].image_url.url"
                     renames[chat_param] = f"input[{k}].content[{j}].image_url"
+                elif isinstance(part, InputFile):  # its video or audio part's errors
+                    renames[f"messages[{chat_index}].content[{j}]"] = f"input[{k}].content[{j}]"
     fields: dict[str, Any] = {
         "model": body.model,
         "messages": messages,
@@ -70,6 +73,8 @@ def _message(item: InputMessage, param: str) -> dict[str, Any]:
                     param=where,
                 )
             parts.append({"type": "image_url", "image_url": _image_url(part, where)})
+        elif isinstance(part, InputFile):
+            parts.append({"type": "file", "file": _file(part, where)})
         else:
             parts.append({"type": "text", "text": part.text})  # input_text or output_text
     return {"role": role, "content": parts}
@@ -88,6 +93,19 @@ def _image_url(part: InputImage, where: str) -> dict[str, str]:
             param=f"{where}.image_url",
         )
     return {"url": part.image_url, "detail": part.detail}
+
+
+def _file(part: InputFile, where: str) -> dict[str, str]:
+    if part.file_data is None:
+        field = "file_id" if part.file_id is not None else "file_url"
+        raise InvalidRequestError(
+            f"Files by '{field}' are not supported by this gateway (it keeps and fetches no "
+            "files for input_file parts); send 'file_data' as a data: URL of a video or audio "
+            "file.",
+            param=f"{where}.{field}",
+        )
+    named = {"filename": part.filename} if part.filename else {}
+    return {"file_data": part.file_data, **named}
 
 
 # field -> (is it set to something the gateway cannot honour?, why not)
