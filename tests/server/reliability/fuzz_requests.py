@@ -12,6 +12,7 @@ from urllib.parse import quote
 from hypothesis import strategies as st
 
 from tests.support.images import png_data_url
+from tests.support.media import b64, data_url, noise_wav, video_bytes, wav_bytes
 
 MODELS = st.sampled_from(["m", "text-only", "no-such-model", ""]) | st.integers() | st.none()
 LEAVES = (
@@ -45,6 +46,51 @@ IMAGE_URLS = (
     | st.builds(lambda b: "data:image/png;base64," + b.hex(), st.binary(max_size=40))
 )
 
+_MP4 = video_bytes(seconds=0.5, size=(32, 32))
+_WAV = wav_bytes(seconds=0.2)
+MEDIA_URLS = (
+    st.sampled_from(
+        [
+            data_url(_MP4, "video/mp4"),
+            data_url(_MP4[: len(_MP4) // 2], "video/mp4"),  # truncated
+            data_url(_WAV, "audio/wav"),
+            data_url(noise_wav(256), "audio/wav"),
+            data_url(_MP4, "image/png"),
+            "data:video/mp4;base64,!!!",
+            "http://127.0.0.1:9/clip.mp4",  # loopback: refused by the SSRF guard
+            "http://169.254.169.254/latest",
+            "file:///etc/passwd",
+        ]
+    )
+    | SAFE_TEXT
+    | st.builds(lambda b: "data:video/mp4;base64," + b64(b), st.binary(max_size=64))
+)
+MEDIA_PARTS = (
+    st.fixed_dictionaries(
+        {"type": st.just("video_url"), "video_url": st.fixed_dictionaries({"url": MEDIA_URLS})}
+    )
+    | st.fixed_dictionaries(
+        {"type": st.just("audio_url"), "audio_url": st.fixed_dictionaries({"url": MEDIA_URLS})}
+    )
+    | st.fixed_dictionaries(
+        {
+            "type": st.just("input_audio"),
+            "input_audio": st.fixed_dictionaries(
+                {
+                    "data": st.sampled_from([b64(_WAV), b64(_MP4), "!!", ""]) | SAFE_TEXT,
+                    "format": st.sampled_from(["wav", "mp3", "flac", "mp4"]) | SAFE_TEXT,
+                }
+            ),
+        }
+    )
+    | st.fixed_dictionaries(
+        {
+            "type": st.just("file"),
+            "file": st.fixed_dictionaries({}, optional={"file_data": MEDIA_URLS}),
+        }
+    )
+)
+
 
 @dataclass
 class FuzzRequest:
@@ -72,6 +118,7 @@ CHAT_PARTS = st.lists(
     | st.fixed_dictionaries(
         {"type": st.just("image_url"), "image_url": st.fixed_dictionaries({"url": IMAGE_URLS})}
     )
+    | MEDIA_PARTS
     | JSON,
     max_size=3,
 )

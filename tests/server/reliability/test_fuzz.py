@@ -30,8 +30,8 @@ def gateway(tmp_path_factory):
         config = {
             "data_dir": str(work / "data"),
             "models": [
-                {"name": "m", **entry},
-                {"name": "m", **entry},
+                {"name": "m", "input_modalities": ["text", "image", "video", "audio"], **entry},
+                {"name": "m", **entry},  # a replica: its first entry decides the modalities
                 {"name": "text-only", "input_modalities": ["text"], **entry},
             ],
         }
