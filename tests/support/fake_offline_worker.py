@@ -1,6 +1,7 @@
 """A stand-in for backends/vllm/offline_worker.py that speaks its protocol without vLLM:
-captions each image with its file's size, and exits (as a crashed engine would) after
-`die_after` images when the config line asks for it."""
+captions each image with its file's size (a video or audio file: its modality, the spooled
+file's extension and size, so a test sees what reached the worker), and exits (as a crashed
+engine would) after `die_after` images when the config line asks for it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def main() -> None:
             os._exit(3)
         item = json.loads(line)
         caption = f"{os.path.getsize(item['path'])} bytes"
+        if "modality" in item:
+            caption = f"{item['modality']} {os.path.splitext(item['path'])[1]} {caption}"
         print(json.dumps({"id": item["id"], "caption": caption, "tokens": 2}), flush=True)
 
 

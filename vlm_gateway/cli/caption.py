@@ -19,14 +19,15 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 import orjson
 
+from vlm_gateway.cli.caption_files import Kind, Media, kind_of_source
 from vlm_gateway.cli.caption_images import ImageReader, served_limits
 from vlm_gateway.cli.caption_progress import open_progress
 from vlm_gateway.images.pool import ImagePreparer
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from vlm_gateway.backends.registry import BackendRegistry
     from vlm_gateway.config.settings import GatewaySettings
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 DEFAULT_PROMPT = "Describe this image in one sentence."
 _READY_POLL_S = 0.5
 _RETRIES = 2
@@ -56,6 +56,9 @@ class CaptionJob:
     api_key: str | None = None
     temperature: float = 0.0  # greedy, as the seed's script: one caption per image, repeatable
     engine: str = "auto"  # without --url: auto | gateway | offline (caption_offline.py)
+    # Local files' kinds and MIME types, as the walk found them (caption_files.py); a source
+    # not in it is an image unless its URL says otherwise.
+    media: dict[str, Media] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,36 +71,6 @@ class Summary:
 
 
 # -- what to caption -----------------------------------------------------------------------------
-
-
-def collect_images(paths: Iterable[Path]) -> list[str]:
-    """Folders (recursive, image extensions), image files, and list files (one path or URL a
-    line; relative paths are relative to the list file; '#' starts a comment)."""
-    found: dict[str, None] = {}
-    for path in paths:
-        if path.is_dir():
-            for item in sorted(path.rglob("*")):
-                if item.suffix.lower() in IMAGE_EXTENSIONS and item.is_file():
-                    found[str(item)] = None
-        elif path.suffix.lower() in IMAGE_EXTENSIONS:
-            found[str(path)] = None  # listed even if unreadable: that becomes an error line
-        elif path.is_file():
-            for entry in _list_file(path):
-                found[entry] = None
-        else:
-            raise CaptionError(f"{path}: no such file or folder")
-    return list(found)
-
-
-def _list_file(path: Path) -> list[str]:
-    entries = []
-    for line in path.read_text(errors="replace").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        is_url = line.startswith(("http://", "https://", "data:"))
-        entries.append(line if is_url or os.path.isabs(line) else str(path.parent / line))
-    return entries
 
 
 def resume(out: Path) -> set[str]:
@@ -124,8 +97,11 @@ def resume(out: Path) -> set[str]:
 # -- the requests --------------------------------------------------------------------------------
 
 
-def chat_body(job: CaptionJob, url: str) -> dict[str, Any]:
-    content = [{"type": "image_url", "image_url": {"url": url}}]
+def chat_body(job: CaptionJob, url: str, kind: Kind = "image") -> dict[str, Any]:
+    """The one part first (its errors then name messages[0].content[0], whatever the prompt),
+    as `image_url`, `video_url` or `audio_url`: the URL form of each, so a file's bytes go
+    as a data URL whatever its kind, and vLLM's offline engine reads the same parts."""
+    content: list[dict[str, Any]] = [{"type": f"{kind}_url", f"{kind}_url": {"url": url}}]
     if job.prompt:
         content.append({"type": "text", "text": job.prompt})
     return {
@@ -154,12 +130,24 @@ async def _post(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Respon
     raise AssertionError("unreachable")
 
 
+def new_record(job: CaptionJob, source: str, kind: Kind) -> dict[str, Any]:
+    """An output line before its answer. `image` names the source whatever its kind (resume
+    and every reader of earlier files key on it); video and audio lines say their kind, image
+    lines stay exactly as they were."""
+    record: dict[str, Any] = {"image": source, "caption": None, "model": job.model, "error": None}
+    if kind != "image":
+        record["media"] = kind
+    return record
+
+
 async def caption_one(
     client: httpx.AsyncClient, job: CaptionJob, source: str, reader: ImageReader
 ) -> dict[str, Any]:
-    record: dict[str, Any] = {"image": source, "caption": None, "model": job.model, "error": None}
+    kind = kind_of_source(source, job.media)
+    record = new_record(job, source, kind)
     try:
-        response = await _post(client, chat_body(job, await reader.url(source)))
+        url = await reader.url(source, job.media.get(source))
+        response = await _post(client, chat_body(job, url, kind))
         reply = response.json()
         if response.status_code != 200:
             error = reply.get("error") if isinstance(reply, dict) else None
@@ -168,7 +156,7 @@ async def caption_one(
         else:
             record["caption"] = reply["choices"][0]["message"]["content"]
     except OSError as exc:
-        record["error"] = f"cannot read the image: {exc.strerror or exc}"
+        record["error"] = f"cannot read the {kind}: {exc.strerror or exc}"
     except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
         record["error"] = f"request failed: {type(exc).__name__}: {exc}"
     return record
@@ -193,7 +181,10 @@ async def caption_all(
     summary = Summary(total=len(images), skipped=len(images) - len(todo))
     pending = iter(todo)
     started = time.monotonic()
-    progress = open_progress(len(todo), progress_stream or sys.stderr)
+    # "files" once videos or audio files are among them: "images/s" would misname them.
+    mixed = any(kind_of_source(source, job.media) != "image" for source in todo)
+    unit = "files" if mixed else "images"
+    progress = open_progress(len(todo), progress_stream or sys.stderr, unit)
     with open(job.out, "ab") as out, progress:
 
         async def worker() -> None:

@@ -1,4 +1,4 @@
-"""How `caption` turns a local file into the image URL it sends.
+"""How `caption` turns a local file into the URL it sends: images, videos and audio files.
 
 When the model shrinks its images (`images.resize`), caption does that itself, before the
 request exists, in a process pool of its own: a worker reads the file and returns a data URL
@@ -9,6 +9,9 @@ gateway runs its own check in a thread then (`prepare_workers: 0`): one pool per
 
 A file the pool refuses (corrupt, truncated, too large) is sent as it is instead, so the
 gateway's own 400 is the error line, in the same words as without this step.
+
+Videos and audio files go as they are, a data URL under the MIME type the walk found
+(caption_files.py): the gateway probes them and vLLM samples the frames, nothing to shrink here.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import mimetypes
 from pathlib import Path
 from typing import Any
 
+from vlm_gateway.cli.caption_files import Media
 from vlm_gateway.core.image_errors import ImageError
 from vlm_gateway.images.decode import ImageLimits
 from vlm_gateway.images.pool import ImagePreparer
@@ -37,22 +41,29 @@ class ImageReader:
         self.preparer = preparer if limits is not None and limits.resize else None
         self.limits = limits
 
-    async def url(self, source: str) -> str:
+    async def url(self, source: str, media: Media | None = None) -> str:
         """A URL as is; a local file as a data URL. OSError: the file cannot be read."""
         if source.startswith(("http://", "https://", "data:")):
             return source
-        if self.preparer is not None and self.limits is not None:
+        is_image = media is None or media.kind == "image"
+        if is_image and self.preparer is not None and self.limits is not None:
             try:
                 return await self.preparer.run(WHAT, prepare_file_url, source, self.limits, WHAT)
             except ImageError:
                 pass  # sent as it is: the gateway's 400 is the error line
-        data = await asyncio.to_thread(Path(source).read_bytes)
-        mime = mimetypes.guess_type(source)[0] or "application/octet-stream"
-        return f"data:{mime};base64," + base64.b64encode(data).decode()
+        return await asyncio.to_thread(data_url, source, media)
 
     async def aclose(self) -> None:
         if self.preparer is not None:
             await self.preparer.aclose()
+
+
+def data_url(path: str, media: Media | None) -> str:
+    """The file's bytes as a base64 data URL under its MIME type (a thread's work: a video's
+    base64 takes milliseconds)."""
+    data = Path(path).read_bytes()
+    mime = media.mime if media is not None else mimetypes.guess_type(path)[0]
+    return f"data:{mime or 'application/octet-stream'};base64," + base64.b64encode(data).decode()
 
 
 def served_limits(listing: Any, model: str) -> ImageLimits | None:

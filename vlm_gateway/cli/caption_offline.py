@@ -6,6 +6,11 @@ error lines are the gateway path's own: an image the gateway would refuse gets t
 "HTTP 400: ..." line, in the same words, so a file written half by one way and half by the
 other reads as one run. Remote images (http(s), data URLs) need the gateway's guarded fetch:
 `--engine auto` takes the gateway path for them.
+
+Videos and audio files are checked by the gateway's own resolver (media/resolve.py: the model
+takes that modality, the size, the PyAV probe, the length), in this process and before the
+engine sees them, so a broken file gets the gateway path's error line word for word; what
+passes is spooled as it is and read by vLLM from a `file:` URL.
 """
 
 from __future__ import annotations
@@ -23,11 +28,24 @@ from vlm_gateway.backends.vllm.offline import (
     vllm_python,
 )
 from vlm_gateway.backends.vllm.settings import VllmBackendSettings
-from vlm_gateway.cli.caption import Captioner, CaptionError, CaptionJob, Summary, caption_all
+from vlm_gateway.cli.caption import (
+    Captioner,
+    CaptionError,
+    CaptionJob,
+    Summary,
+    caption_all,
+    chat_body,
+    new_record,
+)
+from vlm_gateway.cli.caption_files import TYPES, Kind, kind_of_source
+from vlm_gateway.cli.caption_images import data_url
 from vlm_gateway.config.settings import GatewaySettings
-from vlm_gateway.core.image_errors import ImageError
+from vlm_gateway.core.errors import GatewayError
+from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.images.decode import ImageLimits
 from vlm_gateway.images.pool import ImagePreparer
+from vlm_gateway.media.resolve import RequestResolver
+from vlm_gateway.server.door.install import open_request_resolver
 
 ENGINES = ("auto", "gateway", "offline")
 # What the gateway calls the one image of a caption request, so error lines read the same.
@@ -72,20 +90,21 @@ def _log_path(settings: GatewaySettings, entry: VllmBackendSettings) -> Path:
     return Path(entry.log_dir or Path(settings.data_dir) / "logs") / f"{entry.name}-offline.log"
 
 
-def offline_captioner(engine: OfflineEngine, job: CaptionJob, limits: ImageLimits) -> Captioner:
+def offline_captioner(
+    engine: OfflineEngine, job: CaptionJob, limits: ImageLimits, resolver: RequestResolver
+) -> Captioner:
     async def caption(source: str) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "image": source,
-            "caption": None,
-            "model": job.model,
-            "error": None,
-        }
+        kind = kind_of_source(source, job.media)
+        record = new_record(job, source, kind)
         try:
-            reply = await engine.caption(source, limits, WHAT)
-        except ImageError as exc:
+            if kind == "image":
+                reply = await engine.caption(source, limits, WHAT)
+            else:
+                reply = await _caption_media(engine, job, source, kind, resolver)
+        except GatewayError as exc:  # the gateway's 400 for this file, in its words
             record["error"] = f"HTTP {exc.status_code}: {exc.message}"
         except OSError as exc:
-            record["error"] = f"cannot read the image: {exc.strerror or exc}"
+            record["error"] = f"cannot read the {kind}: {exc.strerror or exc}"
         except OfflineEngineError as exc:
             raise CaptionError(str(exc)) from None
         else:
@@ -93,6 +112,28 @@ def offline_captioner(engine: OfflineEngine, job: CaptionJob, limits: ImageLimit
         return record
 
     return caption
+
+
+async def _caption_media(
+    engine: OfflineEngine, job: CaptionJob, source: str, kind: Kind, resolver: RequestResolver
+) -> dict[str, Any]:
+    """The file as the gateway path would send it, checked by the gateway's resolver (a
+    GatewayError: its 400), then captioned by the engine from the spool."""
+    media = job.media.get(source)
+    url = await asyncio.to_thread(data_url, source, media)
+    request = ChatCompletionRequest.model_validate(chat_body(job, url, kind))
+    await resolver.resolve(request)
+    data = await asyncio.to_thread(Path(source).read_bytes)
+    return await engine.caption_media(data, kind, _suffix(source, media.mime if media else None))
+
+
+def _suffix(source: str, mime: str | None) -> str:
+    """The file's own extension when it names its kind, else one for its MIME type (a video
+    found in `clip.bin` is spooled as `.mp4`): some of vLLM's audio loaders go by the name."""
+    own = Path(source).suffix.lower()
+    if own in TYPES:
+        return own
+    return next((ext for ext, (_, known) in TYPES.items() if known == mime), "")
 
 
 async def run_offline(
@@ -106,6 +147,9 @@ async def run_offline(
     assert limits is not None  # the entry exists
     preparer = ImagePreparer(settings.images.prepare_workers)
     engine = OfflineEngine(entry, python, preparer, _log_path(settings, entry))
+    # The gateway's resolver checks videos and audio files; images have the pool above.
+    no_pool = settings.images.model_copy(update={"prepare_workers": 0})
+    checks = open_request_resolver(settings.model_copy(update={"images": no_pool}))
     print(
         f"starting vLLM's offline engine for {job.model!r} (log: {engine.log_path}); "
         f"up to {ready_timeout:g} s",
@@ -125,7 +169,8 @@ async def run_offline(
         except OfflineEngineError as exc:
             raise CaptionError(str(exc)) from None
         wide = CaptionJob(**{**job.__dict__, "concurrency": max(job.concurrency, IN_FLIGHT)})
-        return await caption_all(offline_captioner(engine, job, limits), wide)
+        async with checks as resolver:
+            return await caption_all(offline_captioner(engine, job, limits, resolver), wide)
     finally:
         await engine.stop()
         await preparer.aclose()

@@ -1,4 +1,5 @@
-"""`caption`'s progress on stderr: done/total, images/s, ETA and errors.
+"""`caption`'s progress on stderr: done/total, images/s (files/s when the run has videos or
+audio files), ETA and errors.
 
 On an interactive terminal a rich progress bar, redrawn in place; otherwise (a log file, a pipe,
 CI, TERM=dumb) one plain line every few seconds and a last one at the end, so a log gets a
@@ -41,20 +42,23 @@ class CaptionProgress(Protocol):
     ) -> None: ...
 
 
-def open_progress(total: int, stream: TextIO) -> CaptionProgress:
+def open_progress(total: int, stream: TextIO, unit: str = "images") -> CaptionProgress:
     """A bar when `stream` is an interactive terminal (rich's test: a tty whose TERM is not
     dumb), plain lines otherwise. Nothing to caption: nothing drawn."""
     console = Console(file=stream)
     if total and console.is_interactive:
-        return BarProgress(total, console)
-    return PlainProgress(total, stream)
+        return BarProgress(total, console, unit)
+    return PlainProgress(total, stream, unit=unit)
 
 
 class PlainProgress:
     """`12/100 images | 3.4 images/s | ETA 0:00:26 | 1 errors`, every few seconds."""
 
-    def __init__(self, total: int, stream: TextIO, interval: float = PLAIN_INTERVAL_S) -> None:
+    def __init__(
+        self, total: int, stream: TextIO, interval: float = PLAIN_INTERVAL_S, unit: str = "images"
+    ) -> None:
         self.total = total
+        self.unit = unit
         self.stream = stream
         self.interval = interval
         self.done = 0
@@ -86,7 +90,7 @@ class PlainProgress:
         rate = self.done / elapsed
         left = (self.total - self.done) / rate if rate else 0.0
         return (
-            f"{self.done}/{self.total} images | {rate:.1f} images/s | "
+            f"{self.done}/{self.total} {self.unit} | {rate:.1f} {self.unit}/s | "
             f"ETA {clock(left)} | {self.errors} errors"
         )
 
@@ -95,12 +99,12 @@ class BarProgress:
     """rich's bar: `━━━━━━╺━━━━ 12/100 images 3.4 images/s ETA 0:00:26 1 errors`. rich redraws
     it from its own thread a few times a second, and keeps the final state on screen."""
 
-    def __init__(self, total: int, console: Console) -> None:
+    def __init__(self, total: int, console: Console, unit: str = "images") -> None:
         self._bar = RichProgress(
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("images"),
-            ImagesPerSecondColumn(),
+            TextColumn(unit),
+            ImagesPerSecondColumn(unit),
             TextColumn("ETA"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[errors]} errors"),
@@ -126,9 +130,13 @@ class BarProgress:
 class ImagesPerSecondColumn(ProgressColumn):
     """rich's speed over its recent window (what the ETA uses too); the whole run's once done."""
 
+    def __init__(self, unit: str = "images") -> None:
+        super().__init__()
+        self.unit = unit
+
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("? images/s" if speed is None else f"{speed:.1f} images/s")
+        return Text(f"? {self.unit}/s" if speed is None else f"{speed:.1f} {self.unit}/s")
 
 
 def clock(seconds: float) -> str:

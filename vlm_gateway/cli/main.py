@@ -209,7 +209,15 @@ CaptionTemperature = Annotated[
 CaptionPaths = Annotated[
     list[Path],
     typer.Argument(
-        help="Folders (recursive), image files, or list files of paths/URLs (one a line)."
+        help="Folders (recursive), image, video or audio files, or list files of paths/URLs "
+        "(one a line)."
+    ),
+]
+CaptionMedia = Annotated[
+    str,
+    typer.Option(
+        help="The kinds a folder walk takes: image, video, audio, comma-separated (files "
+        "named outright are taken whatever their kind). Told apart by extension, else content."
     ),
 ]
 CaptionModel = Annotated[
@@ -251,13 +259,15 @@ def caption(
     ] = 900.0,
     engine: CaptionEngine = "auto",
     temperature: CaptionTemperature = 0.0,
+    media: CaptionMedia = "image",
 ) -> None:
-    """Caption images into --out, one JSON line each: {image, caption, model, error}.
-    Progress (images/s, ETA, errors) goes to stderr: a bar on a terminal, else a line every
-    few seconds. An unreadable image is an error line."""
+    """Caption images (and videos, audio files: --media) into --out, one JSON line each:
+    {image, caption, model, error}. Progress (images/s, ETA, errors) goes to stderr: a bar
+    on a terminal, else a line every few seconds. An unreadable file is an error line."""
     import asyncio
 
-    from vlm_gateway.cli.caption import CaptionError, CaptionJob, collect_images, run_caption
+    from vlm_gateway.cli.caption import CaptionError, CaptionJob, run_caption
+    from vlm_gateway.cli.caption_files import CaptionFilesError, collect_or_explain
     from vlm_gateway.cli.caption_offline import ENGINES
 
     if engine not in ENGINES:
@@ -270,8 +280,9 @@ def caption(
             settings = _default_blip2_or_exit(config, model)
             model = "blip2"
     try:
+        found = collect_or_explain(paths, media, lambda line: typer.echo(line, err=True))
         job = CaptionJob(
-            collect_images(paths),
+            found.sources,
             model,
             out,
             prompt,
@@ -280,9 +291,10 @@ def caption(
             api_key,
             temperature,
             engine,
+            found.media,
         )
         summary = asyncio.run(run_caption(job, url, settings, ready_timeout))
-    except CaptionError as exc:
+    except (CaptionError, CaptionFilesError) as exc:
         typer.echo(f"caption: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(

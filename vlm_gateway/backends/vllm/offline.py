@@ -5,6 +5,8 @@ from the entry's `command`. This side prepares each image in the gateway's proce
 a spool directory (the exact bytes the online path would send, so captions come out the same),
 hands the worker its path, and matches the worker's replies to the waiting callers. The worker
 batches whatever is waiting, so the engine sees full batches however the images trickle in.
+Videos and audio files are spooled as they are (the caller has checked them with the gateway's
+own resolver) and read by vLLM from there, as `vllm serve` reads a `file:` URL.
 """
 
 from __future__ import annotations
@@ -126,17 +128,27 @@ class OfflineEngine:
         spooled = await self.preparer.run(
             what, prepare_file_to_spool, source, limits, what, self._spool.name
         )
+        return await self._ask({"path": spooled})
+
+    async def caption_media(self, data: bytes, modality: str, suffix: str) -> dict[str, Any]:
+        """{"caption", "tokens"} or {"error"} for one video or audio file's `data`, already
+        checked; `suffix` (".mp4", ".wav") names its kind for loaders that go by the name."""
+        spooled = await asyncio.to_thread(_spool_bytes, self._spool.name, data, suffix)
+        return await self._ask({"path": spooled, "modality": modality})
+
+    async def _ask(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Send one spooled file to the worker and wait for its reply; the file goes after."""
         try:
             if self._stopped is not None:
                 raise OfflineEngineError(self._stopped)
             self._next_id += 1
             future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             self._waiting[self._next_id] = future
-            self._send({"id": self._next_id, "path": spooled})
+            self._send({"id": self._next_id, **item})
             return await future
         finally:
             with contextlib.suppress(OSError):
-                os.unlink(spooled)
+                os.unlink(item["path"])
 
     async def stop(self) -> None:
         proc = self._proc
@@ -186,6 +198,13 @@ class OfflineEngine:
         with contextlib.suppress(OSError):
             tail = self.log_path.read_bytes()[-2000:].decode(errors="replace")
         return f"vLLM's offline engine stopped: {what}. Its log ({self.log_path}) ends:\n{tail}"
+
+
+def _spool_bytes(spool: str, data: bytes, suffix: str) -> str:
+    descriptor, path = tempfile.mkstemp(suffix=suffix, dir=spool)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+    return path
 
 
 def offline_python_or_none(entry: object) -> str | None:

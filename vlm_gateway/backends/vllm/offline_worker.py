@@ -11,7 +11,8 @@ preparing the next images in its pool.
 Protocol, one JSON object a line:
 - stdin, first line: {"model", "engine_args": [CLI flags as for `vllm serve`], "chat_template",
   "prompt", "max_tokens", "temperature", "max_batch", "spool"}; then one {"id", "path"} per image (a
-  file under the spool directory, named in `--allowed-local-media-path` by the caller).
+  file under the spool directory, named in `--allowed-local-media-path` by the caller), or
+  {"id", "path", "modality": "video" | "audio"} per video or audio file.
 - stdout: {"ready": true} once the engine is up (or {"fatal": message}); then {"id", "caption",
   "tokens"} or {"id", "error"} per image, in any order.
 vLLM's own logs go to stderr: stdout is kept for the protocol alone.
@@ -35,8 +36,9 @@ _END = None  # put on the queue when stdin closes
 class Item:
     id: int
     path: str
-    image: Any  # a PIL image; None when it could not be loaded
+    image: Any  # a PIL image; None for video and audio, or when it could not be loaded
     error: str | None = None
+    modality: str = "image"  # or "video", "audio": read by vLLM itself, from a file: URL
 
 
 def _protocol_stream() -> IO[str]:
@@ -57,6 +59,12 @@ def _read_images(source: IO[str], into: queue.Queue[Item | None]) -> None:
         if not line.strip():
             continue
         item = json.loads(line)
+        modality = item.get("modality", "image")
+        if modality != "image":
+            # `LLM.chat` reads it from its file: URL with vLLM's own loaders (frames sampled as
+            # the engine's media flags say), what `vllm serve` does with the same part.
+            into.put(Item(item["id"], item["path"], None, modality=modality))
+            continue
         try:
             into.put(Item(item["id"], item["path"], loader.load_file(Path(item["path"]))))
         except Exception as exc:
@@ -109,8 +117,11 @@ def _in_one_process_on_cpu(flags: list[str]) -> list[str]:
     return [] if chosen else ["--distributed-executor-backend", "uni"]
 
 
-def _conversation(path: str, prompt: str) -> list[dict[str, Any]]:
-    content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": "file://" + path}}]
+def _conversation(path: str, prompt: str, modality: str = "image") -> list[dict[str, Any]]:
+    """The caption request's one message: the media part first, as the gateway path sends it
+    (`image_url`, `video_url` or `audio_url`), then the prompt."""
+    part = f"{modality}_url"
+    content: list[dict[str, Any]] = [{"type": part, part: {"url": "file://" + path}}]
     if prompt:
         content.append({"type": "text", "text": prompt})
     return [{"role": "user", "content": content}]
@@ -158,12 +169,16 @@ class Captioner:
         self.checked = False
 
     def caption(self, batch: list[Item]) -> list[tuple[int, dict[str, Any]]]:
-        replies = [(item.id, {"error": item.error}) for item in batch if item.image is None]
-        batch = [item for item in batch if item.image is not None]
+        replies = [(item.id, {"error": item.error}) for item in batch if item.error is not None]
+        # Videos and audio always go through `LLM.chat`: the prompt rendered once is an image
+        # prompt (its placeholder tokens are the image's), so the fast way is for images only.
+        media = [item for item in batch if item.error is None and item.modality != "image"]
+        batch = [item for item in batch if item.error is None and item.modality == "image"]
         if batch and not self.checked:
             self.checked = True
             replies += self._check_fast_way(batch[0])
             batch = batch[1:]
+        replies += self._run(media, fast=False) if media else []
         return replies + (self._run(batch) if batch else [])
 
     def _check_fast_way(self, item: Item) -> list[tuple[int, dict[str, Any]]]:
@@ -183,20 +198,21 @@ class Captioner:
                 for item in batch
             ]
             return list(self.llm.generate(prompts, self.params, use_tqdm=False))
-        conversations = [_conversation(item.path, self.config["prompt"]) for item in batch]
+        prompt = self.config["prompt"]
+        conversations = [_conversation(item.path, prompt, item.modality) for item in batch]
         template = self.config["chat_template"]
         return list(
             self.llm.chat(conversations, self.params, use_tqdm=False, chat_template=template)
         )
 
-    def _run(self, batch: list[Item]) -> list[tuple[int, dict[str, Any]]]:
-        """(id, reply) per image; an image vLLM refuses alone is an error, not the batch's."""
+    def _run(self, batch: list[Item], fast: bool = True) -> list[tuple[int, dict[str, Any]]]:
+        """(id, reply) per item; one vLLM refuses alone is an error, not the batch's."""
         try:
-            return _replies(batch, self._generate(batch))
+            return _replies(batch, self._generate(batch, fast))
         except Exception as exc:
             if len(batch) == 1:
                 return [(batch[0].id, {"error": f"{type(exc).__name__}: {exc}"[:1000]})]
-            return [pair for item in batch for pair in self._run([item])]
+            return [pair for item in batch for pair in self._run([item], fast)]
 
 
 def _signature(outputs: list[Any]) -> list[tuple[list[int], str]]:
