@@ -4,19 +4,32 @@ GPUs are validated, and each replica becomes one backend with its own log."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.processes import VLLM_BIN
 from vlm_gateway.backends.kinds import build_backends, settings_model
 from vlm_gateway.backends.vllm.processes import planned_processes
 from vlm_gateway.config.loading import ConfigError, load_settings
 from vlm_gateway.server.app import upstream_session
 
 REPO = Path(__file__).resolve().parents[3]
-EXAMPLES = sorted((REPO / "examples").glob("vllm-*.yaml"))
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+# The examples' media flags, as check-config prints them (shell-quoted).
+MEDIA_EXAMPLES = {
+    "minicpm-o.yaml": (
+        """--limit-mm-per-prompt '{"image":4,"video":1,"audio":1}' """
+        """--media-io-kwargs '{"video":{"num_frames":16}}' --trust-remote-code"""
+    ),
+    "qwen2.5-omni.yaml": (
+        """--limit-mm-per-prompt '{"image":4,"video":1,"audio":2}' """
+        """--media-io-kwargs '{"video":{"fps":2}}' --dtype bfloat16"""
+    ),
+}
 
 
 def _check_config(path: Path) -> subprocess.CompletedProcess:
@@ -33,6 +46,59 @@ def _check_config(path: Path) -> subprocess.CompletedProcess:
 def test_every_vllm_example_passes_check_config(example):
     result = _check_config(example)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(MEDIA_EXAMPLES))
+def test_media_examples_print_their_flags_inputs_and_limits(name):
+    out = _check_config(REPO / "examples" / name).stdout  # no weights: a hub id, not fetched
+    assert "--enable-prefix-caching " + MEDIA_EXAMPLES[name] in out
+    assert "    inputs: text, image, video, audio\n" in out
+    assert "    media: video up to 1 per request, 64 MiB, " in out
+
+
+@pytest.mark.vllm
+def test_vllm_reads_the_media_flags_as_the_gateway_means_them():
+    """vLLM 0.32's own parser and MultiModalConfig, on the examples' flags."""
+    examples = {}
+    for name in MEDIA_EXAMPLES:
+        settings = load_settings(settings_model(), REPO / "examples" / name)
+        [process] = planned_processes(settings, settings.models[0])
+        examples[name] = process.command.media_flags()
+    result = subprocess.run(
+        [str(VLLM_BIN.with_name("python")), "-c", _VLLM_READS, json.dumps(examples)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    read = json.loads(result.stdout.splitlines()[-1])
+    assert read["minicpm-o.yaml"] == {
+        "limits": {"image": 4, "video": 1, "audio": 1},
+        "media_io_kwargs": {"video": {"num_frames": 16}},
+    }
+    assert read["qwen2.5-omni.yaml"] == {
+        "limits": {"image": 4, "video": 1, "audio": 2},
+        "media_io_kwargs": {"video": {"fps": 2}},
+    }
+
+
+_VLLM_READS = """
+import json, sys
+from vllm.config.multimodal import MultiModalConfig
+from vllm.engine.arg_utils import EngineArgs
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+read = {}
+for name, flags in json.loads(sys.argv[1]).items():
+    args = parser.parse_args(flags)
+    config = MultiModalConfig(
+        limit_per_prompt=args.limit_mm_per_prompt, media_io_kwargs=args.media_io_kwargs
+    )
+    limits = {kind: config.get_limit_per_prompt(kind) for kind in ("image", "video", "audio")}
+    read[name] = {"limits": limits, "media_io_kwargs": config.media_io_kwargs}
+print(json.dumps(read))
+"""
 
 
 def test_check_config_prints_each_process_argv_env_and_gpu_share():
