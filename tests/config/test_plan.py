@@ -57,3 +57,28 @@ def test_image_limits_are_said_per_model_with_the_kinds_own_limit():
         "    images: at most 1 per request, 2 MiB and 40,000,000 pixels each, "
         "shrunk to cover 224x224",
     ]
+
+
+def test_inputs_and_media_limits_are_said_per_model():
+    lines = plan(
+        {
+            "media": {"audio": {"max_bytes": 10 * 1024 * 1024}},
+            "models": [
+                {"name": "m", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
+                {
+                    "name": "omni",
+                    "backend": "openai",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "input_modalities": ["text", "video", "audio"],
+                    "media": {"video": {"max_parts": 2, "max_seconds": 90}},
+                },
+            ],
+        }
+    )
+    said = [line for line in lines if line.startswith(("    inputs:", "    media:"))]
+    assert said == [
+        "    inputs: text, image",  # nothing to say about video or audio it does not take
+        "    inputs: text, video, audio",
+        "    media: video up to 2 per request, 64 MiB, 90 s; audio up to 1 per request, 10 MiB, "
+        "600 s",
+    ]

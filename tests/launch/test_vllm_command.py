@@ -8,6 +8,7 @@ from vlm_gateway.launch.vllm_command import (
     VllmCommand,
     estimated_max_model_len,
     first_max_model_len,
+    flag_name,
     model_max_len,
 )
 
@@ -52,6 +53,48 @@ def test_argv_has_the_defaults_then_extra_args_last():
         "--dtype",
         "float16",
     ]
+
+
+def test_media_limits_and_frame_sampling_are_json_before_extra_args():
+    command = VllmCommand(
+        command=("vllm",),
+        model="openbmb/MiniCPM-o-2_6",
+        served_name="minicpm-o",
+        enable_prefix_caching=False,
+        mm_limits=(("image", 4), ("video", 1), ("audio", 2)),
+        video_sampling=(("num_frames", 16),),
+        extra_args=("--trust-remote-code",),
+    )
+    assert command.argv(port=8100)[9:] == [
+        "--limit-mm-per-prompt",
+        '{"image":4,"video":1,"audio":2}',
+        "--media-io-kwargs",
+        '{"video":{"num_frames":16}}',
+        "--trust-remote-code",
+    ]
+    # vLLM parses both with json.loads (its `--limit-mm-per-prompt` "legacy format": counts).
+    assert json.loads(command.argv()[10]) == {"image": 4, "video": 1, "audio": 2}
+
+
+def test_a_whole_fps_reads_as_an_integer_and_no_media_means_no_flags():
+    by_rate = VllmCommand(
+        command=("vllm",), model="m", served_name="m", video_sampling=(("fps", 2.0),)
+    )
+    assert by_rate.media_flags() == ["--media-io-kwargs", '{"video":{"fps":2}}']
+    half = VllmCommand(
+        command=("vllm",), model="m", served_name="m", video_sampling=(("fps", 0.5),)
+    )
+    assert half.media_flags() == ["--media-io-kwargs", '{"video":{"fps":0.5}}']
+    assert VllmCommand(command=("vllm",), model="m", served_name="m").media_flags() == []
+
+
+def test_flag_name_reads_flags_as_vllm_does():
+    assert flag_name("--limit-mm-per-prompt") == "--limit-mm-per-prompt"
+    assert flag_name('--limit_mm_per_prompt={"image":2}') == "--limit-mm-per-prompt"
+    assert flag_name("--limit-mm-per-prompt.image") == "--limit-mm-per-prompt"
+    assert flag_name("--media-io-kwargs.video.num_frames=8") == "--media-io-kwargs"
+    assert flag_name("--port=9000") == "--port"
+    assert flag_name("float16") == "float16"
 
 
 def test_env_additions_pin_gpus_and_add_configured_variables():

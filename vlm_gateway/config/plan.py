@@ -3,7 +3,8 @@ Each entry's own lines come from its backend kind (`ModelEntry.plan_lines`)."""
 
 from __future__ import annotations
 
-from vlm_gateway.config.settings import GatewaySettings
+from vlm_gateway.config.settings import GatewaySettings, ModelEntry
+from vlm_gateway.media.settings import MODALITIES, MediaSettings, media_limits_for
 
 
 def describe_plan(settings: GatewaySettings) -> list[str]:
@@ -26,6 +27,24 @@ def describe_plan(settings: GatewaySettings) -> list[str]:
             f"    images: at most {limits.max_images} per request, "
             f"{limits.max_bytes / 2**20:g} MiB and {limits.max_pixels:,} pixels each{resized}"
         )
+        lines.extend("    " + line for line in _media_lines(replicas[0], settings.media))
         for index, entry in enumerate(replicas):
             lines.extend("    " + line for line in entry.plan_lines(index, settings))
+    return lines
+
+
+def _media_lines(entry: ModelEntry, media: MediaSettings) -> list[str]:
+    """What the model takes, and the video and audio limits of those it takes (the first entry
+    decides for all replicas, as for images)."""
+    modalities = entry.modalities()
+    lines = ["inputs: " + ", ".join(modalities)]
+    limits = media_limits_for(media, entry.media)
+    said = [
+        f"{kind} up to {limits.of(kind).max_parts} per request, "
+        f"{limits.of(kind).max_bytes / 2**20:g} MiB, {limits.of(kind).max_seconds:g} s"
+        for kind in MODALITIES
+        if kind in modalities
+    ]
+    if said:
+        lines.append("media: " + "; ".join(said))
     return lines

@@ -10,6 +10,9 @@ from pathlib import Path
 
 # Flags the gateway sets itself: it has to know them to route, so extra_args may not override.
 GATEWAY_OWNED_FLAGS = ("--host", "--port", "--served-model-name")
+# Flags the gateway writes from the entry's image and media limits: the limits it checks each
+# request against must be the ones vLLM holds, so they have one source (the config's keys).
+MEDIA_FLAGS = ("--limit-mm-per-prompt", "--media-io-kwargs")
 
 _ESTIMATE = re.compile(r"estimated maximum model length is (\d+)")
 # Where a model's own maximum length lives in config.json, text config first for VLMs.
@@ -28,6 +31,10 @@ class VllmCommand:
     gpus: tuple[int, ...] | None = None
     chat_template: str | None = None
     enable_prefix_caching: bool = True
+    # Items per request for each modality the model takes, e.g. (("image", 8), ("video", 1)).
+    mm_limits: tuple[tuple[str, int], ...] = ()
+    # How vLLM samples a video's frames when a request does not say: num_frames and/or fps.
+    video_sampling: tuple[tuple[str, float], ...] = ()
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = field(default=())
 
@@ -52,7 +59,18 @@ class VllmCommand:
             argv += ["--chat-template", self.chat_template]
         if self.enable_prefix_caching:
             argv.append("--enable-prefix-caching")
-        return argv + list(self.extra_args)
+        return argv + self.media_flags() + list(self.extra_args)
+
+    def media_flags(self) -> list[str]:
+        """`--limit-mm-per-prompt` and `--media-io-kwargs` as JSON, vLLM's own syntax for both
+        (its dotted form, `--limit-mm-per-prompt.image 8`, would need one flag per key)."""
+        flags = []
+        if self.mm_limits:
+            flags += ["--limit-mm-per-prompt", _json(dict(self.mm_limits))]
+        if self.video_sampling:
+            sampling = {key: _number(value) for key, value in self.video_sampling}
+            flags += ["--media-io-kwargs", _json({"video": sampling})]
+        return flags
 
     def env_additions(self) -> dict[str, str]:
         additions = {}
@@ -62,6 +80,24 @@ class VllmCommand:
 
     def with_max_model_len(self, value: int | None) -> VllmCommand:
         return replace(self, max_model_len=value)
+
+
+def flag_name(arg: str) -> str:
+    """The flag an argv word sets, as vLLM reads it: `--a_b=1` and `--a-b.key` both set `--a-b`
+    (vLLM turns underscores into dashes before the first dot, and a dot sets one JSON key)."""
+    if not arg.startswith("--"):
+        return arg
+    name = arg.split("=", 1)[0].split(".", 1)[0]
+    return "--" + name[2:].replace("_", "-")
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _number(value: float) -> int | float:
+    # YAML's `fps: 2` arrives as 2.0; vLLM reads either, people read 2 more easily.
+    return int(value) if float(value).is_integer() else value
 
 
 def estimated_max_model_len(log_text: str) -> int | None:

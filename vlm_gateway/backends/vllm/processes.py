@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from vlm_gateway.backends.vllm.backend import ManagedVllmBackend, Supervision
 from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.launch.vllm_command import VllmCommand, first_max_model_len
+from vlm_gateway.media.settings import MODALITIES, media_limits_for, video_sampling
 
 if TYPE_CHECKING:  # the settings module imports this one for its plan lines
     from vlm_gateway.backends.base import BuildContext
@@ -30,6 +31,8 @@ def planned_processes(
     shares = settings.gpu_shares()
     log_dir = Path(entry.log_dir or Path(settings.data_dir) / "logs")
     max_model_len = first_max_model_len(entry.max_model_len, entry.max_model_len_cap, entry.model)
+    mm_limits = media_per_prompt(settings, entry)
+    sampling = video_sampling(settings.media, entry.media) if "video" in dict(mm_limits) else {}
     processes = []
     for replica in range(entry.replicas):
         command = VllmCommand(
@@ -42,12 +45,29 @@ def planned_processes(
             gpus=tuple(entry.gpus) if entry.gpus is not None else None,
             chat_template=entry.chat_template,
             enable_prefix_caching=entry.enable_prefix_caching,
+            mm_limits=mm_limits,
+            video_sampling=tuple(sampling.items()),
             extra_args=tuple(entry.extra_args),
             env=tuple(entry.env.items()),
         )
         log_path = log_dir / f"vllm-{_safe(entry.name)}-{replica}.log"
         processes.append(PlannedProcess(replica, command, log_path))
     return processes
+
+
+def media_per_prompt(
+    settings: GatewaySettings, entry: VllmBackendSettings
+) -> tuple[tuple[str, int], ...]:
+    """Items per request vLLM allows for each modality the model takes: the very limits the
+    gateway checks requests against, so vLLM neither refuses what the gateway let through nor
+    profiles memory for more than it will ever get (its own default is 999 of each)."""
+    modalities = entry.modalities()
+    limits: list[tuple[str, int]] = []
+    if "image" in modalities:
+        limits.append(("image", entry.image_limits(settings.images).max_images))
+    media = media_limits_for(settings.media, entry.media)
+    limits += [(kind, media.of(kind).max_parts) for kind in MODALITIES if kind in modalities]
+    return tuple(limits)
 
 
 def describe_processes(settings: GatewaySettings, entry: VllmBackendSettings) -> list[str]:

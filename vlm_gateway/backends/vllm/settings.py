@@ -10,7 +10,20 @@ from vlm_gateway.backends.vllm.processes import describe_processes
 from vlm_gateway.config.settings import GatewaySettings, ModelEntry
 from vlm_gateway.images.model_size import model_input_size, model_modalities
 from vlm_gateway.launch.gpu_sharing import GpuClaim
-from vlm_gateway.launch.vllm_command import GATEWAY_OWNED_FLAGS
+from vlm_gateway.launch.vllm_command import GATEWAY_OWNED_FLAGS, MEDIA_FLAGS, flag_name
+
+# What to set instead of a flag the gateway writes itself (extra_args may not repeat them).
+_INSTEAD = {
+    "--max-model-len": "the entry's own key (max_model_len)",
+    "--limit-mm-per-prompt": (
+        "images.max_images, media.video.max_parts and media.audio.max_parts "
+        "(per model or gateway-wide)"
+    ),
+    "--media-io-kwargs": (
+        "media.video.num_frames or media.video.fps (per model or gateway-wide); "
+        "a request may still send its own media_io_kwargs"
+    ),
+}
 
 
 class VllmBackendSettings(ModelEntry):
@@ -47,14 +60,14 @@ class VllmBackendSettings(ModelEntry):
 
     @model_validator(mode="after")
     def _no_flags_the_gateway_sets(self) -> VllmBackendSettings:
-        owned = set(GATEWAY_OWNED_FLAGS) | ({"--max-model-len"} if self.max_model_len else set())
+        owned = {*GATEWAY_OWNED_FLAGS, *MEDIA_FLAGS}
+        if self.max_model_len:
+            owned.add("--max-model-len")
         for arg in self.extra_args:
-            flag = arg.split("=", 1)[0]
+            flag = flag_name(arg)
             if flag in owned:
-                raise ValueError(
-                    f"extra_args: {flag} is set by the gateway; "
-                    "use the entry's own key (name, port, max_model_len) instead"
-                )
+                instead = _INSTEAD.get(flag, "the entry's own key (name, port)")
+                raise ValueError(f"extra_args: {flag} is set by the gateway; use {instead} instead")
         return self
 
     def preferred_image_size(self) -> tuple[int, int] | None:
