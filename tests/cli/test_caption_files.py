@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.images import png_bytes
-from tests.support.media_files import mp4_bytes, wav_bytes
+from tests.support.media import video_bytes, wav_bytes
 from vlm_gateway.cli import caption_files
 from vlm_gateway.cli.caption_files import (
     KINDS,
@@ -27,7 +27,7 @@ def folder(root: Path) -> Path:
     root.mkdir()
     (root / "a.JPG").write_bytes(b"\xff\xd8\xff cut short")  # by name: taken, broken or not
     (root / "png.dat").write_bytes(png_bytes(seed=1))
-    (root / "clip.bin").write_bytes(mp4_bytes())
+    (root / "clip.bin").write_bytes(video_bytes())
     (root / "tone").write_bytes(wav_bytes())
     (root / "fake.mp4").write_text("a text file named .mp4")
     (root / "readme.txt").write_text("left out: not media")

@@ -12,7 +12,7 @@ import yaml
 
 from tests.cli.test_caption import caption, read_out
 from tests.support.images import png_bytes
-from tests.support.media_files import mp4_bytes, truncated_mp4_bytes, wav_bytes
+from tests.support.media import truncated_mp4, video_bytes, wav_bytes
 
 
 @pytest.fixture
@@ -40,11 +40,11 @@ def mixed_folder(root: Path) -> dict[str, Path]:
     }
     files["renamed_video"].parent.mkdir(parents=True)
     files["image"].write_bytes(png_bytes(seed=1))
-    files["video"].write_bytes(mp4_bytes())
-    files["renamed_video"].write_bytes(mp4_bytes(seconds=0.5))
+    files["video"].write_bytes(video_bytes())
+    files["renamed_video"].write_bytes(video_bytes(seconds=0.5))
     files["audio"].write_bytes(wav_bytes())
     files["broken"].write_text("this is not a video\n" * 20)
-    files["truncated"].write_bytes(truncated_mp4_bytes())
+    files["truncated"].write_bytes(truncated_mp4())
     (root / "notes.txt").write_text("neither media nor listed: left out")
     return files
 
@@ -96,7 +96,7 @@ def test_a_rerun_tries_only_the_error_lines_again(tmp_path, config, upstream):
     out = tmp_path / "captions.jsonl"
     args = [tmp_path / "media", "--model", "ok", "--out", out, "--config", config]
     caption(*args, "--media", "video,audio,image")
-    files["broken"].write_bytes(mp4_bytes())  # fixed between the runs
+    files["broken"].write_bytes(video_bytes())  # fixed between the runs
     upstream.clear()
     result = caption(*args, "--media", "video,audio,image")
     # The fixed file reaches the upstream; the truncated one is tried and refused again.
@@ -119,7 +119,7 @@ def test_the_default_takes_images_and_says_what_it_left_out(tmp_path, config, up
 
 def test_a_video_named_outright_is_taken_whatever_media_says(tmp_path, config, upstream):
     clip = tmp_path / "clip.mp4"
-    clip.write_bytes(mp4_bytes())
+    clip.write_bytes(video_bytes())
     out = tmp_path / "captions.jsonl"
     caption(clip, "--model", "ok", "--out", out, "--config", config)
     assert read_out(out) == [
@@ -133,7 +133,7 @@ def test_a_model_without_video_gets_an_error_line_per_video(tmp_path, upstream):
     model = {"name": "ok", "backend": "openai", "base_url": upstream.base_url}
     config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "d"), "models": [model]}))
     clip = tmp_path / "clip.mp4"
-    clip.write_bytes(mp4_bytes())
+    clip.write_bytes(video_bytes())
     out = tmp_path / "captions.jsonl"
     caption(clip, "--model", "ok", "--out", out, "--config", config)
     [record] = read_out(out)

@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.cli.test_caption import read_out
 from tests.support import fake_offline_worker
 from tests.support.images import png_bytes
-from tests.support.media_files import mp4_bytes, truncated_mp4_bytes, wav_bytes
+from tests.support.media import truncated_mp4, video_bytes, wav_bytes
 from vlm_gateway.backends.kinds import settings_model
 from vlm_gateway.backends.vllm import offline
 from vlm_gateway.cli.caption import CaptionJob, run_caption
@@ -41,9 +41,9 @@ def run(tmp_path: Path, monkeypatch, modalities: list[str]) -> tuple[dict[str, d
         "cut": root / "cut.mp4",
     }
     files["image"].write_bytes(png_bytes(seed=3))
-    files["video"].write_bytes(mp4_bytes())
+    files["video"].write_bytes(video_bytes())
     files["audio"].write_bytes(wav_bytes())
-    files["cut"].write_bytes(truncated_mp4_bytes())
+    files["cut"].write_bytes(truncated_mp4())
     found = collect([root], frozenset(KINDS))
     out = tmp_path / "out.jsonl"
     job = CaptionJob(found.sources, "m", out, engine="offline", media=found.media)

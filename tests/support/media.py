@@ -98,3 +98,10 @@ def data_url(data: bytes, mime: str) -> str:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def truncated_mp4() -> bytes:
+    """An mp4 cut in half: PyAV writes its index (moov) last, so what is left has frames but
+    no index, and FFmpeg cannot open it."""
+    whole = video_bytes()
+    return whole[: len(whole) // 2]

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.server.batch.batch_support import chat_line, jsonl, result_lines, wait_final
-from tests.support.media_files import mp4_bytes, truncated_mp4_bytes, wav_bytes
+from tests.support.media import truncated_mp4, video_bytes, wav_bytes
 from tests.support.processes import GatewayProcess
 
 
@@ -41,12 +41,12 @@ def media_line(custom_id: str, kind: str, url: str) -> dict:
 
 def test_video_and_audio_lines_complete_and_a_truncated_video_fails_alone(gateway, upstream):
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
-    video = data_url("video/mp4", mp4_bytes())
+    video = data_url("video/mp4", video_bytes())
     audio = data_url("audio/wav", wav_bytes())
     lines = [
         media_line("video", "video", video),
         media_line("audio", "audio", audio),
-        media_line("cut", "video", data_url("video/mp4", truncated_mp4_bytes())),
+        media_line("cut", "video", data_url("video/mp4", truncated_mp4())),
         chat_line("text", "ok"),
     ]
     upstream.clear()
