@@ -268,17 +268,8 @@ def caption(
 
     from vlm_gateway.cli.caption import CaptionError, CaptionJob, run_caption
     from vlm_gateway.cli.caption_files import CaptionFilesError, collect_or_explain
-    from vlm_gateway.cli.caption_offline import ENGINES
 
-    if engine not in ENGINES:
-        typer.echo(f"caption: --engine must be one of {', '.join(ENGINES)}", err=True)
-        raise typer.Exit(2)
-    settings = None
-    if url is None:
-        settings = _load_or_exit(config)
-        if not settings.models:
-            settings = _default_blip2_or_exit(config, model)
-            model = "blip2"
+    settings, model = _caption_settings_or_exit(url, config, model, engine)
     try:
         found = collect_or_explain(paths, media, lambda line: typer.echo(line, err=True))
         job = CaptionJob(
@@ -302,6 +293,24 @@ def caption(
         f"already done (of {summary.total}) in {summary.seconds:.2f} s -> {out}",
         err=True,
     )
+
+
+def _caption_settings_or_exit(
+    url: str | None, config: Path | None, model: str, engine: str
+) -> tuple[GatewaySettings | None, str]:
+    """The settings a caption run without --url builds its gateway from, and the model name
+    (`blip2` when --model named weights for the default in-process BLIP-2)."""
+    from vlm_gateway.cli.caption_offline import ENGINES
+
+    if engine not in ENGINES:
+        typer.echo(f"caption: --engine must be one of {', '.join(ENGINES)}", err=True)
+        raise typer.Exit(2)
+    if url is not None:
+        return None, model
+    settings = _load_or_exit(config)
+    if not settings.models:
+        return _default_blip2_or_exit(config, model), "blip2"
+    return settings, model
 
 
 @cli.command("check-config")
