@@ -6,6 +6,13 @@
 # tests/test_install.py follows these steps on a machine without a container engine.
 ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
 FROM ${VLLM_IMAGE}
+# vLLM decodes audio (and a video's sound track) with its `audio` extra: PyAV, soundfile, soxr,
+# scipy. The official image leaves its optional dependencies out (licences, vLLM #8030), so an
+# audio request would fail inside vLLM; vLLM's docs add them in a layer like this one, with the
+# version of the vLLM already in the image, so only the extras' packages are added. (`video`
+# names no package in 0.32, where OpenCV and torchcodec come with vLLM; kept for other versions.)
+RUN VLLM_VERSION="$(python3 -c 'from importlib.metadata import version; print(version("vllm"))')" \
+    && uv pip install --system --no-cache "vllm[audio,video]==${VLLM_VERSION}"
 WORKDIR /opt/vlm-gateway
 COPY pyproject.toml README.md ./
 COPY vlm_gateway vlm_gateway

@@ -99,6 +99,14 @@ def _venv_python(image: ImageLayout) -> Path:
     return image.host_path(image.entrypoint[0]).parent / "python"
 
 
+def test_the_image_adds_vllms_audio_extra_for_the_vllm_it_has(image):
+    """Audio requests need PyAV and soundfile in vLLM's Python; the step is left to the image
+    (tests/support/dockerfile.py), so what it asks for is checked here."""
+    [step] = image.base_image_runs
+    assert 'VLLM_VERSION="$(python3 -c ' in step and 'print(version("vllm"))' in step
+    assert step.endswith('uv pip install --system --no-cache "vllm[audio,video]==${VLLM_VERSION}"')
+
+
 def test_the_install_has_no_extras(image):
     """No torch, no transformers: what runs below is the no-extras path."""
     for module in ("torch", "transformers"):

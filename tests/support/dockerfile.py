@@ -3,8 +3,10 @@
 A folder stands for the image's `/`: COPY copies from the build context into it, RUN runs in
 its WORKDIR with the WORKDIR's image path rewritten to the folder's, ENV, ENTRYPOINT and CMD are
 read as written. FROM is skipped: the vLLM base image only adds `vllm`, which the gateway's own
-install never uses. An instruction this module does not know fails the build, so a changed
-Dockerfile cannot pass by being half followed.
+install never uses; so are RUN steps that add to that image's own Python (`uv pip install
+--system`, e.g. vLLM's audio extra): there is no vLLM here to add to, and this machine's Python
+is not to be changed. They are kept in `base_image_runs` for tests to read. An instruction this
+module does not know fails the build, so a changed Dockerfile cannot pass by being half followed.
 
     layout = build_image_layout(DOCKERFILE, REPO, tmp_path / "root", tmp_path / "build.log")
     layout.host_path("/config/gateway.yaml")   # where a mounted file would be
@@ -23,6 +25,7 @@ from pathlib import Path, PurePosixPath
 # pip's cache is the one thing taken out of RUN: the image keeps none, a test run reuses it.
 _DROPPED_FROM_RUN = (" --no-cache-dir",)
 _SKIPPED = {"ARG", "FROM", "EXPOSE", "LABEL"}  # no effect on what gets installed or run
+BASE_IMAGE_RUN = "uv pip install --system "  # a RUN into the vLLM image's own Python
 
 
 @dataclass
@@ -32,6 +35,7 @@ class ImageLayout:
     env: dict[str, str] = field(default_factory=dict)
     entrypoint: list[str] = field(default_factory=list)
     cmd: list[str] = field(default_factory=list)
+    base_image_runs: list[str] = field(default_factory=list)  # RUN steps left to the base image
 
     def host_path(self, image_path: str) -> Path:
         absolute = PurePosixPath(self.workdir, image_path)  # relative paths start at WORKDIR
@@ -73,6 +77,8 @@ def build_image_layout(dockerfile: Path, context: Path, root: Path, log: Path) -
             layout.env.update(_env_pairs(arguments))
         elif keyword == "COPY":
             _copy(layout, context, shlex.split(arguments))
+        elif keyword == "RUN" and BASE_IMAGE_RUN in arguments:
+            layout.base_image_runs.append(arguments)
         elif keyword == "RUN":
             _run(layout, arguments, log)
         elif keyword in ("ENTRYPOINT", "CMD"):
