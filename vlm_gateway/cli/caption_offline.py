@@ -27,6 +27,7 @@ from vlm_gateway.backends.vllm.offline import (
     OfflineRequest,
     vllm_python,
 )
+from vlm_gateway.backends.vllm.processes import media_flags
 from vlm_gateway.backends.vllm.settings import VllmBackendSettings
 from vlm_gateway.cli.caption import (
     Captioner,
@@ -146,7 +147,8 @@ async def run_offline(
     limits = settings.image_limits(job.model)
     assert limits is not None  # the entry exists
     preparer = ImagePreparer(settings.images.prepare_workers)
-    engine = OfflineEngine(entry, python, preparer, _log_path(settings, entry))
+    flags = media_flags(settings, entry)
+    engine = OfflineEngine(entry, python, preparer, _log_path(settings, entry), flags)
     # The gateway's resolver checks videos and audio files; images have the pool above.
     no_pool = settings.images.model_copy(update={"prepare_workers": 0})
     checks = open_request_resolver(settings.model_copy(update={"images": no_pool}))

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.support import fake_offline_worker
+from vlm_gateway.backends.kinds import settings_model
 from vlm_gateway.backends.vllm import offline
 from vlm_gateway.backends.vllm.offline import (
     OfflineEngine,
@@ -21,6 +22,7 @@ from vlm_gateway.backends.vllm.offline import (
     engine_flags,
     vllm_python,
 )
+from vlm_gateway.backends.vllm.processes import media_flags
 from vlm_gateway.backends.vllm.settings import VllmBackendSettings
 from vlm_gateway.images.decode import ImageLimits
 from vlm_gateway.images.pool import ImagePreparer
@@ -73,6 +75,30 @@ def test_engine_flags_follow_the_entry():
         "8",
     ]
     assert "--enable-prefix-caching" not in engine_flags(entry(enable_prefix_caching=False), "/s")
+
+
+def test_the_offline_engine_samples_videos_as_the_served_model_does():
+    settings = settings_model().model_validate(
+        {
+            "media": {"video": {"num_frames": 8}},
+            "models": [
+                {
+                    "name": "m",
+                    "backend": "vllm",
+                    "model": "/models/m",
+                    "input_modalities": ["text", "video"],
+                }
+            ],
+        }
+    )
+    (model,) = settings.models
+    flags = engine_flags(model, "/spool", media_flags(settings, model))
+    assert flags[2:6] == [
+        "--limit-mm-per-prompt",
+        '{"video":1}',
+        "--media-io-kwargs",
+        '{"video":{"num_frames":8}}',
+    ]
 
 
 def jpeg(path: Path, size: tuple[int, int]) -> str:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -55,10 +56,11 @@ def vllm_python(command: list[str]) -> str | None:
     return interpreter if interpreter and Path(interpreter).exists() else None
 
 
-def engine_flags(entry: VllmBackendSettings, spool: str) -> list[str]:
+def engine_flags(entry: VllmBackendSettings, spool: str, media: Sequence[str] = ()) -> list[str]:
     """The engine's flags as `vllm serve` gets them from the entry (the API server's own flags
-    are left to the worker to ignore), with the spool as the only readable media folder."""
-    flags = ["--allowed-local-media-path", spool]
+    are left to the worker to ignore), with the spool as the only readable media folder;
+    `media`: the entry's media flags (processes.media_flags)."""
+    flags = ["--allowed-local-media-path", spool, *media]
     length = first_max_model_len(entry.max_model_len, entry.max_model_len_cap, entry.model)
     if length is not None:
         flags += ["--max-model-len", str(length)]
@@ -81,9 +83,15 @@ class OfflineEngine:
     """One worker process; `caption()` may be awaited by many callers at once."""
 
     def __init__(
-        self, entry: VllmBackendSettings, python: str, preparer: ImagePreparer, log: Path
+        self,
+        entry: VllmBackendSettings,
+        python: str,
+        preparer: ImagePreparer,
+        log: Path,
+        media_flags: Sequence[str] = (),
     ) -> None:
         self.entry, self.python, self.preparer, self.log_path = entry, python, preparer, log
+        self.media_flags = tuple(media_flags)
         self._spool = tempfile.TemporaryDirectory(prefix="vlm-gateway-spool-")
         self._proc: asyncio.subprocess.Process | None = None
         self._log: IO[bytes] | None = None
@@ -111,7 +119,7 @@ class OfflineEngine:
         )
         config = {
             "model": self.entry.model,
-            "engine_args": engine_flags(self.entry, self._spool.name),
+            "engine_args": engine_flags(self.entry, self._spool.name, self.media_flags),
             "chat_template": self.entry.chat_template,
             "spool": self._spool.name,
             **request.__dict__,

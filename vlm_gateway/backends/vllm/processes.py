@@ -55,6 +55,17 @@ def planned_processes(
     return processes
 
 
+def media_flags(settings: GatewaySettings, entry: VllmBackendSettings) -> list[str]:
+    """`--limit-mm-per-prompt` and `--media-io-kwargs` for the entry, as `vllm serve` gets them
+    (the offline engine gets the same, so its captions sample videos alike)."""
+    mm_limits = media_per_prompt(settings, entry)
+    sampling = video_sampling(settings.media, entry.media) if "video" in dict(mm_limits) else {}
+    command = VllmCommand(
+        (), entry.model, entry.name, mm_limits=mm_limits, video_sampling=tuple(sampling.items())
+    )
+    return command.media_flags()
+
+
 def media_per_prompt(
     settings: GatewaySettings, entry: VllmBackendSettings
 ) -> tuple[tuple[str, int], ...]:
