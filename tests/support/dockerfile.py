@@ -3,8 +3,10 @@
 A folder stands for the image's `/`: COPY copies from the build context into it, RUN runs in
 its WORKDIR with the WORKDIR's image path rewritten to the folder's, ENV, ENTRYPOINT and CMD are
 read as written. FROM is skipped: the vLLM base image only adds `vllm`, which the gateway's own
-install never uses. An instruction this module does not know fails the build, so a changed
-Dockerfile cannot pass by being half followed.
+install never uses; so is a RUN that installs into that image's own Python (`uv pip install
+--system`, vLLM's audio decoders): here it would install into this machine's. An instruction
+this module does not know fails the build, so a changed Dockerfile cannot pass by being half
+followed.
 
     layout = build_image_layout(DOCKERFILE, REPO, tmp_path / "root", tmp_path / "build.log")
     layout.host_path("/config/gateway.yaml")   # where a mounted file would be
@@ -23,6 +25,7 @@ from pathlib import Path, PurePosixPath
 # pip's cache is the one thing taken out of RUN: the image keeps none, a test run reuses it.
 _DROPPED_FROM_RUN = (" --no-cache-dir",)
 _SKIPPED = {"ARG", "FROM", "EXPOSE", "LABEL"}  # no effect on what gets installed or run
+_BASE_IMAGE_RUN = "uv pip install --system "  # the vLLM image's Python, not the gateway's
 
 
 @dataclass
@@ -73,6 +76,9 @@ def build_image_layout(dockerfile: Path, context: Path, root: Path, log: Path) -
             layout.env.update(_env_pairs(arguments))
         elif keyword == "COPY":
             _copy(layout, context, shlex.split(arguments))
+        elif keyword == "RUN" and arguments.startswith(_BASE_IMAGE_RUN):
+            with open(log, "a") as out:
+                out.write(f"\n(skipped, the base image's Python) $ {arguments}\n")
         elif keyword == "RUN":
             _run(layout, arguments, log)
         elif keyword in ("ENTRYPOINT", "CMD"):
