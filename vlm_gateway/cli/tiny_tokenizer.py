@@ -7,7 +7,7 @@ the functions, like in `tiny_models`: the HTTP app must never pay for them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -110,13 +110,18 @@ def _printable_alphabet() -> list[str]:
 
 
 def build_tokenizer(
-    named_image_token: bool, max_length: int, vocab_size: int = 400
+    named_image_token: bool,
+    max_length: int,
+    vocab_size: int = 400,
+    extra_special_tokens: Sequence[str] = (),
 ) -> PreTrainedTokenizerFast:
     """Byte-level BPE over printable ASCII, with `<image>` among its special tokens.
 
     `named_image_token` also records it as the tokenizer's `image_token` attribute, as LLaVA
     checkpoints do. BLIP-2 must not: a reloaded tokenizer gives that attribute as a str, and
     Blip2Processor then fails on `image_token.content`; without it the processor makes its own.
+    `extra_special_tokens` are added after the fixed ones (a model's video and audio
+    placeholders, `tiny_media_models`); with none, the tokenizer is the same as before.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -127,7 +132,7 @@ def build_tokenizer(
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=[*SPECIAL_TOKENS, *extra_special_tokens],
         initial_alphabet=alphabet,
         limit_alphabet=len(alphabet),
         show_progress=False,
