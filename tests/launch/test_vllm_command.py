@@ -68,6 +68,7 @@ def test_media_limits_and_frame_sampling_are_json_before_extra_args():
     assert command.argv(port=8100)[9:] == [
         "--limit-mm-per-prompt",
         '{"image":4,"video":1,"audio":2}',
+        "--trust-request-mm-kwargs",
         "--media-io-kwargs",
         '{"video":{"num_frames":16}}',
         "--trust-remote-code",

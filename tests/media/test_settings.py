@@ -38,6 +38,6 @@ def test_frame_sampling_comes_from_the_model_then_the_gateway():
 
 def test_unknown_keys_and_non_positive_limits_are_errors():
     with pytest.raises(ValidationError):
-        MediaSettings.model_validate({"video": {"max_frames": 3}})
+        MediaSettings.model_validate({"video": {"frames": 3}})
     with pytest.raises(ValidationError):
         MediaSettings.model_validate({"audio": {"max_bytes": 0}})

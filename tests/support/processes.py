@@ -41,7 +41,9 @@ VLLM_SMALL_ARGS = [
     "512",
 ]
 # The tiny media models (vlm_gateway/cli/tiny_media_models.py), on top of VLLM_SMALL_ARGS.
-VLLM_VIDEO_ARGS = ["--limit-mm-per-prompt", '{"image": 2, "video": 1}']
+# --trust-request-mm-kwargs: per-request media_io_kwargs reach vLLM as the gateway checked them
+# (what managed vLLM gets; a remote vLLM behind the gateway is started the same way).
+VLLM_VIDEO_ARGS = ["--limit-mm-per-prompt", '{"image": 2, "video": 1}', "--trust-request-mm-kwargs"]
 # vLLM 0.32 gives Qwen2-Audio a fixed 30 s window (up to 750 audio tokens): a longer context.
 VLLM_AUDIO_ARGS = ["--limit-mm-per-prompt", '{"audio": 1}', "--max-model-len", "1024"]
 

@@ -238,4 +238,5 @@ class GatewaySettings(Section):
             modalities=first.modalities(),
             takes_media_kwargs=first.kind_takes_media_kwargs,
             digests=self.image_digests(name),
+            max_pixels=first.image_limits(self.images).max_pixels,
         )

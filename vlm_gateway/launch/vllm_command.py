@@ -12,7 +12,7 @@ from pathlib import Path
 GATEWAY_OWNED_FLAGS = ("--host", "--port", "--served-model-name")
 # Flags the gateway writes from the entry's image and media limits: the limits it checks each
 # request against must be the ones vLLM holds, so they have one source (the config's keys).
-MEDIA_FLAGS = ("--limit-mm-per-prompt", "--media-io-kwargs")
+MEDIA_FLAGS = ("--limit-mm-per-prompt", "--media-io-kwargs", "--trust-request-mm-kwargs")
 
 _ESTIMATE = re.compile(r"estimated maximum model length is (\d+)")
 # Where a model's own maximum length lives in config.json, text config first for VLMs.
@@ -63,10 +63,14 @@ class VllmCommand:
 
     def media_flags(self) -> list[str]:
         """`--limit-mm-per-prompt` and `--media-io-kwargs` as JSON, vLLM's own syntax for both
-        (its dotted form, `--limit-mm-per-prompt.image 8`, would need one flag per key)."""
+        (its dotted form, `--limit-mm-per-prompt.image 8`, would need one flag per key), and
+        `--trust-request-mm-kwargs`."""
         flags = []
         if self.mm_limits:
             flags += ["--limit-mm-per-prompt", _json(dict(self.mm_limits))]
+            # vLLM refuses per-request media_io_kwargs / mm_processor_kwargs unless told to
+            # trust them: the gateway holds them to bounds first (media/request_kwargs.py).
+            flags.append("--trust-request-mm-kwargs")
         if self.video_sampling:
             sampling = {key: _number(value) for key, value in self.video_sampling}
             flags += ["--media-io-kwargs", _json({"video": sampling})]

@@ -32,6 +32,7 @@ from vlm_gateway.images.resolve import ImageResolver, affinity_key, digest_of, l
 from vlm_gateway.images.urls import parse_http_url, scheme_of
 from vlm_gateway.media.parts import FoundPart, map_file_parts, media_parts, modalities_asked
 from vlm_gateway.media.probe import MediaInfo, probe_media
+from vlm_gateway.media.request_kwargs import check_request_kwargs, requested_fps
 from vlm_gateway.media.settings import MODALITIES, MediaLimits, ModalityLimits
 
 # Per-request settings only vLLM's chat API honours (frames, fps, processor arguments).
@@ -48,6 +49,7 @@ class ModelMedia:
     modalities: tuple[str, ...]
     takes_media_kwargs: bool  # its backend forwards `media_io_kwargs` to vLLM
     digests: bool  # its media are digested (affinity routing, vLLM's part uuids)
+    max_pixels: int  # per image or frame, for `mm_processor_kwargs` (images.max_image_pixels)
 
 
 class MediaObserver(Protocol):
@@ -82,17 +84,21 @@ class RequestResolver:
         count = await self._images.resolve(request)
         parts = media_parts(request)
         if parts and model is not None:
-            await asyncio.gather(*(self._resolve_part(request.model, p, model) for p in parts))
+            lengths = await asyncio.gather(
+                *(self._resolve_part(request.model, p, model) for p in parts)
+            )
+            _check_frames(request, parts, lengths, model)
             if model.digests:
                 for found in parts:
                     found.part.set_digest(await digest_of(_payload_of(found)))
                 note_affinity_key(affinity_key(request))
         return count
 
-    async def _resolve_part(self, model: str, found: FoundPart, media: ModelMedia) -> None:
+    async def _resolve_part(self, model: str, found: FoundPart, media: ModelMedia) -> float | None:
+        """The part checked (and made a data URL if fetched); its length in seconds."""
         limits = media.limits.of(found.modality)
         try:
-            size, source = await self._check_part(found, limits)
+            size, source, seconds = await self._check_part(found, limits)
         except ImageError as exc:  # from the shared fetcher and base64 check: name the part
             error = _as_media_error(exc, found)
             self._refused(model, found.modality, error.code)
@@ -103,15 +109,19 @@ class RequestResolver:
             raise
         if self._observer is not None:
             self._observer.media_resolved(model, found.modality, source, size)
+        return seconds
 
-    async def _check_part(self, found: FoundPart, limits: ModalityLimits) -> tuple[int, str]:
-        """(bytes, source) once the part is checked and, if fetched, made a data URL."""
+    async def _check_part(
+        self, found: FoundPart, limits: ModalityLimits
+    ) -> tuple[int, str, float | None]:
+        """(bytes, source, seconds) once the part is checked and, if fetched, made a data
+        URL."""
         what = f"The {found.modality} in {found.param}"
         part = found.part
         if isinstance(part, ChatCompletionContentPartInputAudio):
             data = _decoded(part.input_audio.data, limits, found, what)
-            await _probed(data, found, part.input_audio.format, limits, what)
-            return len(data), "data"
+            info = await _probed(data, found, part.input_audio.format, limits, what)
+            return len(data), "data", info.seconds
         url = _url_of(found)
         scheme = scheme_of(url)
         if scheme == "data":
@@ -119,8 +129,8 @@ class RequestResolver:
             source = json_source(url)
             payload = url[start:] if source is None else source[1 + start : -1]
             data = _decoded(payload, limits, found, what)
-            await _probed(data, found, declared, limits, what)
-            return len(data), "data"
+            info = await _probed(data, found, declared, limits, what)
+            return len(data), "data", info.seconds
         if scheme in ("http", "https"):
             fetched = await self._fetcher.fetch(
                 parse_http_url(url), limits.max_bytes, found.modality, limits.fetch_timeout
@@ -137,7 +147,7 @@ class RequestResolver:
             )
         info = await _probed(data, found, None, limits, what)
         _set_url(found, _to_data_url(data, info, found))
-        return len(data), scheme or "data"
+        return len(data), scheme or "data", info.seconds
 
     def _read_local(self, url: str, max_bytes: int, found: FoundPart) -> bytes:
         if self._media_dir is None:
@@ -180,6 +190,9 @@ def _check_asked(request: ChatCompletionRequest, media: ModelMedia) -> None:
                 param=field,
                 code="unsupported_parameter",
             )
+    if media.takes_media_kwargs:
+        max_frames = media.limits.video.max_frames or 0
+        check_request_kwargs(extra, media.modalities, max_frames, media.max_pixels)
     parts = media_parts(request)
     for modality in MODALITIES:
         count = sum(1 for found in parts if found.modality == modality)
@@ -191,6 +204,28 @@ def _check_asked(request: ChatCompletionRequest, media: ModelMedia) -> None:
                 f"The model '{request.model}' accepts at most {allowed} {modality} part(s) per "
                 f"request; this request has {count}.",
                 param="messages",
+            )
+
+
+def _check_frames(
+    request: ChatCompletionRequest,
+    parts: list[FoundPart],
+    lengths: list[float | None],
+    media: ModelMedia,
+) -> None:
+    """A frame rate asked for, held to `max_frames` over each video's probed length."""
+    fps = requested_fps(request.model_extra or {}) if media.takes_media_kwargs else None
+    max_frames = media.limits.video.max_frames
+    if fps is None or max_frames is None:
+        return
+    for found, seconds in zip(parts, lengths, strict=True):
+        if found.modality == "video" and seconds is not None and fps * seconds > max_frames:
+            raise InvalidRequestError(
+                f"Sampling the video in {found.param} ({seconds:.1f} s) at {fps:g} frames a "
+                f"second makes {fps * seconds:.0f} frames, more than the limit of {max_frames} "
+                "(media.video.max_frames): ask for fewer frames a second, or num_frames.",
+                param="media_io_kwargs.video.fps",
+                code="too_many_frames",
             )
 
 

@@ -6,7 +6,7 @@ one SSRF-safe fetcher serves every modality. Defaults sit near vLLM's own (docs/
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,9 @@ class VideoSettings(_Section):
     max_bytes: PositiveInt = 64 * MB
     max_seconds: PositiveFloat = 600.0
     fetch_timeout: PositiveFloat = 30.0  # vLLM: VLLM_VIDEO_FETCH_TIMEOUT
+    # The most frames a request may have sampled from one video (its `media_io_kwargs`
+    # num_frames, or fps times the video's length): vLLM trusts what the gateway lets through.
+    max_frames: PositiveInt = 128
     # Frames vLLM samples from each video when a request does not say (`media_io_kwargs`):
     # a count, or a rate; unset: vLLM's own default (32 frames). Managed vLLM only.
     num_frames: PositiveInt | None = None
@@ -54,6 +57,7 @@ class ModelAudioLimits(_Section):
 
 
 class ModelVideoLimits(ModelAudioLimits):
+    max_frames: PositiveInt | None = None
     num_frames: PositiveInt | None = None
     fps: PositiveFloat | None = None
 
@@ -69,6 +73,7 @@ class ModalityLimits:
     max_bytes: int
     max_seconds: float
     fetch_timeout: float
+    max_frames: int | None = None  # video only
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,10 @@ def media_limits_for(media: MediaSettings, overrides: ModelMediaLimits | None) -
         own = getattr(overrides, modality, None) if overrides is not None else None
         own_fields = own.model_dump(exclude_none=True) if own is not None else {}
         names = [field.name for field in fields(ModalityLimits)]
-        return ModalityLimits(**{key: own_fields.get(key, getattr(defaults, key)) for key in names})
+        values: dict[str, Any] = {
+            key: own_fields.get(key, getattr(defaults, key, None)) for key in names
+        }
+        return ModalityLimits(**values)
 
     return MediaLimits(video=merged("video"), audio=merged("audio"))
 

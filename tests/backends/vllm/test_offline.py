@@ -93,9 +93,10 @@ def test_the_offline_engine_samples_videos_as_the_served_model_does():
     )
     (model,) = settings.models
     flags = engine_flags(model, "/spool", media_flags(settings, model))
-    assert flags[2:6] == [
+    assert flags[2:7] == [
         "--limit-mm-per-prompt",
         '{"video":1}',
+        "--trust-request-mm-kwargs",
         "--media-io-kwargs",
         '{"video":{"num_frames":8}}',
     ]

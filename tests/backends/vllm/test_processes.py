@@ -22,11 +22,11 @@ EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 # The examples' media flags, as check-config prints them (shell-quoted).
 MEDIA_EXAMPLES = {
     "minicpm-o.yaml": (
-        """--limit-mm-per-prompt '{"image":4,"video":1,"audio":1}' """
+        """--limit-mm-per-prompt '{"image":4,"video":1,"audio":1}' --trust-request-mm-kwargs """
         """--media-io-kwargs '{"video":{"num_frames":16}}' --trust-remote-code"""
     ),
     "qwen2.5-omni.yaml": (
-        """--limit-mm-per-prompt '{"image":4,"video":1,"audio":2}' """
+        """--limit-mm-per-prompt '{"image":4,"video":1,"audio":2}' --trust-request-mm-kwargs """
         """--media-io-kwargs '{"video":{"fps":2}}' --dtype bfloat16"""
     ),
 }
@@ -106,13 +106,13 @@ def test_check_config_prints_each_process_argv_env_and_gpu_share():
     assert (
         "argv: vllm serve Salesforce/blip2-opt-2.7b --served-model-name blip2 --host "
         "127.0.0.1 --port <free port> --gpu-memory-utilization 0.4 --enable-prefix-caching "
-        "--limit-mm-per-prompt '{\"image\":8}' --dtype float16"
+        "--limit-mm-per-prompt '{\"image\":8}' --trust-request-mm-kwargs --dtype float16"
     ) in out
     assert (
         "argv: vllm serve fancyfeast/llama-joycaption-beta-one-hf-llava --served-model-name "
         "joycaption --host 127.0.0.1 --port <free port> --max-model-len 4096 "
         "--gpu-memory-utilization 0.55 --enable-prefix-caching --limit-mm-per-prompt "
-        "'{\"image\":8}' --dtype bfloat16"
+        "'{\"image\":8}' --trust-request-mm-kwargs --dtype bfloat16"
     ) in out
     assert out.count("env additions: CUDA_VISIBLE_DEVICES=0") == 2
     assert "max_model_len: auto: start at 4096" in out
@@ -190,8 +190,8 @@ def test_media_flags_follow_the_models_inputs_and_limits():
     }
     argv = _argv({"media": {"video": {"fps": 2}}, "models": [omni]})
     assert _flag(argv, "--limit-mm-per-prompt") == '{"image":3,"video":1,"audio":2}'
-    # The model's num_frames and the gateway-wide fps: vLLM samples by both.
-    assert _flag(argv, "--media-io-kwargs") == '{"video":{"num_frames":16,"fps":2}}'
+    # The model's own choice (num_frames) wins over the gateway-wide fps: one choice, no mix.
+    assert _flag(argv, "--media-io-kwargs") == '{"video":{"num_frames":16}}'
 
     # A hub id with nothing local to read takes text and image: the gateway-wide image limit,
     # and no frame sampling, as it takes no video.
@@ -218,6 +218,7 @@ def test_frame_sampling_is_the_server_default_a_request_may_override():
     assert argv[argv.index("--enable-prefix-caching") + 1 :] == [
         "--limit-mm-per-prompt",
         '{"video":1}',
+        "--trust-request-mm-kwargs",  # the gateway bounds a request's own (request_kwargs.py)
         "--media-io-kwargs",
         '{"video":{"num_frames":16}}',
     ]

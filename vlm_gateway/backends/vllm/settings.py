@@ -19,6 +19,10 @@ _INSTEAD = {
         "images.max_images, media.video.max_parts and media.audio.max_parts "
         "(per model or gateway-wide)"
     ),
+    "--trust-request-mm-kwargs": (
+        "nothing: the gateway sets it and checks per-request media_io_kwargs and "
+        "mm_processor_kwargs itself (media.video.max_frames)"
+    ),
     "--media-io-kwargs": (
         "media.video.num_frames or media.video.fps (per model or gateway-wide); "
         "a request may still send its own media_io_kwargs"
