@@ -4,6 +4,8 @@ is truncated, corrupt or not what it says it is."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.support.images import png_bytes
 from tests.support.media import mp3_bytes, noise_wav, video_bytes, wav_bytes
@@ -66,3 +68,39 @@ def test_a_file_without_the_modality_s_stream_is_refused():
 def test_no_declared_kind_checks_only_the_bytes():
     assert probe_media(wav_bytes(), "audio", None, "x").container == "wav"
     assert probe_media(wav_bytes(), "audio", "octet-stream", "x").container == "wav"
+
+
+def test_an_mp4_whose_index_is_cut_short_is_refused():
+    """Its stream is there but FFmpeg knows no codec for it (the index lost its codec box)."""
+    clip = video_bytes(seconds=2)
+    for cut in (100, 500, 900):
+        assert refused(clip[:-cut], "video", "mp4")
+
+
+_SAMPLES = {
+    "mp4": (video_bytes(seconds=1, size=(32, 32)), "video"),
+    "webm": (video_bytes(seconds=1, size=(32, 32), fmt="webm", codec="libvpx"), "video"),
+    "wav": (wav_bytes(seconds=0.5), "audio"),
+    "mp3": (mp3_bytes(seconds=0.5), "audio"),
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(sorted(_SAMPLES)),
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), max_size=4),
+    declared=st.sampled_from([None, "mp4", "webm", "wav", "mp3", "png"]),
+)
+def test_damaged_files_are_a_400_or_pass_never_anything_else(kind, cut, flips, declared):
+    """Cut anywhere and with bytes flipped, every file is either read or refused with the
+    modality's 400: never another exception (a 500)."""
+    data, modality = _SAMPLES[kind]
+    damaged = bytearray(data[: int(len(data) * cut)])
+    for where, value in flips:
+        if damaged:
+            damaged[int(where * (len(damaged) - 1))] ^= value
+    try:
+        probe_media(bytes(damaged), modality, declared, "The part")  # type: ignore[arg-type]
+    except MediaError as error:
+        assert error.code == f"invalid_{modality}"

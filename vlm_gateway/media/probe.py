@@ -13,6 +13,7 @@ event loop.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,6 +22,8 @@ import av.error
 
 from vlm_gateway.core.media_errors import MediaError, media_error
 from vlm_gateway.media.settings import Modality
+
+log = logging.getLogger(__name__)
 
 # FFmpeg demuxers that read one still picture, never a video (`video/mp4` over a PNG).
 _STILL_IMAGE_DEMUXERS = ("image2", "_pipe", "gif", "apng", "webp")
@@ -74,7 +77,11 @@ def probe_media(data: bytes, modality: Modality, declared: str | None, what: str
             return info
     except MediaError:
         raise
-    except (av.error.FFmpegError, ValueError, OSError, EOFError):
+    except Exception as exc:
+        if not isinstance(exc, av.error.FFmpegError | ValueError | OSError | EOFError):
+            # Bytes from a client, read by a C library: what it did not foresee is still the
+            # file's fault, not a 500; logged so the case can become a named check.
+            log.warning("probing %s: %s", what, type(exc).__name__, exc_info=True)
         raise media_error(
             modality,
             "invalid",
@@ -94,6 +101,8 @@ def _inspect(container: av.container.InputContainer, modality: Modality, what: s
             modality, "invalid", f"{what} has no {modality} stream (its container holds {found})."
         )
     main = streams[0]
+    if main.codec_context is None:  # an index cut short: FFmpeg knows no codec for the stream
+        raise media_error(modality, "invalid", f"{what} names no {modality} codec FFmpeg has.")
     seconds = _stated_seconds(container, main)
     covered = _walk_packets(container, main, modality, what)
     if seconds is None or seconds <= 0:
@@ -103,7 +112,7 @@ def _inspect(container: av.container.InputContainer, modality: Modality, what: s
     codecs = tuple(
         stream.codec_context.name
         for stream in container.streams
-        if stream.type in ("video", "audio")
+        if stream.type in ("video", "audio") and stream.codec_context is not None
     )
     return MediaInfo(name, codecs, seconds)
 
