@@ -83,10 +83,10 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-media-"))
     models = ensure_tiny_models(work / "models")
-    mp4 = video_bytes(seconds=8, size=(1280, 720), codec="libx264", bit_rate=5_000_000)
+    mp4 = video_bytes(seconds=6, size=(1280, 720), codec="libx264", bit_rate=5_000_000)
     wav = wav_bytes(seconds=30)
     print(
-        f"video: {len(mp4) / 1e6:.2f} MB mp4 (H.264 1280x720, 8 s); "
+        f"video: {len(mp4) / 1e6:.2f} MB mp4 (H.264 1280x720, 6 s); "
         f"audio: {len(wav) / 1e6:.2f} MB WAV (30 s, 16 kHz)"
     )
     servers = {
