@@ -45,12 +45,18 @@ def body(model: str, part: dict) -> bytes:
     ).encode()
 
 
-def timed_post(client: httpx.Client, url: str, payload: bytes) -> float:
+def timed_post(client: httpx.Client, url: str, payload: bytes) -> tuple[float, float | None]:
+    """Seconds to the whole answer, and the gateway's own milliseconds from its Server-Timing
+    header (`gateway;dur=`: its time less the upstream's; None straight to vLLM)."""
     started = time.perf_counter()
     answer = client.post(url, content=payload, headers={"content-type": "application/json"})
     elapsed = time.perf_counter() - started
     answer.raise_for_status()
-    return elapsed
+    timing = answer.headers.get("server-timing", "")
+    own = next(
+        (part.split("=")[1] for part in timing.split(", ") if part.startswith("gateway;")), None
+    )
+    return elapsed, float(own) if own is not None else None
 
 
 def compare(
@@ -60,12 +66,14 @@ def compare(
     gateway: tuple[str, bytes],
     rounds: int,
 ) -> None:
-    for _ in range(3):  # warm both paths (vLLM's processor caches are keyed by part uuid: none)
+    for _ in range(3):  # warm both paths
         timed_post(client, *direct), timed_post(client, *gateway)
-    straight, through = [], []
+    straight, through, own = [], [], []
     for _ in range(rounds):
-        straight.append(timed_post(client, *direct))
-        through.append(timed_post(client, *gateway))
+        straight.append(timed_post(client, *direct)[0])
+        elapsed, gateway_ms = timed_post(client, *gateway)
+        through.append(elapsed)
+        own.append(gateway_ms or 0.0)
     added = [t - s for s, t in zip(straight, through, strict=True)]
     p50_direct, p50_gateway = statistics.median(straight), statistics.median(through)
     print(
@@ -74,6 +82,7 @@ def compare(
         f"   added p50 {(p50_gateway - p50_direct) * 1000:+6.1f} ms"
         f" (median of per-round differences {statistics.median(added) * 1000:+6.1f} ms)"
         f"   ratio {p50_gateway / p50_direct:.3f}"
+        f"   gateway's own time (Server-Timing) p50 {statistics.median(own):.2f} ms"
     )
 
 

@@ -31,6 +31,7 @@ from vlm_gateway.backends.base import Backend
 from vlm_gateway.core.errors import GatewayError
 from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.core.request_context import current_affinity_key
+from vlm_gateway.media.parts import media_parts
 from vlm_gateway.server.door.keys import caller_of
 from vlm_gateway.server.door.request_metrics import request_tracker
 from vlm_gateway.server.failover import ATTEMPTS_HEADER, deadline_for, may_retry, within
@@ -71,8 +72,11 @@ class ModelRequest:
         started = time.perf_counter()
         with self.state.tracer.resolving_images(chat):
             count = await self.state.resolver.resolve(chat)
-        if self.tracker is not None and count:
+        if self.tracker is None:
+            return
+        if count or media_parts(chat):  # Server-Timing's `images`: video and audio too
             self.tracker.images_s += time.perf_counter() - started
+        if count:
             self.tracker.images(count)
 
     async def answer(self, call: JsonCall) -> Response:
