@@ -13,18 +13,13 @@ import yaml
 from tests.cli.test_caption import caption, read_out
 from tests.support.images import png_bytes
 from tests.support.media import truncated_mp4, video_bytes, wav_bytes
+from tests.support.settings import omni_upstream
 
 
 @pytest.fixture
 def config(upstream, tmp_path) -> Path:
     path = tmp_path / "gateway.yaml"
-    model = {
-        "name": "ok",
-        "backend": "openai",
-        "base_url": upstream.base_url,
-        "upstream_model": "ok",
-        "input_modalities": ["text", "image", "video", "audio"],
-    }
+    model = omni_upstream(upstream.base_url)
     path.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "models": [model]}))
     return path
 

@@ -38,3 +38,15 @@ def upstream_entry(name: str, base_url: str, upstream_model: str) -> dict[str, A
         "base_url": base_url,
         "upstream_model": upstream_model,
     }
+
+
+def omni_upstream(base_url: str, name: str = "ok") -> dict[str, Any]:
+    """A `models:` entry for an OpenAI-compatible upstream (the fakes answer model "ok") that
+    takes every modality: text, image, video and audio."""
+    return {
+        "name": name,
+        "backend": "openai",
+        "base_url": base_url,
+        "upstream_model": "ok",
+        "input_modalities": ["text", "image", "video", "audio"],
+    }

@@ -33,45 +33,36 @@ class ChatCompletionContentPartText(_Strict):
     text: str
 
 
-class ChatCompletionContentPartImage(_Strict):
+class _Digested(_Strict):
+    """An image, video or audio part: the resolver notes a digest of it as forwarded
+    (images/resolve.py, media/resolve.py), for affinity routing and vLLM's part ids."""
+
+    _digest: str | None = PrivateAttr(default=None)
+
+    @property
+    def digest(self) -> str | None:
+        return self._digest
+
+    def set_digest(self, digest: str) -> None:
+        self._digest = digest
+
+
+class ChatCompletionContentPartImage(_Digested):
     type: Literal["image_url"]
     image_url: ImageURL
     # vLLM's extension: a stable id of the image, its processor and encoder caches' key.
     uuid: str | None = None
-    _digest: str | None = PrivateAttr(default=None)
-
-    @property
-    def digest(self) -> str | None:
-        """A digest of the image as forwarded, once the resolver has it (images/resolve.py)."""
-        return self._digest
-
-    def set_digest(self, digest: str) -> None:
-        self._digest = digest
-
-
-class _MediaPart(_Strict):
-    """A video or audio part. `uuid` is vLLM's extension, as on image parts."""
-
-    uuid: str | None = None
-    _digest: str | None = PrivateAttr(default=None)
-
-    @property
-    def digest(self) -> str | None:
-        """A digest of the media as forwarded, once the resolver has it (media/resolve.py)."""
-        return self._digest
-
-    def set_digest(self, digest: str) -> None:
-        self._digest = digest
 
 
 class VideoURL(_Strict):
     url: str
 
 
-class ChatCompletionContentPartVideo(_MediaPart):
+class ChatCompletionContentPartVideo(_Digested):
     # vLLM's part (OpenAI's API has no video part): a data:, http(s) or file: URL.
     type: Literal["video_url"]
     video_url: VideoURL
+    uuid: str | None = None  # vLLM's extension, as on image parts
 
 
 class InputAudio(_Strict):
@@ -79,19 +70,21 @@ class InputAudio(_Strict):
     format: str  # OpenAI takes "wav" and "mp3"; vLLM any container its decoder reads
 
 
-class ChatCompletionContentPartInputAudio(_MediaPart):
+class ChatCompletionContentPartInputAudio(_Digested):
     type: Literal["input_audio"]
     input_audio: InputAudio
+    uuid: str | None = None  # vLLM's extension, as on image parts
 
 
 class AudioURL(_Strict):
     url: str
 
 
-class ChatCompletionContentPartAudio(_MediaPart):
+class ChatCompletionContentPartAudio(_Digested):
     # vLLM's part: audio by URL, like `video_url`.
     type: Literal["audio_url"]
     audio_url: AudioURL
+    uuid: str | None = None  # vLLM's extension, as on image parts
 
 
 class FileFile(_Strict):

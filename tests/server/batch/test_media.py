@@ -14,18 +14,13 @@ import pytest
 from tests.server.batch.batch_support import chat_line, jsonl, result_lines, wait_final
 from tests.support.media import truncated_mp4, video_bytes, wav_bytes
 from tests.support.processes import GatewayProcess
+from tests.support.settings import omni_upstream
 
 
 @pytest.fixture(scope="module")
 def gateway(upstream, tmp_path_factory):
     work = tmp_path_factory.mktemp("batch-media")
-    model = {
-        "name": "ok",
-        "backend": "openai",
-        "base_url": upstream.base_url,
-        "upstream_model": "ok",
-        "input_modalities": ["text", "image", "video", "audio"],
-    }
+    model = omni_upstream(upstream.base_url)
     with GatewayProcess({"data_dir": str(work / "data"), "models": [model]}, work) as proc:
         yield proc
 
