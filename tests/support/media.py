@@ -14,6 +14,9 @@ import av
 import numpy as np
 
 _BITEXACT = {"threads": "1", "flags": "+bitexact"}
+# x264's lookahead and rate control gave different bytes from call to call under pytest:
+# zerolatency (no lookahead, no B-frames) makes its output the same every time.
+_ENCODER = {"libx264": {**_BITEXACT, "tune": "zerolatency"}}
 
 
 def _frames(count: int, width: int, height: int, seed: int) -> list[np.ndarray]:
@@ -46,7 +49,7 @@ def video_bytes(
         # same bytes on every call.
         options = {"fflags": "+bitexact", **({"movflags": "faststart"} if faststart else {})}
         with av.open(path, "w", format=fmt, options=options) as container:
-            stream = container.add_stream(codec, rate=rate, options=_BITEXACT)
+            stream = container.add_stream(codec, rate=rate, options=_ENCODER.get(codec, _BITEXACT))
             stream.width, stream.height = size
             stream.pix_fmt = "yuv420p"
             if bit_rate is not None:
