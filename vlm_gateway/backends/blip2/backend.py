@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vlm_gateway.backends.base import Backend, State
-from vlm_gateway.backends.blip2 import output as blip2_output
 from vlm_gateway.backends.blip2.request import (
     Blip2Prompt,
     Sampling,
@@ -31,7 +30,8 @@ from vlm_gateway.backends.blip2.request import (
     decode_image,
     sampling_options,
 )
-from vlm_gateway.backends.blip2.worker import ModelThread, threadsafe
+from vlm_gateway.backends.inprocess import output as blip2_output
+from vlm_gateway.backends.inprocess.worker import ModelThread, threadsafe
 from vlm_gateway.core.errors import (
     ContextLengthExceededError,
     GatewayError,

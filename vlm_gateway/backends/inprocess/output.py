@@ -1,4 +1,4 @@
-"""The chat.completion objects and SSE chunks the blip2 backend answers with (the same shapes
+"""The chat.completion objects and SSE chunks in-process backends answer with (the same shapes
 the official SDK parses from OpenAI and vLLM)."""
 
 from __future__ import annotations
