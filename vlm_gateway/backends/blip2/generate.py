@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 
+from vlm_gateway.backends.inprocess.batcher import RowResult
+
 if TYPE_CHECKING:  # at run time transformers is imported by load_blip2 only, under its lock
     from PIL import Image
     from transformers import (
@@ -145,13 +147,6 @@ class RowSpec:
     strip_leading_space: bool = True
     on_text: Callable[[str], None] | None = None  # called from the worker thread
     is_cancelled: Callable[[], bool] = lambda: False
-
-
-@dataclass
-class RowResult:
-    text: str
-    finish_reason: str  # "stop" | "length"
-    completion_tokens: int
 
 
 class _RowText:

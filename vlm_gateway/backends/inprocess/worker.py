@@ -1,4 +1,4 @@
-"""The blip2 backend's model thread, and the bridges between it and the event loop."""
+"""An in-process backend's model thread, and the bridges between it and the event loop."""
 
 from __future__ import annotations
 

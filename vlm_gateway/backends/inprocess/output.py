@@ -1,4 +1,4 @@
-"""The chat.completion objects and SSE chunks the blip2 backend answers with (the same shapes
+"""The chat.completion objects and SSE chunks in-process backends answer with (the same shapes
 the official SDK parses from OpenAI and vLLM)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from vlm_gateway.core.sse import frame
 
-if TYPE_CHECKING:  # generate imports torch; only its types are needed here
-    from vlm_gateway.backends.blip2.generate import RowResult
+if TYPE_CHECKING:
+    from vlm_gateway.backends.inprocess.batcher import RowResult
 
 
 def completion_id() -> str:

@@ -1,0 +1,205 @@
+"""`InProcessBackend`: what every kind that runs its model in the gateway's own process shares.
+
+The event loop only validates, queues and awaits. Loading and generation run in one model
+thread (`worker.py`), request preparation in worker threads. Requests become rows for the
+batcher (`batcher.py`); streaming is per token: the kind's generation hands each row's new text
+to `RowHooks.on_text`, which puts it on the request's event queue.
+
+A kind supplies three things:
+- `_load_blocking()`, in the model thread: the loaded model and the kind's
+  `generate_batch(model, specs, should_stop) -> [RowResult]` (blocking; a row per spec, in order;
+  it stops when `should_stop` is set and may end a row early once its `is_cancelled()`);
+- `_loaded_line(model)`: the start-up line that says what was loaded;
+- `_prepare(request, model)`: the request checked (its 400s) and turned into a `Prepared`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Generic, TypeVar
+
+from vlm_gateway.backends.base import Backend, State
+from vlm_gateway.backends.inprocess import output
+from vlm_gateway.backends.inprocess.batcher import (
+    Batcher,
+    Event,
+    Pending,
+    Prepared,
+    Row,
+    RowHooks,
+    RowResult,
+    SpecT,
+    Stats,
+)
+from vlm_gateway.backends.inprocess.worker import ModelThread, threadsafe
+from vlm_gateway.core.errors import GatewayError, ServiceUnavailableError
+from vlm_gateway.core.protocol import ChatCompletionRequest
+from vlm_gateway.core.sse import DONE
+
+ModelT = TypeVar("ModelT")
+
+GenerateBatch = Callable[[ModelT, list[SpecT], threading.Event], list[RowResult]]
+
+
+class InProcessBackend(Backend, Generic[ModelT, SpecT]):
+    label = "in-process"  # the model family, as errors name it (e.g. "BLIP-2")
+
+    def __init__(
+        self, name: str, model_ref: str, *, max_batch_size: int, batch_wait_ms: float
+    ) -> None:
+        super().__init__(name)
+        self.model_ref = model_ref
+        # The kind's own logger, so its lines keep the names they had before the engine.
+        self._log = logging.getLogger(type(self).__module__)
+        self._batcher: Batcher[SpecT] = Batcher(
+            name, self.label, max_batch_size, batch_wait_ms, self._log
+        )
+        self._stopping = threading.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._worker: ModelThread | None = None
+        self._loaded: ModelT | None = None
+        self._generate: GenerateBatch[ModelT, SpecT] | None = None
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._batcher.max_batch_size
+
+    @property
+    def batch_wait_ms(self) -> float:
+        return self._batcher.batch_wait * 1000
+
+    @property
+    def stats(self) -> Stats:
+        return self._batcher.stats
+
+    # -- what a kind supplies ---------------------------------------------------------------
+
+    @abstractmethod
+    def _load_blocking(self) -> tuple[ModelT, GenerateBatch[ModelT, SpecT]]:
+        """In the model thread: load the model; raise with a readable reason on failure."""
+
+    @abstractmethod
+    def _loaded_line(self, model: ModelT) -> str:
+        """What was loaded, for the start-up log line."""
+
+    @abstractmethod
+    async def _prepare(self, request: ChatCompletionRequest, model: ModelT) -> Prepared[SpecT]:
+        """Check the request (a 400 for what the kind cannot do) and prepare its rows."""
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.set_status(State.STARTING, f"loading {self.model_ref}")
+        worker = self._worker = ModelThread(f"{self.kind}-{self.name}")
+        self._task = asyncio.create_task(
+            self._load_then_serve(worker), name=f"{self.kind}-{self.name}"
+        )
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._batcher.fail_queued(self._batcher.shutting_down())
+        if self._worker is not None:
+            self._worker.close()
+        self._loaded = None
+        await super().stop()
+
+    async def _load_then_serve(self, worker: ModelThread) -> None:
+        try:
+            loaded = await worker.submit(self._load_blocking)
+        except Exception as exc:
+            reason = f"cannot load {self.model_ref}: {_short(exc)}"
+            self._log.error("model %s: %s", self.name, reason)
+            self.set_status(State.FAILED, reason)
+            return
+        model, self._generate = loaded
+        self._loaded = model
+        self._log.info("model %s: %s", self.name, self._loaded_line(model))
+        self.set_status(State.READY)
+        await self._batcher.serve(worker, self._generate_blocking)
+
+    def _generate_blocking(self, specs: list[SpecT]) -> list[RowResult]:
+        """In the model thread: one batch, with the functions the load brought in."""
+        generate, model = self._generate, self._loaded
+        if generate is None or model is None:  # stopped while the batch waited for the thread
+            raise RuntimeError("the model is not loaded")
+        return generate(model, specs, self._stopping)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def chat(self, request: ChatCompletionRequest) -> dict[str, Any]:
+        pending = await self._submit(request, events=None)
+        try:
+            results = await asyncio.gather(*pending.futures)
+        finally:
+            pending.cancelled = True  # the client went away: queued rows are dropped
+        return output.chat_completion(self.name, results, pending.prompt_tokens)
+
+    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        pending = await self._submit(request, events=events)
+        return self._stream(pending, events, request.wants_usage_in_stream)
+
+    async def _stream(
+        self, pending: Pending, events: asyncio.Queue[Event], include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        writer = output.ChunkWriter(self.name, include_usage)
+        try:
+            for index in range(len(pending.futures)):
+                yield writer.role(index)
+            remaining, completion_tokens = len(pending.futures), 0
+            while remaining:
+                index, item = await events.get()
+                if isinstance(item, str):
+                    yield writer.content(index, item)
+                elif isinstance(item, GatewayError):
+                    raise item
+                else:
+                    remaining -= 1
+                    completion_tokens += item.completion_tokens
+                    yield writer.finish(index, item.finish_reason)
+            if include_usage:
+                yield writer.usage(pending.prompt_tokens, completion_tokens)
+            yield DONE
+        finally:
+            pending.cancelled = True
+
+    async def _submit(
+        self, request: ChatCompletionRequest, events: asyncio.Queue[Event] | None
+    ) -> Pending:
+        """Validate, prepare and queue one row per choice; `events` only when streaming."""
+        model = self._loaded
+        if model is None or not self.status.ready:
+            raise ServiceUnavailableError(f"The model '{self.name}' is not ready.")
+        prepared = await self._prepare(request, model)
+        loop = asyncio.get_running_loop()
+        pending = Pending(
+            futures=[loop.create_future() for _ in range(prepared.choices)],
+            prompt_tokens=prepared.prompt_tokens,
+            events=events,
+        )
+        for index in range(prepared.choices):
+            hooks = RowHooks(_on_text(events, index), lambda: pending.cancelled)
+            self._batcher.put(Row(prepared.row(index, hooks), pending, index))
+        return pending
+
+
+def _on_text(events: asyncio.Queue[Event] | None, index: int) -> Callable[[str], None] | None:
+    """Choice `index`'s new text onto its request's queue, from the model thread."""
+    if events is None:
+        return None
+    return threadsafe(lambda text: events.put_nowait((index, text)))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return first if len(first) <= 300 else first[:297] + "..."
