@@ -41,9 +41,10 @@ if TYPE_CHECKING:
 JOYCAPTION_SYSTEM_PROMPT = "You are a helpful image captioner."
 START_HEADER, END_HEADER, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
 # Image parts become `<image>` where they stand. A plain string content in the first user turn
-# gets `<image>` in front, as JoyCaption's template does: the seed's prompt names no image.
+# gets `<image>` in front, as JoyCaption's template does: the seed's prompt names no image. No
+# bos in the template: the tokenizer adds `<s>`, so the seed's recipe (render, then
+# `processor(text, images)`) and `apply_chat_template(tokenize=True)` both give exactly one.
 JOYCAPTION_CHAT_TEMPLATE = (
-    "{{- bos_token -}}"
     "{%- set ns = namespace(first_user=true) -%}"
     "{%- for message in messages -%}"
     "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' -}}"
@@ -73,9 +74,8 @@ IDEFICS3_IMAGE_TOKENS = _IDEFICS3_PATCHES // IDEFICS3_SCALE_FACTOR**2
 FAKE_IMAGE, GLOBAL_IMAGE = "<fake_token_around_image>", "<global-img>"
 END_OF_UTTERANCE = "<end_of_utterance>"
 # Idefics3's and SmolVLM's template ("User:<image>question<end_of_utterance>\nAssistant:"), which
-# also takes a plain string content and `image_url` parts.
+# also takes a plain string content and `image_url` parts; the tokenizer adds `<s>`.
 IDEFICS3_CHAT_TEMPLATE = (
-    "{{- bos_token -}}"
     "{%- for message in messages -%}"
     "{{- message['role'] | capitalize -}}"
     "{%- if message['content'] is string -%}{{- ': ' + message['content'] -}}"
