@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
 
+from tests.support.processes import REPO
 from vlm_gateway.cli.tiny_hf_models import (
     END_HEADER,
     IDEFICS3_IMAGE_TOKENS,
@@ -170,3 +173,23 @@ def test_a_left_padded_batch_gives_the_same_greedy_tokens(tiny_models, name, att
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     assert len(set(lengths)) > 1 and batch["attention_mask"][:, 0].tolist().count(0) > 0
     assert _greedy(model, batch) == alone
+
+
+@pytest.mark.parametrize(
+    ("flag", "architecture"),
+    [
+        ("--idefics3", "Idefics3ForConditionalGeneration"),
+        ("--joycaption", "LlavaForConditionalGeneration"),
+    ],
+)
+def test_the_tiny_model_command_writes_them(tmp_path, flag, architecture):
+    argv = [sys.executable, "-m", "vlm_gateway", "tiny-model", str(tmp_path / "m"), flag]
+    result = subprocess.run(argv, cwd=REPO, text=True, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "AutoProcessor" in result.stdout
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["architectures"] == [architecture]
+    assert _files(tmp_path / "m") == _files(_BUILDS[flag](tmp_path / "again"))
+
+
+_BUILDS = {"--idefics3": build_tiny_idefics3, "--joycaption": build_tiny_joycaption}
