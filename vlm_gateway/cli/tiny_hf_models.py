@@ -173,8 +173,9 @@ def load_processor(model_dir: str | Path, **kwargs: Any) -> ProcessorMixin:
     transformers 5's video processors (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, SmolVLM, ...) all need
     torchvision. Without it, the processor class named in the directory is loaded through a
     subclass that leaves the video processor out: images and text work as with the whole
-    processor (the image processor falls back to its PIL version), and a request with a video
-    fails with AttributeError. Any other error is raised as it is.
+    processor (the image processor falls back to its PIL version). Such a processor has no
+    `video_processor` attribute: a caller must refuse video itself (what the processor does with
+    one is unchecked). Any other error is raised as it is.
     """
     from transformers import AutoProcessor
 
