@@ -23,8 +23,9 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """{"blip2", "llava", "qwen2vl" (images, video), "audio" (Qwen2-Audio)}: directories of tiny
-    random models, built in seconds with no download."""
+    """{"blip2", "llava", "qwen2vl" (images, video), "audio" (Qwen2-Audio), "llava-joycaption"
+    (JoyCaption's template), "idefics3" (SmolVLM family)}: directories of tiny random models,
+    built in seconds with no download."""
     from vlm_gateway.cli.tiny_models import ensure_tiny_models
 
     return ensure_tiny_models(tmp_path_factory.mktemp("tiny-models"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
@@ -163,6 +164,7 @@ def _default_blip2_or_exit(
     return _load_or_exit(config, **overrides, models=[entry])
 
 
+_JOYCAPTION = "LLaVA (JoyCaption's chat template)"
 # What `vllm serve` needs beyond the model directory (docs/vllm-cpu.md).
 _TINY_VLLM_FLAGS = {
     "LLaVA": "",
@@ -183,12 +185,47 @@ def tiny_model(
         bool, typer.Option("--qwen2vl", help="Write a tiny Qwen2-VL (images and video).")
     ] = False,
     audio: Annotated[bool, typer.Option("--audio", help="Write a tiny Qwen2-Audio.")] = False,
+    joycaption: Annotated[
+        bool, typer.Option("--joycaption", help="Write the tiny LLaVA with JoyCaption's template.")
+    ] = False,
+    idefics3: Annotated[
+        bool, typer.Option("--idefics3", help="Write a tiny Idefics3 (the SmolVLM family).")
+    ] = False,
 ) -> None:
-    """Write a tiny random BLIP-2 (or LLaVA, Qwen2-VL, Qwen2-Audio) for a smoke test with no
-    download.
+    """Write a tiny random BLIP-2 (or LLaVA, Qwen2-VL, Qwen2-Audio, JoyCaption-style LLaVA,
+    Idefics3) for a smoke test with no download.
 
-    It loads in transformers and in vLLM. Random weights: the words it writes are noise."""
+    It loads in transformers (the first four in vLLM too). Random weights: the words it writes
+    are noise."""
+    flags = {"LLaVA": llava, "Qwen2-VL": qwen2vl, "Qwen2-Audio": audio}
+    flags |= {_JOYCAPTION: joycaption, "Idefics3": idefics3}
+    chosen = [kind for kind, on in flags.items() if on]
+    if len(chosen) > 1:
+        typer.echo("Choose one of --llava, --qwen2vl, --audio, --joycaption, --idefics3.", err=True)
+        raise typer.Exit(1)
+    builders = _tiny_builders()
+    from vlm_gateway.cli.tiny_models import MARKER  # importable: _tiny_builders checked
+
+    if directory.exists() and any(directory.iterdir()) and not (directory / MARKER).exists():
+        typer.echo(f"{directory} exists and is not empty: name a new or empty directory.", err=True)
+        raise typer.Exit(1)
+    kind = chosen[0] if chosen else "BLIP-2"
+    builders[kind](directory)
+    typer.echo(f"Wrote a tiny random {kind} to {directory} (random weights: the words are noise).")
+    if kind == "BLIP-2":
+        typer.echo(f"Serve it: vlm-gateway serve --model {directory}")
+    elif kind not in _TINY_VLLM_FLAGS:
+        typer.echo(
+            f"Load it: AutoModelForImageTextToText / AutoProcessor.from_pretrained({directory})"
+        )
+    else:
+        typer.echo(f"Serve it with vLLM: vllm serve {directory}{_TINY_VLLM_FLAGS[kind]}")
+
+
+def _tiny_builders() -> dict[str, Callable[[Path], Path]]:
+    """The tiny-model builders by kind; exits with a hint where the blip2 extra is missing."""
     try:
+        from vlm_gateway.cli import tiny_hf_models as hf
         from vlm_gateway.cli import tiny_media_models as media
         from vlm_gateway.cli import tiny_models as tiny
     except ImportError as exc:
@@ -197,28 +234,14 @@ def tiny_model(
             err=True,
         )
         raise typer.Exit(1) from None
-    chosen = [
-        kind for kind, on in (("LLaVA", llava), ("Qwen2-VL", qwen2vl), ("Qwen2-Audio", audio)) if on
-    ]
-    if len(chosen) > 1:
-        typer.echo("Choose one of --llava, --qwen2vl and --audio.", err=True)
-        raise typer.Exit(1)
-    if directory.exists() and any(directory.iterdir()) and not (directory / tiny.MARKER).exists():
-        typer.echo(f"{directory} exists and is not empty: name a new or empty directory.", err=True)
-        raise typer.Exit(1)
-    kind = chosen[0] if chosen else "BLIP-2"
-    builders = {
+    return {
         "BLIP-2": tiny.build_tiny_blip2,
         "LLaVA": tiny.build_tiny_llava,
         "Qwen2-VL": media.build_tiny_qwen2vl,
         "Qwen2-Audio": media.build_tiny_audio,
+        _JOYCAPTION: hf.build_tiny_joycaption,
+        "Idefics3": hf.build_tiny_idefics3,
     }
-    builders[kind](directory)
-    typer.echo(f"Wrote a tiny random {kind} to {directory} (random weights: the words are noise).")
-    if kind == "BLIP-2":
-        typer.echo(f"Serve it: vlm-gateway serve --model {directory}")
-    else:
-        typer.echo(f"Serve it with vLLM: vllm serve {directory}{_TINY_VLLM_FLAGS[kind]}")
 
 
 CaptionEngine = Annotated[

