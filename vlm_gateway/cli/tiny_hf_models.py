@@ -21,15 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from vlm_gateway.cli.tiny_models import (
     _SMALL,
-    HEADS,
     HIDDEN,
     MAX_POSITIONS,
     _fresh_dir,
     _image_token_id,
     _save,
     _seeded,
-    _token_ids,
     build_tiny_llava,
+    tiny_llama,
 )
 from vlm_gateway.cli.tiny_tokenizer import build_tokenizer
 
@@ -108,7 +107,7 @@ def build_tiny_joycaption(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def _idefics3_config(tokenizer: PreTrainedTokenizerFast) -> Idefics3Config:
-    from transformers import Idefics3Config, Idefics3VisionConfig, LlamaConfig
+    from transformers import Idefics3Config, Idefics3VisionConfig
 
     vision = Idefics3VisionConfig(
         **_SMALL,
@@ -116,14 +115,7 @@ def _idefics3_config(tokenizer: PreTrainedTokenizerFast) -> Idefics3Config:
         image_size=IDEFICS3_IMAGE_SIZE,
         patch_size=IDEFICS3_PATCH_SIZE,
     )
-    text = LlamaConfig(
-        **_SMALL,
-        **_token_ids(tokenizer),
-        num_key_value_heads=HEADS,
-        intermediate_size=2 * HIDDEN,
-        max_position_embeddings=MAX_POSITIONS,
-        tie_word_embeddings=False,
-    )
+    text = tiny_llama(tokenizer)
     return Idefics3Config(
         vision_config=vision,
         text_config=text,

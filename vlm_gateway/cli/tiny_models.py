@@ -28,6 +28,7 @@ from vlm_gateway.cli.tiny_tokenizer import IMAGE_TOKEN, build_tokenizer
 if TYPE_CHECKING:
     from transformers import (
         Blip2Config,
+        LlamaConfig,
         LlavaConfig,
         PreTrainedModel,
         PreTrainedTokenizerFast,
@@ -158,8 +159,23 @@ def build_tiny_blip2(out_dir: str | Path, seed: int = 0) -> Path:
     return _save(out, model, processor, seed, rename=None)
 
 
+def tiny_llama(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+    """The tiny Llama text model of the LLaVA and Idefics3 builders (head size 32: vLLM's CPU
+    attention takes no smaller)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        **_SMALL,
+        **_token_ids(tokenizer),
+        num_key_value_heads=HEADS,
+        intermediate_size=2 * HIDDEN,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=False,
+    )
+
+
 def _llava_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from transformers import CLIPVisionConfig, LlavaConfig
 
     vision = CLIPVisionConfig(
         **_SMALL,
@@ -168,14 +184,7 @@ def _llava_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
     )
-    text = LlamaConfig(
-        **_SMALL,
-        **_token_ids(tokenizer),
-        num_key_value_heads=HEADS,
-        intermediate_size=2 * HIDDEN,
-        max_position_embeddings=MAX_POSITIONS,
-        tie_word_embeddings=False,
-    )
+    text = tiny_llama(tokenizer)
     return LlavaConfig(
         vision_config=vision,
         text_config=text,
