@@ -3,10 +3,14 @@ anything outside the gateway's bounds."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.media.test_resolve import chat, gateway, refusal, resolve, video
 from tests.support.media import data_url, video_bytes
+from vlm_gateway.backends.kinds import settings_model
+from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.core.errors import InvalidRequestError
 from vlm_gateway.media.request_kwargs import check_request_kwargs, requested_fps
 
@@ -67,9 +71,23 @@ def test_the_rate_asked_for_is_found_in_either_field():
     assert requested_fps({"media_io_kwargs": {"video": {"num_frames": 8}}}) is None
 
 
+def managed(**media: Any) -> GatewaySettings:
+    """A managed vLLM model taking video: the gateway launches it trusting per-request
+    settings, so it holds them to its bounds."""
+    entry = {"name": "managed", "backend": "vllm", "model": "/models/m", "input_modalities": TAKES}
+    return settings_model().model_validate({"media": media, "models": [entry]})
+
+
 def test_a_rate_that_makes_too_many_frames_for_the_video_s_length_is_refused():
-    config = gateway(media={"video": {"max_frames": 10}})
+    config = managed(video={"max_frames": 10})
     clip = video(data_url(video_bytes(seconds=3), "video/mp4"))
-    resolve(config, chat("omni", clip, media_io_kwargs={"video": {"fps": 3}}))  # 9 frames
-    error = refusal(config, chat("omni", clip, media_io_kwargs={"video": {"fps": 4}}))
+    resolve(config, chat("managed", clip, media_io_kwargs={"video": {"fps": 3}}))  # 9 frames
+    error = refusal(config, chat("managed", clip, media_io_kwargs={"video": {"fps": 4}}))
     assert (error.param, error.code) == ("media_io_kwargs.video.fps", "too_many_frames")
+
+
+def test_managed_vllm_holds_per_request_settings_to_bounds_a_remote_upstream_judges_its_own():
+    extra = {"media_io_kwargs": {"video": {"num_frames": 100_000}}}
+    error = refusal(managed(), chat("managed", **extra))
+    assert error.param == "media_io_kwargs.video.num_frames"
+    resolve(gateway(), chat("omni", **extra))  # forwarded as sent: its server decides

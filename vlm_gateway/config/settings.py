@@ -60,8 +60,11 @@ class ModelEntry(Section):
     kind_image_resize: ClassVar[str] = "none"
     _input_size: tuple[int, int] | None = PrivateAttr(default=None)  # found once, then kept
     kind_input_modalities: ClassVar[tuple[str, ...]] = ("text", "image")
-    # Whether this kind hands per-request `media_io_kwargs` / `mm_processor_kwargs` to vLLM.
+    # Whether this kind hands per-request `media_io_kwargs` / `mm_processor_kwargs` to vLLM,
+    # and whether the gateway holds them to its own bounds first (a vLLM it launches trusting
+    # them: media/request_kwargs.py); a remote upstream's server judges them itself.
     kind_takes_media_kwargs: ClassVar[bool] = False
+    kind_bounds_media_kwargs: ClassVar[bool] = False
 
     @field_validator("failover_on")
     @classmethod
@@ -237,6 +240,7 @@ class GatewaySettings(Section):
             limits=media_limits_for(self.media, first.media),
             modalities=first.modalities(),
             takes_media_kwargs=first.kind_takes_media_kwargs,
+            bounds_media_kwargs=first.kind_bounds_media_kwargs,
             digests=self.image_digests(name),
             max_pixels=first.image_limits(self.images).max_pixels,
         )

@@ -48,6 +48,7 @@ class ModelMedia:
     limits: MediaLimits
     modalities: tuple[str, ...]
     takes_media_kwargs: bool  # its backend forwards `media_io_kwargs` to vLLM
+    bounds_media_kwargs: bool  # ... held to the gateway's bounds first (managed vLLM)
     digests: bool  # its media are digested (affinity routing, vLLM's part uuids)
     max_pixels: int  # per image or frame, for `mm_processor_kwargs` (images.max_image_pixels)
 
@@ -190,7 +191,7 @@ def _check_asked(request: ChatCompletionRequest, media: ModelMedia) -> None:
                 param=field,
                 code="unsupported_parameter",
             )
-    if media.takes_media_kwargs:
+    if media.bounds_media_kwargs:
         max_frames = media.limits.video.max_frames or 0
         check_request_kwargs(extra, media.modalities, max_frames, media.max_pixels)
     parts = media_parts(request)
@@ -214,7 +215,7 @@ def _check_frames(
     media: ModelMedia,
 ) -> None:
     """A frame rate asked for, held to `max_frames` over each video's probed length."""
-    fps = requested_fps(request.model_extra or {}) if media.takes_media_kwargs else None
+    fps = requested_fps(request.model_extra or {}) if media.bounds_media_kwargs else None
     max_frames = media.limits.video.max_frames
     if fps is None or max_frames is None:
         return

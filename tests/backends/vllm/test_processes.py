@@ -91,7 +91,9 @@ from vllm.utils.argparse_utils import FlexibleArgumentParser
 parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
 read = {}
 for name, flags in json.loads(sys.argv[1]).items():
-    args = parser.parse_args(flags)
+    # --trust-request-mm-kwargs is the API server's flag (`vllm serve` reads it), not the engine's
+    args, unknown = parser.parse_known_args(flags)
+    assert unknown == ["--trust-request-mm-kwargs"], unknown
     config = MultiModalConfig(
         limit_per_prompt=args.limit_mm_per_prompt, media_io_kwargs=args.media_io_kwargs
     )

@@ -61,6 +61,7 @@ class VllmBackendSettings(ModelEntry):
 
     kind_image_resize: ClassVar[str] = "auto"
     kind_takes_media_kwargs: ClassVar[bool] = True
+    kind_bounds_media_kwargs: ClassVar[bool] = True  # launched with --trust-request-mm-kwargs
 
     @model_validator(mode="after")
     def _no_flags_the_gateway_sets(self) -> VllmBackendSettings:
