@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import aiohttp
 from pydantic import Field, create_model
 
-from vlm_gateway.backends import blip2, openai_upstream, vllm
+from vlm_gateway.backends import blip2, openai_upstream, transformers, vllm
 from vlm_gateway.backends.base import Backend, BackendKind, BuildContext
 from vlm_gateway.config.settings import GatewaySettings, ModelEntry
 from vlm_gateway.launch.gpu_sharing import StartSequencer
@@ -22,6 +22,7 @@ KINDS: tuple[BackendKind[Any], ...] = (
     openai_upstream.KIND,
     vllm.KIND,
     blip2.KIND,
+    transformers.KIND,
 )
 
 

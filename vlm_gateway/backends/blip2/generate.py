@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from vlm_gateway.backends.inprocess.batcher import RowResult
+from vlm_gateway.backends.inprocess.rowtext import RowText
 
 if TYPE_CHECKING:  # at run time transformers is imported by load_blip2 only, under its lock
     from PIL import Image
@@ -149,71 +150,6 @@ class RowSpec:
     is_cancelled: Callable[[], bool] = lambda: False
 
 
-class _RowText:
-    """A row's generated tokens and text: stop strings cut it, held-back text is never sent."""
-
-    def __init__(self, spec: RowSpec, loaded: LoadedBlip2) -> None:
-        self.spec, self.loaded = spec, loaded
-        self.tokens: list[int] = []
-        self.sent = 0
-        self.text = ""
-        self.finish: str | None = None
-        self.generated = 0
-        self._hold = max((len(s) for s in spec.stop), default=1) - 1
-        self._needs_text = bool(spec.stop) or spec.on_text is not None
-
-    def add(self, token: int) -> None:
-        self.generated += 1
-        if token in self.loaded.eos_token_ids:
-            self._finish("stop")
-            return
-        self.tokens.append(token)
-        if self._needs_text:
-            self._refresh()
-            if self.finish:
-                return
-            self._emit(self._safe_end())
-        if self.finish is None and len(self.tokens) >= self.spec.max_new_tokens:
-            self._finish("length")
-
-    def _refresh(self) -> None:
-        text = self.loaded.decode(self.tokens)
-        self.text = text.lstrip() if self.spec.strip_leading_space else text
-        hits = [
-            i
-            for i in (self.text.find(s, max(0, self.sent - self._hold)) for s in self.spec.stop)
-            if i >= 0
-        ]
-        if hits:
-            self.text = self.text[: min(hits)]
-            self._finish("stop", text_is_final=True)
-
-    def _safe_end(self) -> int:
-        end = len(self.text) - self._hold
-        # An incomplete multi-byte character decodes to U+FFFD until its last byte arrives.
-        while end > self.sent and self.text[end - 1] == "\ufffd":
-            end -= 1
-        return end
-
-    def _emit(self, end: int) -> None:
-        if end > self.sent:
-            if self.spec.on_text is not None:
-                self.spec.on_text(self.text[self.sent : end])
-            self.sent = end
-
-    def _finish(self, reason: str, text_is_final: bool = False) -> None:
-        if not text_is_final:
-            text = self.loaded.decode(self.tokens)
-            self.text = text.lstrip() if self.spec.strip_leading_space else text
-        self.finish = reason
-        self._emit(len(self.text))
-
-    def result(self) -> RowResult:
-        # The EOS token or the token that completed a stop string counts as generated, as
-        # OpenAI and vLLM count it.
-        return RowResult(self.text, self.finish or "length", self.generated)
-
-
 def generate_batch(
     loaded: LoadedBlip2, specs: list[RowSpec], should_stop: threading.Event | None = None
 ) -> list[RowResult]:
@@ -226,7 +162,7 @@ class _Decoder:
     def __init__(self, loaded: LoadedBlip2, specs: list[RowSpec]) -> None:
         self.loaded, self.specs = loaded, specs
         self.device = loaded.device
-        self.rows = [_RowText(spec, loaded) for spec in specs]
+        self.rows = [_row_text(spec, loaded) for spec in specs]
         self.temperature = torch.tensor([s.temperature for s in specs], device=self.device)
         self.generators = [self._generator(s) for s in specs]
         self.counts = self._penalty_counts()
@@ -316,6 +252,17 @@ class _Decoder:
         if self.counts is not None:
             self.counts[torch.arange(len(self.specs)), chosen] += 1
         return chosen
+
+
+def _row_text(spec: RowSpec, loaded: LoadedBlip2) -> RowText:
+    return RowText(
+        loaded.decode,
+        loaded.eos_token_ids,
+        spec.max_new_tokens,
+        spec.stop,
+        spec.on_text,
+        strip_leading_space=spec.strip_leading_space,
+    )
 
 
 def _sample(logits: torch.Tensor, spec: RowSpec, generator: torch.Generator) -> torch.Tensor:

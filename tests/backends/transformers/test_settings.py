@@ -1,0 +1,43 @@
+"""`backend: transformers` entries in a config, as `vlm-gateway check-config` reads them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from tests.support.processes import REPO
+
+
+def check_config(tmp_path, entry: dict) -> subprocess.CompletedProcess:
+    path = tmp_path / "config.yaml"
+    model = {"name": "joy", "backend": "transformers", "model": "org/some-vlm", **entry}
+    path.write_text(yaml.safe_dump({"models": [model]}))
+    return subprocess.run(
+        [sys.executable, "-m", "vlm_gateway", "check-config", str(path)],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def test_check_config_prints_the_plan(tmp_path):
+    result = check_config(tmp_path, {"dtype": "float16", "device": "cuda:1", "revision": "v2"})
+    assert result.returncode == 0, result.stderr
+    assert "backend transformers, in this process -> org/some-vlm @ v2" in result.stdout
+    assert "device: cuda:1, dtype: float16" in result.stdout
+    assert "trust_remote_code" not in result.stdout
+
+
+def test_check_config_warns_about_remote_code(tmp_path):
+    result = check_config(tmp_path, {"trust_remote_code": True})
+    assert result.returncode == 0, result.stderr
+    assert "warning: trust_remote_code is true" in result.stdout
+
+
+def test_check_config_refuses_an_unknown_device(tmp_path):
+    result = check_config(tmp_path, {"device": "tpu"})
+    assert result.returncode != 0
+    assert "device" in result.stdout + result.stderr

@@ -1,0 +1,50 @@
+"""`backend: transformers` entries: any Hugging Face image-text-to-text model in the gateway's own
+process (docs/transformers.md)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from vlm_gateway.config.settings import GatewaySettings, ModelEntry
+
+
+class TransformersBackendSettings(ModelEntry):
+    """A model `AutoModelForImageTextToText` loads, run with transformers in this process."""
+
+    backend: Literal["transformers"]
+    model: Annotated[str, Field(min_length=1)]  # hub id or local directory
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on cuda/mps
+    device: str = "auto"  # auto: cuda, then mps, then cpu; or cpu, mps, cuda, cuda:N
+    attn_implementation: str | None = None  # e.g. sdpa, eager, flash_attention_2
+    trust_remote_code: bool = False
+    max_batch_size: Annotated[int, Field(ge=1, le=256)] = 8
+    batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 5.0
+    chat_template: str | None = None  # a Jinja template replacing the processor's own
+    system_prompt: str | None = None  # the system message of requests that send none
+    default_max_tokens: Annotated[int, Field(ge=1)] = 256
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "mps", "cuda") or re.fullmatch(r"cuda:\d+", value):
+            return value
+        raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+
+    def plan_lines(self, index: int, settings: GatewaySettings) -> list[str]:
+        revision = f" @ {self.revision}" if self.revision else ""
+        lines = [
+            f"replica {index}: backend transformers, in this process -> {self.model}{revision}",
+            f"  device: {self.device}, dtype: {self.dtype}, "
+            f"attention: {self.attn_implementation or 'the model default'}",
+            f"  batches of up to {self.max_batch_size}, gathered for {self.batch_wait_ms:g} ms",
+        ]
+        if self.trust_remote_code:
+            lines.append(
+                "  warning: trust_remote_code is true: the model directory's Python code runs "
+                "in this process"
+            )
+        return lines
