@@ -85,14 +85,8 @@ class Blip2Backend(InProcessBackend["LoadedBlip2", "RowSpec"]):
         info = super().describe()
         loaded = self._loaded
         info.update(
-            model=self.model_ref,
             device=str(loaded.device) if loaded else self._device,
-            max_batch_size=self.max_batch_size,
-            batch_wait_ms=self.batch_wait_ms,
             context_length=loaded.context_length if loaded else None,
-            batches=self.stats.batches,
-            sequences=self.stats.sequences,
-            largest_batch=self.stats.largest_batch,
         )
         return info
 

@@ -77,6 +77,20 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
     def stats(self) -> Stats:
         return self._batcher.stats
 
+    def describe(self) -> dict[str, Any]:
+        """The base fields, then what every in-process kind reports: its model and batching
+        (a kind adds its device, dtype, ...)."""
+        info = super().describe()
+        info.update(
+            model=self.model_ref,
+            max_batch_size=self.max_batch_size,
+            batch_wait_ms=self.batch_wait_ms,
+            batches=self.stats.batches,
+            sequences=self.stats.sequences,
+            largest_batch=self.stats.largest_batch,
+        )
+        return info
+
     # -- what a kind supplies ---------------------------------------------------------------
 
     @abstractmethod

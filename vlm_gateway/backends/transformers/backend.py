@@ -58,15 +58,9 @@ class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
         info = super().describe()
         loaded = self._loaded
         info.update(
-            model=self.model_ref,
             device=str(loaded.device) if loaded else self._entry.device,
             dtype=str(loaded.dtype).removeprefix("torch.") if loaded else self._entry.dtype,
             parameters=loaded.parameters if loaded else None,
-            max_batch_size=self.max_batch_size,
-            batch_wait_ms=self.batch_wait_ms,
-            batches=self.stats.batches,
-            sequences=self.stats.sequences,
-            largest_batch=self.stats.largest_batch,
         )
         return info
 
