@@ -41,3 +41,22 @@ def test_check_config_refuses_an_unknown_device(tmp_path):
     result = check_config(tmp_path, {"device": "tpu"})
     assert result.returncode != 0
     assert "device" in result.stdout + result.stderr
+
+
+def test_the_examples_pass_check_config_with_the_seed_s_settings():
+    def plan(name: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "vlm_gateway", "check-config", f"examples/{name}"],
+            cwd=REPO,
+            text=True,
+            capture_output=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    joycaption = plan("joycaption-transformers.yaml")
+    assert "-> fancyfeast/llama-joycaption-alpha-two-hf-llava" in joycaption
+    assert "dtype: float16" in joycaption and "batches of up to 16" in joycaption
+    assert "-> Qwen/Qwen2.5-VL-3B-Instruct" in plan("qwen2.5-vl-transformers.yaml")
+    assert "-> HuggingFaceTB/SmolVLM-256M-Instruct" in plan("smolvlm-transformers.yaml")
