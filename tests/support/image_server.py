@@ -34,72 +34,8 @@ class ImageServer:
         self.sni: list[str | None] = []  # the TLS server name of each handshake
         self.scheme = "https" if tls else "http"
         self._stop = threading.Event()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                parts = urlsplit(self.path)
-                server.hits[parts.path] += 1
-                server.user_agents.append(self.headers.get("user-agent", ""))
-                server.hosts.append(self.headers.get("host", ""))
-                query = parse_qs(parts.query)
-                if parts.path == "/redirect":
-                    self._answer(302, b"", {"location": query["to"][0]})
-                elif parts.path == "/stall":
-                    server._stop.wait(30)
-                elif parts.path == "/endless":
-                    self._endless()
-                elif parts.path in server.slow_files:
-                    self._held(parts.path, *server.slow_files[parts.path])
-                elif parts.path in server.files:
-                    self._answer(200, server.files[parts.path], {"content-type": "image/png"})
-                else:
-                    self._answer(404, b"not found", {})
-
-            def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _held(self, path: str, data: bytes, before: int, gate: threading.Event) -> None:
-                """Chunked, no length: `before` bytes, then nothing until the gate opens."""
-                self.send_response(200)
-                self.send_header("transfer-encoding", "chunked")
-                self.end_headers()
-                try:
-                    for start in range(0, len(data), 4096):
-                        if start >= before:
-                            gate.wait(30)
-                        chunk = data[start : start + 4096]
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                        self.wfile.flush()
-                        server.sent[path] += len(chunk)
-                    self.wfile.write(b"0\r\n\r\n")
-                except OSError:
-                    pass
-
-            def _endless(self) -> None:
-                """A chunked body that never ends and declares no length."""
-                self.send_response(200)
-                self.send_header("transfer-encoding", "chunked")
-                self.end_headers()
-                chunk = b"\0" * 65536
-                try:
-                    while not server._stop.is_set():
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                        time.sleep(0.001)
-                except OSError:
-                    pass
-
-        self._httpd = ThreadingHTTPServer((HOST, 0), Handler)
+        self._httpd = ThreadingHTTPServer((HOST, 0), _Handler)
+        self._httpd.owner = self  # type: ignore[attr-defined]
         self._httpd.daemon_threads = True
         if tls is not None:
             tls.sni_callback = lambda _sock, name, _ctx: self.sni.append(name)
@@ -118,3 +54,73 @@ class ImageServer:
         self._stop.set()
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers for the ImageServer that owns its HTTP server (`self.self.owner.owner`)."""
+
+    protocol_version = "HTTP/1.1"
+
+    @property
+    def owner(self) -> ImageServer:
+        return self.server.owner  # type: ignore[attr-defined]
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        self.owner.hits[parts.path] += 1
+        self.owner.user_agents.append(self.headers.get("user-agent", ""))
+        self.owner.hosts.append(self.headers.get("host", ""))
+        query = parse_qs(parts.query)
+        if parts.path == "/redirect":
+            self._answer(302, b"", {"location": query["to"][0]})
+        elif parts.path == "/stall":
+            self.owner._stop.wait(30)
+        elif parts.path == "/endless":
+            self._endless()
+        elif parts.path in self.owner.slow_files:
+            self._held(parts.path, *self.owner.slow_files[parts.path])
+        elif parts.path in self.owner.files:
+            self._answer(200, self.owner.files[parts.path], {"content-type": "image/png"})
+        else:
+            self._answer(404, b"not found", {})
+
+    def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _held(self, path: str, data: bytes, before: int, gate: threading.Event) -> None:
+        """Chunked, no length: `before` bytes, then nothing until the gate opens."""
+        self.send_response(200)
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        try:
+            for start in range(0, len(data), 4096):
+                if start >= before:
+                    gate.wait(30)
+                chunk = data[start : start + 4096]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.flush()
+                self.owner.sent[path] += len(chunk)
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass
+
+    def _endless(self) -> None:
+        """A chunked body that never ends and declares no length."""
+        self.send_response(200)
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        chunk = b"\0" * 65536
+        try:
+            while not self.owner._stop.is_set():
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                time.sleep(0.001)
+        except OSError:
+            pass
