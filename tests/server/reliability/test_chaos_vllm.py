@@ -53,6 +53,10 @@ def counted(vllm_servers, tmp_path_factory):
     # Health probes rare: their pooled connection would come and go under the fd count.
     model = {"name": "llava", "backend": "openai", "base_url": llava.base_url}
     model |= {"upstream_model": llava.name, "health_interval": 300}
+    # 200 streams open connections while vLLM is busy: on a loaded 2-core box its accept can
+    # take longer than the default 5 s to connect (a 504 `upstream_timeout`, seen in CI). This
+    # test is about leaks, not connect deadlines (tests/backends/openai_upstream/test_http1.py).
+    model["connect_timeout"] = 120
     config = {"data_dir": str(workdir / "data"), "models": [model]}
     with CountedGateway(config, workdir).start() as gateway:
         yield gateway, llava
