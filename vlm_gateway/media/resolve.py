@@ -72,6 +72,10 @@ class RequestResolver:
     ) -> None:
         self._images = images
         self._media_of = media_of
+        # Per configured model, worked out once: settings do not change while the app runs, and
+        # a managed vLLM's modalities come from its config.json (no file read per request).
+        # Unknown names are not remembered, so clients cannot grow the map.
+        self._known: dict[str, ModelMedia] = {}
         self._fetcher = fetcher
         self._media_dir = media_dir
         self._observer = observer
@@ -79,7 +83,7 @@ class RequestResolver:
     async def resolve(self, request: ChatCompletionRequest) -> int:
         """Check and rewrite every media part in place; return the number of images."""
         map_file_parts(request)
-        model = self._media_of(request.model)  # None: an unknown model, the router's 404
+        model = self._model_media(request.model)  # None: an unknown model, the router's 404
         if model is not None:
             _check_asked(request, model)
         count = await self._images.resolve(request)
@@ -94,6 +98,14 @@ class RequestResolver:
                     found.part.set_digest(await digest_of(_payload_of(found)))
                 note_affinity_key(affinity_key(request))
         return count
+
+    def _model_media(self, model: str) -> ModelMedia | None:
+        media = self._known.get(model)
+        if media is None:
+            media = self._media_of(model)
+            if media is not None:
+                self._known[model] = media
+        return media
 
     async def _resolve_part(self, model: str, found: FoundPart, media: ModelMedia) -> float | None:
         """The part checked (and made a data URL if fetched); its length in seconds."""
