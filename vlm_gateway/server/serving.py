@@ -9,7 +9,8 @@ request's metrics tracker, the model) and is the one place that serves it:
 2. `resolve_images`: every image, video and audio part checked and made a data URL
    (media/resolve.py, images/resolve.py), traced,
    counted, and its time kept for `Server-Timing`;
-3. `answer` or `stream`: the loop in `_failing_over` picks a replica (backends/registry.py),
+3. `answer` or `stream`: the loop in `_failing_over` picks a replica (backends/registry.py;
+   a model loaded on demand is loaded first, backends/ondemand/),
    traces the call (server/tracing.py), and runs one attempt: `_answer_from` (a JSON answer,
    abandoned if the client leaves first) or `_stream_from` (the stream opened before the route
    commits to a 200, so an early error is a plain JSON error). An attempt that fails before
@@ -96,12 +97,13 @@ class ModelRequest:
         told to the registry (outlier ejection)."""
         registry, metrics, model = self.state.registry, self.state.metrics, self.model
         registry.retry_budgets.requested(model)
-        deadline = deadline_for(self.state.settings.request_timeout(model))
         key = current_affinity_key()  # its images' digest (images/resolve.py), for `affinity`
+        # A model loaded on demand is loaded first; its deadline runs from its first attempt.
+        backend = await self.state.loader.pick(model, key=key)
+        deadline = deadline_for(self.state.settings.request_timeout(model))
         tried: list[Backend] = []
         failures: list[GatewayError] = []  # of this request's attempts, for the failover rule
         while True:
-            backend = registry.pick(model, avoid=tried, key=key)
             tried.append(backend)
             try:
                 traced = self.state.tracer.backend_call(backend, registry)
@@ -120,6 +122,7 @@ class ModelRequest:
                     registry.replica_index(backend),
                     exc.message,
                 )
+                backend = registry.pick(model, avoid=tried, key=key)
                 continue
             if response.status_code < 500:  # a 499 (the client left) says nothing of the replica
                 registry.succeeded(backend)
