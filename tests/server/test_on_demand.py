@@ -6,6 +6,7 @@ The same rules against real managed vLLM: tests/backends/vllm/test_on_demand_vll
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.support.app_server import ServedApp, served
@@ -166,3 +168,23 @@ def test_load_and_unload_are_admin_only_controls(tmp_path):
         unknown = httpx.post(f"{gateway.url}/v1/models/zz/load", headers=_auth(ADMIN), timeout=10)
         assert unknown.status_code == 404
         assert gateway.kind.journal.lines == ["load a", "loaded a", "unload a"]
+
+
+def test_a_client_that_leaves_while_its_model_loads_leaves_the_queue(tmp_path):
+    with on_demand_gateway(tmp_path, a={"load_queue": 1}) as gateway:
+        gate = gateway.hold_load("a")
+        body = orjson.dumps({"model": "a", "messages": MESSAGES})
+        port = int(gateway.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as leaving:
+            head = (
+                f"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {USER}"
+                f"\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+            )
+            leaving.sendall(head.encode() + body)
+            gateway.wait_waiting("a", 1)
+        gateway.wait_waiting("a", 0)  # its place in the queue is free again
+        with ThreadPoolExecutor(1) as pool:
+            reply = pool.submit(gateway.chat, "a")
+            gateway.wait_waiting("a", 1)
+            gate.open()
+            assert reply.result() == "a answers"

@@ -49,6 +49,11 @@ from vlm_gateway.server.tracing import BackendCall
 
 log = logging.getLogger(__name__)
 
+
+class _ClientLeft(GatewayError):
+    status_code = CLIENT_CLOSED_REQUEST  # nobody reads it: the access line and metrics do
+
+
 JsonCall = Callable[[Backend], Coroutine[Any, Any, dict[str, Any]]]
 StreamOpening = Callable[[Backend], Awaitable[AsyncIterator[bytes]]]
 _Attempt = Callable[[Backend, BackendCall], Awaitable[Response]]
@@ -99,7 +104,7 @@ class ModelRequest:
         registry.retry_budgets.requested(model)
         key = current_affinity_key()  # its images' digest (images/resolve.py), for `affinity`
         # A model loaded on demand is loaded first; its deadline runs from its first attempt.
-        backend = await self.state.loader.pick(model, key=key)
+        backend = await self._first_pick(key)
         deadline = deadline_for(self.state.settings.request_timeout(model))
         tried: list[Backend] = []
         failures: list[GatewayError] = []  # of this request's attempts, for the failover rule
@@ -130,6 +135,28 @@ class ModelRequest:
                 response.headers[ATTEMPTS_HEADER] = str(len(tried))
                 metrics.failover(model, served=True)
             return response
+
+    async def _first_pick(self, key: int | None) -> Backend:
+        """The first replica. A model loaded on demand is loaded first (backends/ondemand/);
+        a client that leaves meanwhile leaves the load's queue, and its request ends (499)."""
+        loader = self.state.loader
+        if not loader.must_load(self.model):
+            return await loader.pick(self.model, key=key)
+        task = asyncio.current_task()
+        assert task is not None  # a request is always served in a task
+        client, stop_watching = client_gone(self.request)
+        unhook = client.when_gone(task.cancel)
+        try:
+            return await loader.pick(self.model, key=key)
+        except asyncio.CancelledError:
+            if not client.gone:
+                raise
+            task.uncancel()  # our own cancel: the request ends here
+            log.info("client left while model %s was loading: request abandoned", self.model)
+            raise _ClientLeft("The client left before the model was loaded.") from None
+        finally:
+            unhook()
+            stop_watching()
 
     def _served_by(self, backend: Backend) -> None:
         """Label the request's metrics with the replica that serves it."""

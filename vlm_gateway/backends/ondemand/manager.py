@@ -82,6 +82,11 @@ class OnDemandLoader:
         budget = dataclasses.replace(budget, resident=(*budget.resident, *held))
         return cls(registry, slots, budget, metrics)
 
+    def must_load(self, name: str) -> bool:
+        """Whether a request for `name` would wait for a load now."""
+        slot = self._slots.get(name)
+        return slot is not None and not slot.serves()
+
     def manages(self, name: str) -> bool:
         """Whether `name` loads on demand (its replicas are not started with the app)."""
         return name in self._slots
