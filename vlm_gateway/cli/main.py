@@ -97,14 +97,6 @@ def serve(
         raise typer.Exit(2)
     configure_logging(settings)  # our format for uvicorn's lines too (docs/operations.md)
     worker_count = _workers_or_exit(workers)
-    if worker_count > 1 and settings.on_demand_models():
-        typer.echo(
-            f"--workers {worker_count}: models with `load: on_demand` "
-            f"({', '.join(settings.on_demand_models())}) are served by one process only for "
-            "now; use --workers 1 or `load: startup` (docs/on-demand.md).",
-            err=True,
-        )
-        raise typer.Exit(2)
     if worker_count > 1:
         overrides = {"host": host, "port": port, "log_level": log_level}
         _serve_with_workers(settings, config, worker_count, default_models, **overrides)
