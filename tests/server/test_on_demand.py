@@ -188,3 +188,30 @@ def test_a_client_that_leaves_while_its_model_loads_leaves_the_queue(tmp_path):
             gateway.wait_waiting("a", 1)
             gate.open()
             assert reply.result() == "a answers"
+
+
+def test_a_batch_loads_its_on_demand_model_once(tmp_path):
+    with on_demand_gateway(tmp_path, a={}) as gateway:
+        client = gateway.client()
+        lines = [
+            {
+                "custom_id": f"line-{index}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "a", "messages": MESSAGES},
+            }
+            for index in range(5)
+        ]
+        upload = b"\n".join(orjson.dumps(line) for line in lines)
+        batch_input = client.files.create(file=("in.jsonl", upload), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=batch_input.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+        done = wait_until(
+            lambda: (b := client.batches.retrieve(batch.id)).status == "completed" and b,
+            "the batch completed",
+        )
+        assert done.request_counts.completed == 5
+        assert gateway.kind.journal.lines == ["load a", "loaded a"]
