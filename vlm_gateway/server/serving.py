@@ -141,7 +141,7 @@ class ModelRequest:
         a client that leaves meanwhile leaves the load's queue, and its request ends (499)."""
         loader = self.state.loader
         if not loader.must_load(self.model):
-            return await loader.pick(self.model, key=key)
+            return loader.pick_now(self.model, key)
         task = asyncio.current_task()
         assert task is not None  # a request is always served in a task
         client, stop_watching = client_gone(self.request)

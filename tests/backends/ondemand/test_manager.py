@@ -96,6 +96,20 @@ def test_past_the_queue_bound_requests_get_model_loading_with_retry_after():
     assert models.metric("vlmgw_load_queue_refusals_total", model="a", reason="queue_full") == 1
 
 
+def test_with_no_queue_a_request_starts_the_load_and_is_told_to_come_back():
+    models = Models("a", LoadBudget(max_models=1), load_queue=0)
+
+    async def scenario(m: Models) -> None:
+        with pytest.raises(ServiceUnavailableError) as refused:
+            await m.use("a")
+        assert refused.value.code == "model_loading"
+        await until(lambda: m.loader.describe("a")["state"] == "loaded", "loaded meanwhile")
+        await m.use("a")
+        assert m.journal.lines == ["load a", "loaded a"]
+
+    run(scenario, models)
+
+
 def test_past_load_timeout_the_request_gets_load_timeout_and_the_load_goes_on():
     models = Models("a", LoadBudget(max_models=1), load_timeout=0.2)
 

@@ -128,18 +128,26 @@ class OnDemandLoader:
         await self.ensure_loaded(name)
         return self._registry.pick(name, avoid, key)
 
+    def pick_now(self, name: str, key: int | None = None) -> Backend:
+        """`pick` for a model that needs no load (`must_load` said so), without awaiting."""
+        self._note_use(name)
+        return self._registry.pick(name, (), key)
+
     async def ensure_loaded(self, name: str) -> None:
         """Return once model `name` is loaded (at once for a startup model), or raise the 503
         that says why it is not."""
+        slot = self._note_use(name)
+        if slot is not None and not slot.serves():
+            await self._wait_for_load(slot)
+            slot.used_at = asyncio.get_running_loop().time()
+
+    def _note_use(self, name: str) -> ModelSlot | None:
         if name in self._used:
             self._used[name] = time.time()
         slot = self._slots.get(name)
-        if slot is None:
-            return
-        slot.used_at = asyncio.get_running_loop().time()
-        if not slot.serves():
-            await self._wait_for_load(slot)
+        if slot is not None:
             slot.used_at = asyncio.get_running_loop().time()
+        return slot
 
     async def _wait_for_load(self, slot: ModelSlot) -> None:
         loop = asyncio.get_running_loop()
@@ -148,10 +156,10 @@ class OnDemandLoader:
         if slot.loading is None and loop.time() < slot.retry_at:
             assert slot.last_error is not None
             raise errors.load_failed(slot.name, slot.last_error, slot.retry_at - loop.time())
+        task = slot.loading or self._begin_load(slot)  # also with no room to wait (load_queue 0)
         if slot.waiting >= slot.policy.load_queue:
             self._refused(slot.name, "queue_full")
             raise errors.queue_full(slot.name, slot.waiting, slot.load_guess())
-        task = slot.loading or self._begin_load(slot)
         slot.waiting += 1
         started = loop.time()
         try:
