@@ -27,11 +27,11 @@ from typing import Any
 from vlm_gateway.backends.base import Backend, State
 from vlm_gateway.backends.ondemand import errors
 from vlm_gateway.backends.ondemand.room import blockers, victims
-from vlm_gateway.backends.ondemand.slot import LoadPolicy, ModelSlot, Phase
+from vlm_gateway.backends.ondemand.slot import LoadPolicy, ModelSlot, Phase, reason_of
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.config.load_budget import LoadBudget
 from vlm_gateway.config.settings import GatewaySettings
-from vlm_gateway.core.errors import ConflictError, GatewayError
+from vlm_gateway.core.errors import ConflictError
 from vlm_gateway.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class OnDemandLoader:
                 await asyncio.shield(slot.unloading)
             await self._make_room(slot, started + slot.policy.load_timeout)
             log.info("model %s: loading on demand", slot.name)
-            await self._load_replicas(slot)
+            await slot.load_replicas()
         except _NoRoom:
             slot.phase = Phase.UNLOADED
             raise
@@ -224,7 +224,7 @@ class OnDemandLoader:
             raise
         except Exception as exc:
             slot.phase = Phase.UNLOADED
-            slot.failed(_reason(exc), loop.time())
+            slot.failed(reason_of(exc), loop.time())
             self._observe_load(slot.name, "failed", loop.time() - started)
             log.error("model %s: load failed: %s", slot.name, slot.last_error)
             raise
@@ -257,24 +257,6 @@ class OnDemandLoader:
         in_use = blockers(slot, self._slots.values())
         return f"no room for it ({limit}) while these models are in use: {in_use}"
 
-    async def _load_replicas(self, slot: ModelSlot) -> None:
-        """Every replica loaded side by side; loaded when one is (the others' failures are
-        logged and shown in their state), failed when none is."""
-        outcomes = await asyncio.gather(
-            *(backend.load() for backend in slot.replicas), return_exceptions=True
-        )
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
-        for failure in failures:
-            if isinstance(failure, asyncio.CancelledError):
-                raise failure
-        if len(failures) == len(outcomes):
-            raise failures[0]
-        for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, BaseException):
-                log.error(
-                    "model %s: replica %d did not load: %s", slot.name, index, _reason(outcome)
-                )
-
     def _observe_load(self, name: str, outcome: str, seconds: float) -> None:
         if self._metrics is not None:
             self._metrics.model_load(name, outcome, seconds)
@@ -290,12 +272,7 @@ class OnDemandLoader:
     async def _unload(self, slot: ModelSlot, reason: str) -> None:
         log.info("model %s: unloading (%s)", slot.name, reason)
         try:
-            outcomes = await asyncio.gather(
-                *(backend.unload() for backend in slot.replicas), return_exceptions=True
-            )
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    log.error("model %s: unload failed: %s", slot.name, _reason(outcome))
+            await slot.unload_replicas()
         finally:
             slot.phase = Phase.UNLOADED
             slot.unloading = None
@@ -377,12 +354,6 @@ def _cancelling() -> bool:
 def _retrieved(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, GatewayError):
-        return exc.message
-    return str(exc) or type(exc).__name__
 
 
 def _whole(value: float | None) -> int | None:

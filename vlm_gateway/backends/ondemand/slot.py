@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from dataclasses import dataclass
 
 from vlm_gateway.backends.base import Backend, State
 from vlm_gateway.config.settings import ModelEntry
+from vlm_gateway.core.errors import GatewayError
+
+log = logging.getLogger(__name__)
 
 # A load that failed is tried again on a later request after this, doubled per failure in a row.
 RETRY_BACKOFF_S = 2.0
@@ -86,6 +90,32 @@ class ModelSlot:
         self.last_error = None
         self.last_load_s = seconds
 
+    async def load_replicas(self) -> None:
+        """Every replica loaded side by side; loaded when one is (the others' failures are
+        logged and shown in their state), failed when none is."""
+        outcomes = await asyncio.gather(
+            *(backend.load() for backend in self.replicas), return_exceptions=True
+        )
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        for failure in failures:
+            if isinstance(failure, asyncio.CancelledError):
+                raise failure
+        if len(failures) == len(outcomes):
+            raise failures[0]
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, BaseException):
+                log.error(
+                    "model %s: replica %d did not load: %s", self.name, index, reason_of(outcome)
+                )
+
+    async def unload_replicas(self) -> None:
+        outcomes = await asyncio.gather(
+            *(backend.unload() for backend in self.replicas), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                log.error("model %s: unload failed: %s", self.name, reason_of(outcome))
+
     def state_word(self) -> str:
         """loaded, loading, sleeping, unloading or unloaded (/v1/models)."""
         if self.phase is Phase.UNLOADED and any(
@@ -93,3 +123,10 @@ class ModelSlot:
         ):
             return "sleeping"  # unloaded to host memory (vLLM sleep mode)
         return self.phase.value
+
+
+def reason_of(exc: BaseException) -> str:
+    """A failure in words: a GatewayError's own message, else the exception's."""
+    if isinstance(exc, GatewayError):
+        return exc.message
+    return str(exc) or type(exc).__name__
