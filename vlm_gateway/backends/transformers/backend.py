@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from vlm_gateway.backends.inprocess.backend import GenerateBatch, InProcessBackend
 from vlm_gateway.backends.inprocess.batcher import Prepared, RowHooks
+from vlm_gateway.backends.inprocess.budget import token_budget
 from vlm_gateway.backends.transformers import request as req
-from vlm_gateway.core.errors import InvalidRequestError
+from vlm_gateway.backends.transformers.limits import context_length
+from vlm_gateway.backends.transformers.refusals import refusal
 from vlm_gateway.core.protocol import ChatCompletionRequest
 
 if TYPE_CHECKING:
@@ -70,10 +72,16 @@ class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
         self, request: ChatCompletionRequest, model: LoadedModel
     ) -> Prepared[RowSpec]:
         req.check(request)
-        turns, _ = req.conversation(request, self._entry.system_prompt)
+        turns, images = req.conversation(request, self._entry.system_prompt)
         samplings = req.sampling(request)
-        turns, prompt_tokens = await asyncio.to_thread(_prepare, model, turns)
-        max_tokens = request.output_token_limit or self._entry.default_max_tokens
+        params = [image.param for image in images]
+        turns, prompt_tokens = await asyncio.to_thread(_prepare, model, turns, params)
+        max_tokens = token_budget(
+            context_length(model.model.config),
+            prompt_tokens,
+            request.output_token_limit,
+            self._entry.default_max_tokens,
+        )
         row = functools.partial(self._row, turns, samplings, req.stops(request), max_tokens)
         return Prepared(prompt_tokens, len(samplings), row)
 
@@ -98,16 +106,14 @@ class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
         )
 
 
-def _prepare(loaded: LoadedModel, turns: req.Conversation) -> tuple[req.Conversation, int]:
+def _prepare(
+    loaded: LoadedModel, turns: req.Conversation, image_params: list[str]
+) -> tuple[req.Conversation, int]:
     """Blocking: decode the images and run the processor once, alone, to check the request and
     count its prompt tokens (image tokens included)."""
     turns = req.with_images(turns)
     try:
         inputs = loaded.inputs([turns])
     except Exception as exc:
-        raise InvalidRequestError(
-            f"The messages could not be prepared for this model ({type(exc).__name__}: "
-            f"{str(exc)[:200]}).",
-            param="messages",
-        ) from None
+        raise refusal(loaded.processor, turns, image_params, exc) from None
     return turns, int(inputs["attention_mask"].sum())
