@@ -60,3 +60,13 @@ def test_the_examples_pass_check_config_with_the_seed_s_settings():
     assert "dtype: float16" in joycaption and "batches of up to 16" in joycaption
     assert "-> Qwen/Qwen2.5-VL-3B-Instruct" in plan("qwen2.5-vl-transformers.yaml")
     assert "-> HuggingFaceTB/SmolVLM-256M-Instruct" in plan("smolvlm-transformers.yaml")
+
+
+def test_a_one_image_architecture_takes_one_image_unless_the_entry_says(tmp_path, tiny_models):
+    """BLIP-2's config says model_type blip-2: one image per request, as vLLM has it."""
+    blip2 = str(tiny_models["blip2"])
+    assert "images: at most 1 per request" in check_config(tmp_path, {"model": blip2}).stdout
+    llava = check_config(tmp_path, {"model": str(tiny_models["llava"])}).stdout
+    assert "images: at most 8 per request" in llava  # the `images:` default
+    widened = check_config(tmp_path, {"model": blip2, "images": {"max_images": 3}}).stdout
+    assert "images: at most 3 per request" in widened
