@@ -36,7 +36,6 @@ from vlm_gateway.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-_ROOM_POLL_S = 0.05  # requests do not say when they end: a load waiting for room looks this often
 _IDLE_TICK_MAX_S = 1.0  # how often idle models are looked at (more often for a short idle_unload)
 
 
@@ -60,6 +59,13 @@ class OnDemandLoader:
         self._used: dict[str, float | None] = dict.fromkeys(registry.names())
         self._watcher: asyncio.Task[None] | None = None
         self._shut = False
+        # Set whenever room may have freed (a replica's last request ended, a model's last
+        # waiter left, an unload or a failed load ended): loads waiting for room look again at
+        # once, so a swap starts as the blocking request ends.
+        self._room = asyncio.Event()
+        for slot in self._slots.values():
+            for backend in slot.replicas:
+                backend.on_idle = self._room.set
 
     @classmethod
     def from_settings(
@@ -166,6 +172,8 @@ class OnDemandLoader:
             await self._waited(slot, task)
         finally:
             slot.waiting -= 1
+            if not slot.waiting:
+                self._room.set()
             if self._metrics is not None:
                 self._metrics.load_queue_wait(slot.name, loop.time() - started)
 
@@ -235,12 +243,15 @@ class OnDemandLoader:
             log.info("model %s: loaded on demand in %.2f s", slot.name, seconds)
         finally:
             slot.loading = None
+            if slot.phase is Phase.UNLOADED:
+                self._room.set()  # a load that did not happen gives its room back
 
     async def _make_room(self, slot: ModelSlot, deadline: float) -> None:
         """Unload what the eviction rule names (room.py), or wait until it names something;
         the slot counts as loading (taking its room) from the moment room is found."""
         loop = asyncio.get_running_loop()
         while True:
+            self._room.clear()  # before looking: a change from here on wakes the wait below
             chosen = victims(self._budget, slot, self._slots.values())
             if chosen is not None:
                 slot.phase = Phase.LOADING
@@ -249,7 +260,9 @@ class OnDemandLoader:
                 return
             if loop.time() >= deadline:
                 raise _NoRoom(self._no_room(slot))
-            await asyncio.sleep(_ROOM_POLL_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._room.wait()
 
     def _no_room(self, slot: ModelSlot) -> str:
         occupying = [other.name for other in self._slots.values() if other.occupies()]
@@ -276,6 +289,7 @@ class OnDemandLoader:
         finally:
             slot.phase = Phase.UNLOADED
             slot.unloading = None
+            self._room.set()
             if self._metrics is not None:
                 self._metrics.model_unload(slot.name, reason)
 
