@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from vlm_gateway.backends.inprocess.backend import GenerateBatch, InProcessBackend
 from vlm_gateway.backends.inprocess.batcher import Prepared, RowHooks
+from vlm_gateway.backends.inprocess.loading import ModelFacts
+from vlm_gateway.backends.transformers import generation
 from vlm_gateway.backends.transformers import request as req
 from vlm_gateway.core.errors import InvalidRequestError
 from vlm_gateway.core.protocol import ChatCompletionRequest
 
 if TYPE_CHECKING:
+    from transformers import GenerationConfig
     from vlm_gateway.backends.transformers.generate import LoadedModel, RowSpec
     from vlm_gateway.backends.transformers.settings import TransformersBackendSettings
 
@@ -32,9 +35,12 @@ class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
             entry.model,
             max_batch_size=entry.max_batch_size,
             batch_wait_ms=entry.batch_wait_ms,
+            device=entry.device,
+            dtype=entry.dtype,
         )
         self._entry = entry
         self._row_spec: type[RowSpec] | None = None
+        self._generation: GenerationConfig | None = None  # the defaults in force, once loaded
 
     def _load_blocking(self) -> tuple[LoadedModel, GenerateBatch[LoadedModel, RowSpec]]:
         try:
@@ -45,24 +51,23 @@ class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
                 "pip install 'vlm-gateway[blip2]'"
             ) from None
         self._row_spec = generate.RowSpec
-        return generate.load(self._entry), generate.generate_batch
-
-    def _loaded_line(self, model: LoadedModel) -> str:
-        dtype = str(model.dtype).removeprefix("torch.")
-        return (
-            f"{type(model.model).__name__} loaded from {self.model_ref} on {model.device} "
-            f"({dtype}, {model.parameters:,} parameters), batches of up to {self.max_batch_size}"
+        loaded = generate.load(self._entry)
+        defaults = generation.with_defaults(
+            loaded.generation_config, self._entry.generation, self._entry.entry_max_new_tokens
         )
+        loaded.generation_config = loaded.model.generation_config = defaults
+        self._generation = defaults
+        return loaded, generate.generate_batch
+
+    def _model_facts(self, model: LoadedModel) -> ModelFacts:
+        quantization = self._entry.quantization
+        return ModelFacts.of(model.model, model.device, model.dtype, model.parameters, quantization)
 
     def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        loaded = self._loaded
-        info.update(
-            device=str(loaded.device) if loaded else self._entry.device,
-            dtype=str(loaded.dtype).removeprefix("torch.") if loaded else self._entry.dtype,
-            parameters=loaded.parameters if loaded else None,
-        )
-        return info
+        defaults = self._generation
+        return super().describe() | {
+            "generation": generation.describe(defaults) if defaults is not None else None
+        }
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -73,7 +78,7 @@ class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
         turns, _ = req.conversation(request, self._entry.system_prompt)
         samplings = req.sampling(request)
         turns, prompt_tokens = await asyncio.to_thread(_prepare, model, turns)
-        max_tokens = request.output_token_limit or self._entry.default_max_tokens
+        max_tokens = request.output_token_limit or _default_max_tokens(model)
         row = functools.partial(self._row, turns, samplings, req.stops(request), max_tokens)
         return Prepared(prompt_tokens, len(samplings), row)
 
@@ -96,6 +101,11 @@ class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
             on_text=hooks.on_text,
             is_cancelled=hooks.is_cancelled,
         )
+
+
+def _default_max_tokens(loaded: LoadedModel) -> int:
+    """The request's token limit when it sets none: `generation.with_defaults` made it."""
+    return int(loaded.generation_config.max_new_tokens or generation.FALLBACK_MAX_NEW_TOKENS)
 
 
 def _prepare(loaded: LoadedModel, turns: req.Conversation) -> tuple[req.Conversation, int]:
