@@ -52,6 +52,7 @@ def test_the_examples_pass_check_config_with_the_seed_s_settings():
     joycaption = plan("joycaption-transformers.yaml")
     assert "-> fancyfeast/llama-joycaption-alpha-two-hf-llava" in joycaption
     assert "dtype: float16" in joycaption and "batches of up to 16" in joycaption
+    assert "generation defaults: temperature 0.6, top_p 0.9, max_new_tokens 300" in joycaption
     assert "-> Qwen/Qwen2.5-VL-3B-Instruct" in plan("qwen2.5-vl-transformers.yaml")
     assert "-> HuggingFaceTB/SmolVLM-256M-Instruct" in plan("smolvlm-transformers.yaml")
 
