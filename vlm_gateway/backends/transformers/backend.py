@@ -20,7 +20,6 @@ from vlm_gateway.core.errors import InvalidRequestError
 from vlm_gateway.core.protocol import ChatCompletionRequest
 
 if TYPE_CHECKING:
-    from transformers import GenerationConfig
     from vlm_gateway.backends.transformers.generate import LoadedModel, RowSpec
     from vlm_gateway.backends.transformers.settings import TransformersBackendSettings
 
@@ -40,7 +39,6 @@ class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
         )
         self._entry = entry
         self._row_spec: type[RowSpec] | None = None
-        self._generation: GenerationConfig | None = None  # the defaults in force, once loaded
 
     def _load_blocking(self) -> tuple[LoadedModel, GenerateBatch[LoadedModel, RowSpec]]:
         try:
@@ -56,7 +54,6 @@ class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
             loaded.generation_config, self._entry.generation, self._entry.entry_max_new_tokens
         )
         loaded.generation_config = loaded.model.generation_config = defaults
-        self._generation = defaults
         return loaded, generate.generate_batch
 
     def _model_facts(self, model: LoadedModel) -> ModelFacts:
@@ -64,9 +61,9 @@ class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
         return ModelFacts.of(model.model, model.device, model.dtype, model.parameters, quantization)
 
     def describe(self) -> dict[str, Any]:
-        defaults = self._generation
+        loaded = self._loaded  # the defaults in force, once loaded
         return super().describe() | {
-            "generation": generation.describe(defaults) if defaults is not None else None
+            "generation": generation.describe(loaded.generation_config) if loaded else None
         }
 
     # -- requests ---------------------------------------------------------------------------
