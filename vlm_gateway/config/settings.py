@@ -114,8 +114,13 @@ class ModelEntry(Section):
             self._input_size = self.preferred_image_size()
         return self._input_size
 
+    def known_max_images(self) -> int | None:
+        """Images per request this model takes when its entry does not say: what its kind
+        knows (a kind that reads its model's own config overrides this); None: `images:`'s."""
+        return self.kind_max_images
+
     def image_limits(self, defaults: ImageSettings) -> ImageLimits:
-        return limits_for(defaults, self.images, self.kind_max_images, self.image_resize())
+        return limits_for(defaults, self.images, self.known_max_images(), self.image_resize())
 
     def plan_lines(self, index: int, settings: GatewaySettings) -> list[str]:
         """check-config's lines for this entry as replica `index` of its model."""

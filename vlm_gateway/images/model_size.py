@@ -123,13 +123,8 @@ def model_modalities(model: str) -> tuple[str, ...] | None:
     (`vision_config`, or an image processor beside it), video and audio for their tokens or
     towers (an omni model's thinker included); None when there is no local config to read."""
     directory = Path(model) if os.path.isdir(model) else _hub_cache_snapshot(model)
-    if directory is None:
-        return None
-    try:
-        config = json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
+    config = _config_in(directory) if directory is not None else None
+    if directory is None or config is None:
         return None
     parts = [config, *(v for v in config.values() if isinstance(v, dict))]  # thinker_config
 
@@ -145,3 +140,18 @@ def model_modalities(model: str) -> tuple[str, ...] | None:
     if has(_AUDIO_KEYS):
         found.append("audio")
     return tuple(found)
+
+
+def model_config(model: str) -> dict[str, Any] | None:
+    """The model's config.json (a local directory, or a hub id in the local Hugging Face
+    cache); None when there is none to read."""
+    directory = Path(model) if os.path.isdir(model) else _hub_cache_snapshot(model)
+    return _config_in(directory) if directory is not None else None
+
+
+def _config_in(directory: Path) -> dict[str, Any] | None:
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None

@@ -94,3 +94,13 @@ def test_quantization_on_the_cpu_is_refused(tmp_path):
     result = check_config(tmp_path, {"quantization": "8bit", "device": "cpu"})
     assert result.returncode != 0
     assert "quantization 8bit needs a CUDA GPU" in result.stdout + result.stderr
+
+
+def test_a_one_image_architecture_takes_one_image_unless_the_entry_says(tmp_path, tiny_models):
+    """BLIP-2's config says model_type blip-2: one image per request, as vLLM has it."""
+    blip2 = str(tiny_models["blip2"])
+    assert "images: at most 1 per request" in check_config(tmp_path, {"model": blip2}).stdout
+    llava = check_config(tmp_path, {"model": str(tiny_models["llava"])}).stdout
+    assert "images: at most 8 per request" in llava  # the `images:` default
+    widened = check_config(tmp_path, {"model": blip2, "images": {"max_images": 3}}).stdout
+    assert "images: at most 3 per request" in widened

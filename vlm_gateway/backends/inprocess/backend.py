@@ -119,6 +119,10 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
     def _model_facts(self, model: ModelT) -> loading.ModelFacts:
         """What was loaded: for the start-up line, /ready and /v1/models."""
 
+    def _how_served(self, model: ModelT) -> str:
+        """The start-up line's end: how requests reach the model."""
+        return f"batches of up to {self.max_batch_size}"
+
     @abstractmethod
     async def _prepare(self, request: ChatCompletionRequest, model: ModelT) -> Prepared[SpecT]:
         """Check the request (a 400 for what the kind cannot do) and prepare its rows."""
@@ -167,13 +171,13 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
         self._loaded, facts = model, self._model_facts(model)
         self._facts = facts
         self._log.info(
-            "model %s: %s loaded from %s in %.1f s: %s, batches of up to %d",
+            "model %s: %s loaded from %s in %.1f s: %s, %s",
             self.name,
             facts.architecture,
             self.model_ref,
             time.monotonic() - started,
             facts.summary(),
-            self.max_batch_size,
+            self._how_served(model),
         )
         self.set_status(State.READY)
         await self._batcher.serve(worker, self._generate_blocking)

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from vlm_gateway.backends.inprocess import weight_files
 from vlm_gateway.backends.transformers import quantization
 from vlm_gateway.backends.transformers.generation import GenerationDefaults
+from vlm_gateway.backends.transformers.limits import model_max_images
 from vlm_gateway.config.settings import GatewaySettings, ModelEntry
 
 
@@ -60,6 +61,9 @@ class TransformersBackendSettings(ModelEntry):
         if value in ("auto", "cpu", "mps", "cuda") or re.fullmatch(r"cuda:\d+", value):
             return value
         raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+
+    def known_max_images(self) -> int | None:
+        return model_max_images(self.model) or self.kind_max_images
 
     def plan_lines(self, index: int, settings: GatewaySettings) -> list[str]:
         revision = f" @ {self.revision}" if self.revision else ""
