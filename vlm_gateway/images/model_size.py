@@ -79,8 +79,17 @@ def _sides(width: object, height: object) -> tuple[int, int] | None:
     return None
 
 
-def _hub_cache_snapshot(model: str) -> Path | None:
-    """The cached snapshot of hub id `model` ("org/name") at its main revision, if present."""
+def local_model_dir(model: str, revision: str | None = None) -> Path | None:
+    """Where `model`'s files are on this machine without a download: the directory itself, or
+    the hub id's snapshot in the local Hugging Face cache; None when neither is here."""
+    if os.path.isdir(model):
+        return Path(model)
+    return _hub_cache_snapshot(model, revision or "main")
+
+
+def _hub_cache_snapshot(model: str, revision: str = "main") -> Path | None:
+    """The cached snapshot of hub id `model` ("org/name") at `revision` (a branch or tag the
+    cache has a ref for, or a commit), if present."""
     if model.count("/") != 1 or model.startswith((".", "/")):
         return None
     hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
@@ -89,11 +98,11 @@ def _hub_cache_snapshot(model: str) -> Path | None:
     )
     repo = Path(hub) / ("models--" + model.replace("/", "--"))
     try:
-        revision = (repo / "refs" / "main").read_text().strip()
+        commit = (repo / "refs" / revision).read_text().strip()
     except OSError:
-        return None
-    snapshot = repo / "snapshots" / revision
-    return snapshot if revision and snapshot.is_dir() else None
+        commit = revision  # a commit hash names its snapshot directly
+    snapshot = repo / "snapshots" / commit
+    return snapshot if commit and snapshot.is_dir() else None
 
 
 # Model types vLLM takes video for although their config names no video token.

@@ -27,6 +27,7 @@ from vlm_gateway.backends.blip2.request import (
 from vlm_gateway.backends.inprocess.backend import GenerateBatch, InProcessBackend
 from vlm_gateway.backends.inprocess.batcher import Prepared, RowHooks
 from vlm_gateway.backends.inprocess.budget import token_budget
+from vlm_gateway.backends.inprocess.loading import ModelFacts
 from vlm_gateway.core.errors import InvalidRequestError
 from vlm_gateway.core.protocol import ChatCompletionRequest
 
@@ -54,7 +55,14 @@ class Blip2Backend(InProcessBackend["LoadedBlip2", "RowSpec"]):
         context_length: int | None = None,
         default_max_tokens: int = 64,
     ) -> None:
-        super().__init__(name, model, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+        super().__init__(
+            name,
+            model,
+            max_batch_size=max_batch_size,
+            batch_wait_ms=batch_wait_ms,
+            device=device,
+            dtype=dtype,
+        )
         self._device, self._dtype = device, dtype
         self._context_length = context_length
         self._default_max_tokens = default_max_tokens
@@ -75,21 +83,12 @@ class Blip2Backend(InProcessBackend["LoadedBlip2", "RowSpec"]):
         )
         return loaded, blip2_generate.generate_batch
 
-    def _loaded_line(self, model: LoadedBlip2) -> str:
-        dtype = str(model.dtype).removeprefix("torch.")
-        return (
-            f"BLIP-2 loaded from {self.model_ref} on {model.device} ({dtype}), "
-            f"batches of up to {self.max_batch_size}"
-        )
+    def _model_facts(self, model: LoadedBlip2) -> ModelFacts:
+        return ModelFacts.of(model.model, model.device, model.dtype, model.parameters)
 
     def describe(self) -> dict[str, Any]:
-        info = super().describe()
         loaded = self._loaded
-        info.update(
-            device=str(loaded.device) if loaded else self._device,
-            context_length=loaded.context_length if loaded else None,
-        )
-        return info
+        return super().describe() | {"context_length": loaded.context_length if loaded else None}
 
     # -- requests ---------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ A kind supplies three things:
 - `_load_blocking()`, in the model thread: the loaded model and the kind's
   `generate_batch(model, specs, should_stop) -> [RowResult]` (blocking; a row per spec, in order;
   it stops when `should_stop` is set and may end a row early once its `is_cancelled()`);
-- `_loaded_line(model)`: the start-up line that says what was loaded;
+- `_model_facts(model)`: what was loaded (device, dtype, parameters), for the start-up line,
+  `/ready` and `/v1/models`;
 - `_prepare(request, model)`: the request checked (its 400s) and turned into a `Prepared`.
 """
 
@@ -19,12 +20,13 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
 from vlm_gateway.backends.base import Backend, State
-from vlm_gateway.backends.inprocess import output
+from vlm_gateway.backends.inprocess import loading, output
 from vlm_gateway.backends.inprocess.batcher import (
     Batcher,
     Event,
@@ -36,7 +38,8 @@ from vlm_gateway.backends.inprocess.batcher import (
     SpecT,
     Stats,
 )
-from vlm_gateway.backends.inprocess.worker import ModelThread, threadsafe
+from vlm_gateway.backends.inprocess.oom import run_freeing_on_oom
+from vlm_gateway.backends.inprocess.worker import ModelThread, first_line, threadsafe
 from vlm_gateway.core.errors import GatewayError, ServiceUnavailableError
 from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.core.sse import DONE
@@ -49,11 +52,23 @@ GenerateBatch = Callable[[ModelT, list[SpecT], threading.Event], list[RowResult]
 class InProcessBackend(Backend, Generic[ModelT, SpecT]):
     label = "in-process"  # the model family, as errors name it (e.g. "BLIP-2")
 
+    # How often a load still running says so (the log, `/ready`'s reason).
+    load_progress_every_s = loading.PROGRESS_EVERY_S
+
     def __init__(
-        self, name: str, model_ref: str, *, max_batch_size: int, batch_wait_ms: float
+        self,
+        name: str,
+        model_ref: str,
+        *,
+        max_batch_size: int,
+        batch_wait_ms: float,
+        device: str,
+        dtype: str,
     ) -> None:
         super().__init__(name)
         self.model_ref = model_ref
+        self._planned = loading.planned(device, dtype)  # what /ready says until loaded
+        self._facts: loading.ModelFacts | None = None
         # The kind's own logger, so its lines keep the names they had before the engine.
         self._log = logging.getLogger(type(self).__module__)
         self._batcher: Batcher[SpecT] = Batcher(
@@ -78,16 +93,19 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
         return self._batcher.stats
 
     def describe(self) -> dict[str, Any]:
-        """The base fields, then what every in-process kind reports: its model and batching
-        (a kind adds its device, dtype, ...)."""
+        """The base fields, then what every in-process kind reports: its model (device, dtype
+        and parameters once loaded), batching and batch cap (a kind adds its own)."""
         info = super().describe()
         info.update(
             model=self.model_ref,
+            **(self._facts.describe() if self._facts else self._planned),
             max_batch_size=self.max_batch_size,
             batch_wait_ms=self.batch_wait_ms,
             batches=self.stats.batches,
             sequences=self.stats.sequences,
             largest_batch=self.stats.largest_batch,
+            queued=self._batcher.queued,
+            **self._batcher.cap.describe(),
         )
         return info
 
@@ -98,8 +116,12 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
         """In the model thread: load the model; raise with a readable reason on failure."""
 
     @abstractmethod
-    def _loaded_line(self, model: ModelT) -> str:
-        """What was loaded, for the start-up log line."""
+    def _model_facts(self, model: ModelT) -> loading.ModelFacts:
+        """What was loaded: for the start-up line, /ready and /v1/models."""
+
+    def _how_served(self, model: ModelT) -> str:
+        """The start-up line's end: how requests reach the model."""
+        return f"batches of up to {self.max_batch_size}"
 
     @abstractmethod
     async def _prepare(self, request: ChatCompletionRequest, model: ModelT) -> Prepared[SpecT]:
@@ -127,25 +149,54 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
         await super().stop()
 
     async def _load_then_serve(self, worker: ModelThread) -> None:
+        planned, started = self._planned, time.monotonic()
+        self._log.info(
+            "model %s: loading weights from %s (device %s, dtype %s)",
+            self.name,
+            self.model_ref,
+            planned["device"],
+            planned["dtype"],
+        )
+        load = worker.submit(self._load_blocking)
         try:
-            loaded = await worker.submit(self._load_blocking)
+            loaded = await loading.reporting_progress(
+                load, self._still_loading, self.load_progress_every_s
+            )
         except Exception as exc:
-            reason = f"cannot load {self.model_ref}: {_short(exc)}"
+            reason = f"cannot load {self.model_ref}: {first_line(exc)}"
             self._log.error("model %s: %s", self.name, reason)
             self.set_status(State.FAILED, reason)
             return
         model, self._generate = loaded
-        self._loaded = model
-        self._log.info("model %s: %s", self.name, self._loaded_line(model))
+        self._loaded, facts = model, self._model_facts(model)
+        self._facts = facts
+        self._log.info(
+            "model %s: %s loaded from %s in %.1f s: %s, %s",
+            self.name,
+            facts.architecture,
+            self.model_ref,
+            time.monotonic() - started,
+            facts.summary(),
+            self._how_served(model),
+        )
         self.set_status(State.READY)
         await self._batcher.serve(worker, self._generate_blocking)
+
+    def _still_loading(self, seconds: float) -> None:
+        self._log.info(
+            "model %s: still loading weights from %s (%.0f s so far)",
+            self.name,
+            self.model_ref,
+            seconds,
+        )
+        self.set_status(State.STARTING, f"loading {self.model_ref} ({seconds:.0f} s so far)")
 
     def _generate_blocking(self, specs: list[SpecT]) -> list[RowResult]:
         """In the model thread: one batch, with the functions the load brought in."""
         generate, model = self._generate, self._loaded
         if generate is None or model is None:  # stopped while the batch waited for the thread
             raise RuntimeError("the model is not loaded")
-        return generate(model, specs, self._stopping)
+        return run_freeing_on_oom(lambda: generate(model, specs, self._stopping))
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -211,9 +262,3 @@ def _on_text(events: asyncio.Queue[Event] | None, index: int) -> Callable[[str],
     if events is None:
         return None
     return threadsafe(lambda text: events.put_nowait((index, text)))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    return first if len(first) <= 300 else first[:297] + "..."

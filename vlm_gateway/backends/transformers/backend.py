@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, cast
 from vlm_gateway.backends.inprocess.backend import GenerateBatch, InProcessBackend
 from vlm_gateway.backends.inprocess.batcher import Prepared, RowHooks
 from vlm_gateway.backends.inprocess.budget import token_budget
-from vlm_gateway.backends.transformers import custom_chat
+from vlm_gateway.backends.inprocess.loading import ModelFacts
+from vlm_gateway.backends.transformers import custom_chat, generation
 from vlm_gateway.backends.transformers import request as req
 from vlm_gateway.backends.transformers.custom_chat import ChatModel, ChatRow
 from vlm_gateway.backends.transformers.limits import context_length
@@ -38,6 +39,8 @@ class TransformersBackend(InProcessBackend["LoadedModel | ChatModel", "RowSpec |
             entry.model,
             max_batch_size=entry.max_batch_size,
             batch_wait_ms=entry.batch_wait_ms,
+            device=entry.device,
+            dtype=entry.dtype,
         )
         self._entry = entry
         self._row_spec: type[RowSpec] | None = None
@@ -56,29 +59,28 @@ class TransformersBackend(InProcessBackend["LoadedModel | ChatModel", "RowSpec |
         if chat_model is not None:
             return chat_model, cast("GenerateBatch[Any, Any]", custom_chat_model.generate_rows)
         self._row_spec = generate.RowSpec
-        return generate.load(self._entry), cast("GenerateBatch[Any, Any]", generate.generate_batch)
+        loaded = generate.load(self._entry)
+        defaults = generation.with_defaults(
+            loaded.generation_config, self._entry.generation, self._entry.entry_max_new_tokens
+        )
+        loaded.generation_config = loaded.model.generation_config = defaults
+        return loaded, cast("GenerateBatch[Any, Any]", generate.generate_batch)
 
-    def _loaded_line(self, model: LoadedModel | ChatModel) -> str:
-        dtype = str(model.dtype).removeprefix("torch.")
-        how = (
-            "served through its chat(), one answer at a time"
-            if isinstance(model, ChatModel)
-            else f"batches of up to {self.max_batch_size}"
-        )
-        return (
-            f"{type(model.model).__name__} loaded from {self.model_ref} on {model.device} "
-            f"({dtype}, {model.parameters:,} parameters), {how}"
-        )
+    def _model_facts(self, model: LoadedModel | ChatModel) -> ModelFacts:
+        quantization = self._entry.quantization
+        return ModelFacts.of(model.model, model.device, model.dtype, model.parameters, quantization)
+
+    def _how_served(self, model: LoadedModel | ChatModel) -> str:
+        if isinstance(model, ChatModel):
+            return "served through its chat(), one answer at a time"
+        return super()._how_served(model)
 
     def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        loaded = self._loaded
-        info.update(
-            device=str(loaded.device) if loaded else self._entry.device,
-            dtype=str(loaded.dtype).removeprefix("torch.") if loaded else self._entry.dtype,
-            parameters=loaded.parameters if loaded else None,
-        )
-        return info
+        loaded = self._loaded  # the defaults in force, once loaded; a chat() model keeps its own
+        defaults = None
+        if loaded is not None and not isinstance(loaded, ChatModel):
+            defaults = generation.describe(loaded.generation_config)
+        return super().describe() | {"generation": defaults}
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -102,7 +104,7 @@ class TransformersBackend(InProcessBackend["LoadedModel | ChatModel", "RowSpec |
             context_length(model.model.config),
             prompt_tokens,
             request.output_token_limit,
-            self._entry.default_max_tokens,
+            _default_max_tokens(model),
         )
         row = functools.partial(self._row, turns, samplings, req.stops(request), max_tokens)
         return Prepared(prompt_tokens, len(samplings), row)
@@ -126,6 +128,11 @@ class TransformersBackend(InProcessBackend["LoadedModel | ChatModel", "RowSpec |
             on_text=hooks.on_text,
             is_cancelled=hooks.is_cancelled,
         )
+
+
+def _default_max_tokens(loaded: LoadedModel) -> int:
+    """The request's token limit when it sets none: `generation.with_defaults` made it."""
+    return int(loaded.generation_config.max_new_tokens or generation.FALLBACK_MAX_NEW_TOKENS)
 
 
 def _prepare(

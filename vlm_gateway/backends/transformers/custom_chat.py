@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlm_gateway.backends.inprocess.batcher import Prepared, RowHooks
 from vlm_gateway.backends.transformers import request as req
+from vlm_gateway.backends.transformers.generation import FALLBACK_MAX_NEW_TOKENS
 from vlm_gateway.core.errors import InvalidRequestError
 from vlm_gateway.core.protocol import ChatCompletionRequest
 
@@ -74,7 +75,7 @@ async def prepare(
     if system is not None and not model.takes("system_prompt"):
         msgs.insert(0, {"role": "system", "content": [system]})
         system = None
-    max_tokens = request.output_token_limit or entry.default_max_tokens
+    max_tokens = request.output_token_limit or entry.entry_max_new_tokens or FALLBACK_MAX_NEW_TOKENS
     stop = req.stops(request)
 
     def row(index: int, hooks: RowHooks) -> ChatRow:

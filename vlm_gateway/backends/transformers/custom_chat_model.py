@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vlm_gateway.backends.inprocess.batcher import RowResult
+from vlm_gateway.backends.inprocess.loading import LOAD_LOCK
 from vlm_gateway.backends.inprocess.rowtext import RowText
+from vlm_gateway.backends.transformers import quantization
 from vlm_gateway.backends.transformers.custom_chat import ChatModel, ChatRow
-
-# One lock for every from_pretrained of this kind: transformers' loading is not thread-safe.
-from vlm_gateway.backends.transformers.generate import _LOAD_LOCK, resolve_device, resolve_dtype
+from vlm_gateway.backends.transformers.generate import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     from vlm_gateway.backends.transformers.settings import TransformersBackendSettings
@@ -37,7 +37,7 @@ def load(entry: TransformersBackendSettings) -> ChatModel | None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     common: dict[str, Any] = {"revision": entry.revision, "trust_remote_code": True}
-    with _LOAD_LOCK:
+    with LOAD_LOCK:  # one load at a time, whatever the kind (inprocess/loading.py)
         config = AutoConfig.from_pretrained(entry.model, **common)
     auto_map = getattr(config, "auto_map", None) or {}
     if (
@@ -50,7 +50,9 @@ def load(entry: TransformersBackendSettings) -> ChatModel | None:
     model_kwargs = dict(common, dtype=dtype)
     if entry.attn_implementation:
         model_kwargs["attn_implementation"] = entry.attn_implementation
-    with _LOAD_LOCK:
+    if entry.quantization:  # placed on the device as it loads
+        model_kwargs.update(quantization.load_kwargs(entry.quantization, device, dtype))
+    with LOAD_LOCK:  # one load at a time, whatever the kind (inprocess/loading.py)
         tokenizer = AutoTokenizer.from_pretrained(entry.model, **common)
         model = AutoModel.from_pretrained(entry.model, **model_kwargs)
     chat = getattr(model, "chat", None)
@@ -59,14 +61,16 @@ def load(entry: TransformersBackendSettings) -> ChatModel | None:
             f"{type(model).__name__} is not an image-text-to-text model transformers knows, and "
             "has no chat(msgs=..., tokenizer=...) method to serve it through"
         )
-    model.to(device).eval()
+    if not entry.quantization:
+        model = model.to(device)
+    model.eval()
     arguments = inspect.signature(chat).parameters.values()
     return ChatModel(
         model=model,
         tokenizer=tokenizer,
         device=device,
         dtype=dtype,
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=model.num_parameters(),  # 4-bit weights counted unpacked
         chat_arguments=frozenset(a.name for a in arguments),
         chat_takes_any=any(a.kind is inspect.Parameter.VAR_KEYWORD for a in arguments),
     )
