@@ -5,9 +5,11 @@ transformers does them).
 Everything here blocks and runs in the model thread or worker threads. torch and transformers
 are imported here only, and this module is imported only when the model loads.
 
-A batch's rows are grouped by sampling settings; each group is one left-padded `generate()`
-call. A streamer sees every step's tokens for all rows and hands each row its new text; a
-stopping criterion ends each row at its own token limit, stop string or cancellation.
+A batch is one left-padded `generate()` call whatever its rows' sampling settings: each row's
+temperature, top-p, top-k, repetition penalty and seed are applied by a logits processor of its
+own (row_sampling.py). A streamer sees every step's tokens for all rows and hands each row its
+new text; a stopping criterion ends each row at its own token limit, stop string or
+cancellation.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from transformers.generation.logits_process import LogitsProcessorList
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 from vlm_gateway.backends.inprocess.batcher import RowResult
@@ -26,6 +29,11 @@ from vlm_gateway.backends.inprocess.loading import LOAD_LOCK
 from vlm_gateway.backends.inprocess.rowtext import RowText
 from vlm_gateway.backends.transformers import quantization
 from vlm_gateway.backends.transformers.request import Conversation, Sampling
+from vlm_gateway.backends.transformers.row_sampling import (
+    NEUTRAL_GENERATE_KWARGS,
+    RowPlan,
+    RowSampler,
+)
 
 if TYPE_CHECKING:
     from transformers import BatchFeature, GenerationConfig, PreTrainedModel, ProcessorMixin
@@ -146,60 +154,30 @@ class RowSpec:
 def generate_batch(
     loaded: LoadedModel, specs: list[RowSpec], should_stop: threading.Event | None = None
 ) -> list[RowResult]:
-    """Generate every row; rows with the same sampling settings together. Blocking."""
+    """Generate every row in one left-padded `generate()` call, each row with its own sampling
+    (row_sampling.py). Blocking."""
     stopping = should_stop or threading.Event()
-    groups: dict[tuple[object, ...], list[int]] = {}
-    for index, spec in enumerate(specs):
-        groups.setdefault(spec.sampling.group, []).append(index)
-    results: list[RowResult | None] = [None] * len(specs)
-    with torch.inference_mode():
-        for indexes in groups.values():
-            group = [specs[i] for i in indexes]
-            for index, result in zip(
-                indexes, _generate_group(loaded, group, stopping), strict=True
-            ):
-                results[index] = result
-    return [r for r in results if r is not None]
-
-
-def _generate_group(
-    loaded: LoadedModel, specs: list[RowSpec], should_stop: threading.Event
-) -> list[RowResult]:
     rows = [
         RowText(loaded.decode, loaded.eos_token_ids, s.max_new_tokens, s.stop, s.on_text)
         for s in specs
     ]
-    inputs = loaded.inputs([s.conversation for s in specs]).to(loaded.device)
-    if loaded.dtype != torch.float32:
-        inputs = inputs.to(loaded.dtype)  # floating tensors only (pixel values)
-    sampling = specs[0].sampling
-    if sampling.seed is not None:
-        torch.manual_seed(sampling.seed)
-    loaded.model.generate(  # type: ignore[operator]
-        **inputs,
-        **_sampling_kwargs(sampling),
-        max_new_tokens=max(s.max_new_tokens for s in specs),
-        pad_token_id=loaded.pad_token_id,
-        streamer=_RowsStreamer(rows),
-        stopping_criteria=StoppingCriteriaList([_RowsDone(rows, specs, should_stop)]),
-    )
-    if should_stop.is_set():
+    plans = [RowPlan.of(spec.sampling, loaded.generation_config) for spec in specs]
+    with torch.inference_mode():
+        inputs = loaded.inputs([s.conversation for s in specs]).to(loaded.device)
+        if loaded.dtype != torch.float32:
+            inputs = inputs.to(loaded.dtype)  # floating tensors only (pixel values)
+        loaded.model.generate(  # type: ignore[operator]
+            **inputs,
+            **NEUTRAL_GENERATE_KWARGS,
+            logits_processor=LogitsProcessorList([RowSampler(plans, loaded.device)]),
+            max_new_tokens=max(s.max_new_tokens for s in specs),
+            pad_token_id=loaded.pad_token_id,
+            streamer=_RowsStreamer(rows),
+            stopping_criteria=StoppingCriteriaList([_RowsDone(rows, specs, stopping)]),
+        )
+    if stopping.is_set():
         raise RuntimeError("the backend is stopping")
     return [row.result() for row in rows]
-
-
-def _sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    if sampling.do_sample is not None:
-        kwargs["do_sample"] = sampling.do_sample
-    if sampling.do_sample:
-        for name in ("temperature", "top_p", "top_k"):
-            value = getattr(sampling, name)
-            if value is not None:
-                kwargs[name] = value
-    if sampling.repetition_penalty is not None:
-        kwargs["repetition_penalty"] = sampling.repetition_penalty
-    return kwargs
 
 
 class _RowsStreamer(BaseStreamer):

@@ -37,7 +37,7 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class Sampling:
-    """One choice's sampling; rows of a batch with equal `group` generate together."""
+    """One choice's sampling as the request said it (None: the model's defaults decide)."""
 
     do_sample: bool | None  # None: the model's generation_config decides
     temperature: float | None
@@ -45,17 +45,6 @@ class Sampling:
     top_k: int | None
     repetition_penalty: float | None
     seed: int | None  # only sampled rows use it
-
-    @property
-    def group(self) -> tuple[object, ...]:
-        return (
-            self.do_sample,
-            self.temperature,
-            self.top_p,
-            self.top_k,
-            self.repetition_penalty,
-            self.seed,
-        )
 
 
 def check(request: ChatCompletionRequest) -> None:
