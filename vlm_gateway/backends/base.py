@@ -28,6 +28,9 @@ class State(enum.Enum):
     UNAVAILABLE = "unavailable"  # was ready or may become so: retried in the background
     FAILED = "failed"  # gave up (bad config, exhausted restarts): needs a person
     STOPPED = "stopped"
+    UNLOADED = "unloaded"  # on demand: not in memory; the next request loads it
+    LOADING = "loading"  # on demand: being loaded for a waiting request
+    SLEEPING = "sleeping"  # on demand: weights parked in host memory (vLLM sleep mode)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,18 @@ class Backend(ABC):
     async def stop(self) -> None:
         """Release everything; after this returns no task or connection of ours is left."""
         self.set_status(State.STOPPED)
+
+    loadable: bool = False  # whether the on-demand manager may load and unload this replica
+
+    async def load(self) -> None:
+        """Bring the model into memory; return once it serves (READY), or raise a
+        GatewayError saying why not. Called only when `loadable`."""
+        raise NotImplementedError(f"{self.kind} backends cannot be loaded on demand")
+
+    async def unload(self) -> None:
+        """Give the model's memory back (state UNLOADED or SLEEPING); `load` must work
+        again afterwards. Called only when `loadable` and nothing is in flight."""
+        raise NotImplementedError(f"{self.kind} backends cannot be unloaded")
 
     @abstractmethod
     async def chat(self, request: ChatCompletionRequest) -> dict[str, Any]:
