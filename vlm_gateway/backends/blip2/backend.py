@@ -52,8 +52,15 @@ class Blip2Backend(InProcessBackend["LoadedBlip2", "RowSpec"]):
         batch_wait_ms: float = 5.0,
         context_length: int | None = None,
         default_max_tokens: int = 64,
+        loadable: bool = False,
     ) -> None:
-        super().__init__(name, model, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+        super().__init__(
+            name,
+            model,
+            max_batch_size=max_batch_size,
+            batch_wait_ms=batch_wait_ms,
+            loadable=loadable,
+        )
         self._device, self._dtype = device, dtype
         self._context_length = context_length
         self._default_max_tokens = default_max_tokens

@@ -11,7 +11,11 @@ import asyncio
 import functools
 from typing import TYPE_CHECKING, Any
 
-from vlm_gateway.backends.inprocess.backend import GenerateBatch, InProcessBackend
+from vlm_gateway.backends.inprocess.backend import (
+    GenerateBatch,
+    InProcessBackend,
+    loads_on_demand,
+)
 from vlm_gateway.backends.inprocess.batcher import Prepared, RowHooks
 from vlm_gateway.backends.transformers import request as req
 from vlm_gateway.core.errors import InvalidRequestError
@@ -32,6 +36,7 @@ class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
             entry.model,
             max_batch_size=entry.max_batch_size,
             batch_wait_ms=entry.batch_wait_ms,
+            loadable=loads_on_demand(entry),
         )
         self._entry = entry
         self._row_spec: type[RowSpec] | None = None
