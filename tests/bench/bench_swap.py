@@ -96,10 +96,10 @@ class LaunchedVllm:
             await process.stop(STOP_GRACE_S)
 
 
-class StopStart:
-    """`swap: stop`: the process group stopped, `vllm serve` launched again."""
+class OneVllm:
+    """A way of swapping that works on one launched `vllm serve`: up first, stopped last."""
 
-    name = "stop-start"
+    name = "one vllm"
 
     def __init__(self, vllm: LaunchedVllm) -> None:
         self._vllm = vllm
@@ -107,6 +107,15 @@ class StopStart:
 
     async def bring_up(self) -> None:
         await self._vllm.start()
+
+    async def close(self) -> None:
+        await self._vllm.stop()
+
+
+class StopStart(OneVllm):
+    """`swap: stop`: the process group stopped, `vllm serve` launched again."""
+
+    name = "stop-start"
 
     async def unload(self) -> None:
         await self._vllm.stop()
@@ -114,31 +123,21 @@ class StopStart:
     async def load(self) -> None:
         await self._vllm.start()
 
-    async def close(self) -> None:
-        await self._vllm.stop()
 
-
-class SleepWake:
+class SleepWake(OneVllm):
     """`swap: sleep`: one process launched with sleep mode, put to sleep and woken."""
 
     name = "sleep-wake"
 
     def __init__(self, vllm: LaunchedVllm) -> None:
-        self._vllm = vllm
-        self.root_url = vllm.root_url
+        super().__init__(vllm)
         self._calls = SleepClient(vllm.session, vllm.root_url, NAME, timeout_s=START_DEADLINE_S)
-
-    async def bring_up(self) -> None:
-        await self._vllm.start()
 
     async def unload(self) -> None:
         await self._calls.sleep()
 
     async def load(self) -> None:
         await self._calls.wake_up()
-
-    async def close(self) -> None:
-        await self._vllm.stop()
 
 
 def ways(args: argparse.Namespace, session: aiohttp.ClientSession, work: Path) -> list[Swap]:
