@@ -61,6 +61,7 @@ def refusal(config: GatewaySettings, body: ChatCompletionRequest) -> ImageError:
 def test_too_many_images_names_the_models_limit():
     error = refusal(settings(), request("one", png_data_url(), png_data_url(seed=1)))
     assert "at most 1 image(s)" in error.message and error.code == "too_many_images"
+    assert error.param == "messages[0].content[1]"  # the first image past the limit
 
 
 def test_the_failing_part_is_named_in_param():

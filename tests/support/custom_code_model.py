@@ -6,9 +6,11 @@
 `AutoModel.from_pretrained(dir, trust_remote_code=True)` loads it fully offline
 (HF_HUB_OFFLINE=1); transformers copies the code into HF_MODULES_CACHE.
 
-The model's `chat(image=None, msgs=..., tokenizer=..., **kwargs)` answers like MiniCPM-V's (a
-str, or a generator of str pieces with `stream=True`), deterministically: `answer_for` gives the
-text for the images' sizes and the last user question.
+The model's `chat(image=None, msgs=..., tokenizer=..., sampling=..., system_prompt=...,
+stream=..., **kwargs)` answers like MiniCPM-V 2.6's (a str, or a generator of str pieces with
+`stream=True`, which it takes only with `sampling`), checks `msgs` as MiniCPM-V 2.6 does, and
+answers deterministically: `answer_for` gives the text for the images' sizes, the last user
+question and the system prompt.
 """
 
 from __future__ import annotations
@@ -32,14 +34,16 @@ class TinyChatConfig(PretrainedConfig):
 
 MODELING = '''
 import torch
+from PIL import Image
 from transformers import PreTrainedModel
 
 from .configuration_tiny import TinyChatConfig
 
 
-def answer_for(images, question):
+def answer_for(images, question, system=""):
     sizes = ", ".join(f"{image.size[0]}x{image.size[1]}" for image in images)
-    return f"{len(images)} image(s) [{sizes}] asked: {question}"
+    said = f"(system: {system}) " if system else ""
+    return f"{said}{len(images)} image(s) [{sizes}] asked: {question}"
 
 
 class TinyChatModel(PreTrainedModel):
@@ -56,32 +60,43 @@ class TinyChatModel(PreTrainedModel):
     def forward(self, x):
         return self.proj(x)
 
-    def chat(self, image=None, msgs=None, tokenizer=None, max_new_tokens=2048, stream=False,
-             **kwargs):
-        """MiniCPM-V's interface: `msgs` is [{"role", "content": [PIL images and str]}]."""
+    def chat(self, image=None, msgs=None, tokenizer=None, max_new_tokens=2048, sampling=True,
+             system_prompt="", stream=False, **kwargs):
+        """MiniCPM-V 2.6's interface and checks: `msgs` is [{"role": "user" | "assistant",
+        "content": [PIL images and str]}], a user turn first; streaming only when sampling."""
         if tokenizer is None or not msgs:
             raise ValueError("chat needs msgs and a tokenizer")
+        assert sampling or not stream, "if use stream mode, make sure sampling=True"
         images = [image] if image is not None else []
         question = ""
-        for message in msgs:
+        for index, message in enumerate(msgs):
+            assert message["role"] in ("user", "assistant"), message["role"]
+            assert index or message["role"] == "user", "The role of first msg should be user"
             content = message["content"]
             parts = [content] if isinstance(content, str) else content
             for part in parts:
                 if isinstance(part, str):
                     question = part
-                elif message["role"] == "user":
-                    images.append(part)
-        words = answer_for(images, question).split(" ")[:max_new_tokens]
+                elif isinstance(part, Image.Image):
+                    if message["role"] == "user":
+                        images.append(part)
+                else:
+                    raise TypeError(f"a msgs part is a {type(part).__name__}")
+        words = answer_for(images, question, system_prompt).split(" ")[:max_new_tokens]
         if stream:
             return (word if i == 0 else " " + word for i, word in enumerate(words))
         return " ".join(words)
 '''
 
 
-def answer_for(sizes: list[tuple[int, int]], question: str, max_words: int = 2048) -> str:
-    """What the model's `chat` answers for images of these (width, height) sizes."""
+def answer_for(
+    sizes: list[tuple[int, int]], question: str, max_words: int = 2048, system: str = ""
+) -> str:
+    """What the model's `chat` answers for images of these (width, height) sizes (and, when
+    given, its `system_prompt`)."""
     listed = ", ".join(f"{width}x{height}" for width, height in sizes)
-    words = f"{len(sizes)} image(s) [{listed}] asked: {question}".split(" ")
+    said = f"(system: {system}) " if system else ""
+    words = f"{said}{len(sizes)} image(s) [{listed}] asked: {question}".split(" ")
     return " ".join(words[:max_words])
 
 

@@ -50,8 +50,22 @@ class Backend(ABC):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.in_flight = 0  # requests running now; the router picks the least busy replica
+        self._in_flight = 0
         self._status = Status(State.STARTING)
+
+    # Told when the replica's last request ends (the on-demand manager: room may have freed).
+    on_idle: Callable[[], None] | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests running now; the router picks the least busy replica."""
+        return self._in_flight
+
+    @in_flight.setter
+    def in_flight(self, value: int) -> None:
+        self._in_flight = value
+        if value == 0 and self.on_idle is not None:
+            self.on_idle()
 
     @property
     def status(self) -> Status:

@@ -18,7 +18,18 @@ ReadyPolicy = Literal["all", "any"]  # bare GET /ready: every model ready, or at
 Routing = Literal["least_busy", "affinity"]  # a model's `routing` setting
 
 # A model's state is its most hopeful replica's: one ready replica serves, a starting one may.
-_MOST_HOPEFUL_FIRST = (State.READY, State.STARTING, State.UNAVAILABLE, State.FAILED, State.STOPPED)
+_MOST_HOPEFUL_FIRST = (
+    State.READY,
+    State.LOADING,
+    State.STARTING,
+    State.SLEEPING,
+    State.UNLOADED,
+    State.UNAVAILABLE,
+    State.FAILED,
+    State.STOPPED,
+)
+# States in which a model serves a request: at once, or once loaded on demand for it (/ready).
+SERVES_ON_REQUEST = frozenset({State.READY, State.LOADING, State.SLEEPING, State.UNLOADED})
 
 
 class BackendRegistry:
@@ -154,7 +165,7 @@ class BackendRegistry:
         states = {backend.status.state for backend in replicas}
         state = next(s for s in _MOST_HOPEFUL_FIRST if s in states)
         return {
-            "ready": state is State.READY,
+            "ready": state in SERVES_ON_REQUEST,
             "state": state.value,
             "replicas": [self.describe(backend) for backend in replicas],
         }

@@ -1,10 +1,11 @@
 """uvicorn's server with the gateway's graceful drain (docs/reliability.md, "Graceful drain").
 
 On SIGTERM (or SIGINT), at once, in one step on the event loop: /ready answers 503
-"draining", the listening socket is closed (new connections are refused) and the batch
-runner is told to stop taking rows. Requests in flight, JSON and streams, then have until
-`shutdown_grace` after the signal to finish; answers given meanwhile carry `connection:
-close`. What still runs then is cut (a 503, or an error event that ends the stream:
+"draining", the listening socket is closed (new connections are refused), the batch
+runner is told to stop taking rows and loads on demand under way are stopped (their waiting
+requests get 503 `shutting_down`; backends/ondemand/). Requests in flight, JSON and streams,
+then have until `shutdown_grace` after the signal to finish; answers given meanwhile carry
+`connection: close`. What still runs then is cut (a 503, or an error event that ends the stream:
 server/drain.py). Then the app's lifespan stops: batch runner, store, backends (managed vLLM
 last), and the process exits 0.
 
@@ -113,8 +114,9 @@ class DrainingServer(uvicorn.Server):
         self._drain.begin()
         self._close_listeners()
         with contextlib.suppress(RuntimeError):  # the app's lifespan has not started
-            runner = state_of(self._app).batch_runner
-            self._batches_stopping = asyncio.ensure_future(runner.stop())
+            state = state_of(self._app)
+            self._batches_stopping = asyncio.ensure_future(state.batch_runner.stop())
+            state.loader.shut()  # loads on demand under way stop; none starts any more
         log.info(
             "draining: /ready answers 503, no new connections; %d request(s) in flight get up "
             "to %g s",

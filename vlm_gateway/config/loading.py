@@ -31,6 +31,7 @@ _ENV_KEYS = (
     "shutdown_grace",
     "header_timeout",
     "max_upstream_connections",
+    "max_loaded_models",
     "data_dir",  # containers point it at their mounted volume
 )
 

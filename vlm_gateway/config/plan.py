@@ -3,6 +3,8 @@ Each entry's own lines come from its backend kind (`ModelEntry.plan_lines`)."""
 
 from __future__ import annotations
 
+from vlm_gateway.config.load_budget import load_plan_lines
+from vlm_gateway.config.on_demand import idle_words
 from vlm_gateway.config.settings import GatewaySettings, ModelEntry
 from vlm_gateway.media.settings import MODALITIES, MediaSettings, media_limits_for
 
@@ -15,12 +17,19 @@ def describe_plan(settings: GatewaySettings) -> list[str]:
     ]
     if settings.tracing.enabled:
         lines.append(settings.tracing.plan_line())
+    lines.extend(load_plan_lines(settings))
     names = settings.model_names()
     lines.append(f"models: {len(names)}" + ("" if names else " (none configured)"))
     for name in names:
         replicas = settings.entries_for(name)
         suffix = f" ({len(replicas)} replicas, least in-flight first)" if len(replicas) > 1 else ""
         lines.append(f"- {name}{suffix}")
+        if replicas[0].load == "on_demand":
+            first = replicas[0]
+            lines.append(
+                f"    loads on demand: requests wait up to {first.load_timeout:g} s "
+                f"(at most {first.load_queue} at once); {idle_words(first.idle_unload)}"
+            )
         limits = replicas[0].image_limits(settings.images)
         resized = f", shrunk to cover {limits.describe()['resize']}" if limits.resize else ""
         lines.append(

@@ -26,7 +26,7 @@ class KeySettings(_Section):
     models: list[str] | None = None  # the model names this key may call; None: all
     requests_per_minute: PositiveInt | None = None  # on top of the gateway-wide limit
     max_in_flight: PositiveInt | None = None  # on top of the gateway-wide limit
-    admin: bool = False  # sees every tenant's files and batches
+    admin: bool = False  # sees every tenant's files and batches; loads and unloads models
 
     @field_validator("name")
     @classmethod

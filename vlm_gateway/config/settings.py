@@ -13,6 +13,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from vlm_gateway.config.on_demand import IdleUnload, loaded_models_error, startup_keys_error
 from vlm_gateway.config.security import SecuritySettings
 from vlm_gateway.config.tracing import TracingSettings
 from vlm_gateway.images.decode import ImageLimits
@@ -52,6 +53,13 @@ class ModelEntry(Section):
     routing: Literal["least_busy", "affinity"] = "least_busy"
     # What the model takes; None: what its kind knows (`kind_input_modalities`).
     input_modalities: list[Literal["text", "image", "video", "audio"]] | None = None
+    # Loading (docs/on-demand.md): at startup and kept, or on the first request that needs it,
+    # which waits up to `load_timeout` (at most `load_queue` requests wait, the rest get 503),
+    # and unloaded after `idle_unload` without requests or to make room for another model.
+    load: Literal["startup", "on_demand"] = "startup"
+    idle_unload: IdleUnload = "never"
+    load_timeout: Annotated[float, Field(gt=0)] = 300.0
+    load_queue: Annotated[int, Field(ge=0)] = 64
 
     # Images per request this kind's models take when not configured (None: `images.max_images`).
     kind_max_images: ClassVar[int | None] = None
@@ -65,6 +73,9 @@ class ModelEntry(Section):
     # them: media/request_kwargs.py); a remote upstream's server judges them itself.
     kind_takes_media_kwargs: ClassVar[bool] = False
     kind_bounds_media_kwargs: ClassVar[bool] = False
+    # Whether the gateway holds this kind's model in its own memory, so that it may load and
+    # unload it (a remote upstream is neither: it is never loaded on demand).
+    kind_loads_on_demand: ClassVar[bool] = True
 
     @field_validator("failover_on")
     @classmethod
@@ -78,6 +89,18 @@ class ModelEntry(Section):
                 "own fault and goes back to the client as it is"
             )
         return statuses
+
+    @model_validator(mode="after")
+    def _load_keys_fit(self) -> ModelEntry:
+        if self.load == "on_demand" and not self.kind_loads_on_demand:
+            raise ValueError(
+                f"load: on_demand is not for `backend: {self.backend}` models: the gateway does "
+                "not hold their model, their server does (remove `load` or set it to startup)"
+            )
+        problem = startup_keys_error(self.load, self.model_fields_set)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     def modalities(self) -> tuple[str, ...]:
         """The inputs this model takes: configured, else what its kind knows of it."""
@@ -114,8 +137,13 @@ class ModelEntry(Section):
             self._input_size = self.preferred_image_size()
         return self._input_size
 
+    def known_max_images(self) -> int | None:
+        """Images per request this model takes when its entry does not say: what its kind
+        knows (a kind that reads its model's own config overrides this); None: `images:`'s."""
+        return self.kind_max_images
+
     def image_limits(self, defaults: ImageSettings) -> ImageLimits:
-        return limits_for(defaults, self.images, self.kind_max_images, self.image_resize())
+        return limits_for(defaults, self.images, self.known_max_images(), self.image_resize())
 
     def plan_lines(self, index: int, settings: GatewaySettings) -> list[str]:
         """check-config's lines for this entry as replica `index` of its model."""
@@ -167,6 +195,9 @@ class GatewaySettings(Section):
     # Seconds a client has to send each request's line and headers (slowloris; docs/reliability.md).
     header_timeout: Annotated[float, Field(gt=0)] = 10.0
     max_upstream_connections: Annotated[int, Field(ge=1)] = 1000
+    # Models the gateway holds loaded at once (startup and on-demand ones; remote upstreams do
+    # not count); None: no cap but the GPUs' memory (docs/on-demand.md).
+    max_loaded_models: Annotated[int, Field(ge=1)] | None = None
     models: list[ModelEntry] = Field(default_factory=list)
     # Batch API files and their SQLite store (default: $XDG_DATA_HOME/vlm-gateway).
     data_dir: str = Field(default_factory=_default_data_dir)
@@ -180,6 +211,29 @@ class GatewaySettings(Section):
     def _gpu_memory_fits(self) -> GatewaySettings:
         self.gpu_shares()  # raises ValueError naming the over-committed GPU
         return self
+
+    @model_validator(mode="after")
+    def _room_for_loaded_models(self) -> GatewaySettings:
+        for name in self.model_names():
+            if len({entry.load for entry in self.entries_for(name)}) > 1:
+                raise ValueError(f"models named {name!r}: every replica must have the same `load`")
+        problem = loaded_models_error(
+            self.max_loaded_models, self.local_model_names("startup"), self.on_demand_models()
+        )
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def local_model_names(self, load: str) -> list[str]:
+        """Models held by the gateway (not remote upstreams) whose first entry loads so."""
+        return [
+            name
+            for name in self.model_names()
+            if (first := self.entries_for(name)[0]).kind_loads_on_demand and first.load == load
+        ]
+
+    def on_demand_models(self) -> list[str]:
+        return self.local_model_names("on_demand")
 
     def gpu_shares(self) -> dict[Hashable, float | None]:
         """(name, replica) -> gpu_memory_utilization for every process the gateway launches."""

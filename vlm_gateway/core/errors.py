@@ -69,6 +69,14 @@ class InvalidAPIKeyError(GatewayError):
     default_code = "invalid_api_key"
 
 
+class PermissionDeniedError(GatewayError):
+    """A valid key that may not do this (an admin-only control)."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    default_code = "permission_denied"
+
+
 class NotFoundError(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"

@@ -66,6 +66,8 @@ _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _IMAGE_BYTES_BUCKETS = tuple(4096 * 4**i for i in range(9))  # 4 KiB .. 256 MiB
 _FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _DECODE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+# Loads on demand: an in-process model in seconds, a vLLM cold start in minutes.
+_LOAD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class Metrics:
@@ -107,6 +109,7 @@ class Metrics:
             "model",
             "replica",
         )
+        self._define_on_demand()
 
     @classmethod
     def from_environment(cls, models: Iterable[str]) -> Metrics:
@@ -184,6 +187,38 @@ class Metrics:
             "Bytes of the video and audio parts accepted.",
             "model",
             "modality",
+        )
+
+    def _define_on_demand(self) -> None:
+        self._loads = self._counter(
+            "vlmgw_model_loads_total",
+            "Loads on demand, by outcome (loaded, failed).",
+            "model",
+            "outcome",
+        )
+        self._load_seconds = self._histogram(
+            "vlmgw_model_load_seconds",
+            "Loads on demand: room made and the model loaded.",
+            _LOAD_BUCKETS,
+            "model",
+        )
+        self._unloads = self._counter(
+            "vlmgw_model_unloads_total",
+            "Models unloaded, by reason (evicted: to make room; idle: idle_unload; admin).",
+            "model",
+            "reason",
+        )
+        self._queue_wait = self._histogram(
+            "vlmgw_load_queue_wait_seconds",
+            "Requests that waited for their model's load: how long.",
+            _LOAD_BUCKETS,
+            "model",
+        )
+        self._queue_refusals = self._counter(
+            "vlmgw_load_queue_refusals_total",
+            "Requests refused while their model loaded (queue_full, load_timeout).",
+            "model",
+            "reason",
         )
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
@@ -288,6 +323,22 @@ class Metrics:
     def ejection(self, model: str, replica: int, cooldown_s: float) -> None:
         del cooldown_s  # in the log line; a label of it would grow without bound
         self._ejections.labels(self.model_label(model), str(replica)).inc()
+
+    # -- loading on demand (backends/ondemand/) ---------------------------------------------
+
+    def model_load(self, model: str, outcome: str, seconds: float) -> None:
+        self._loads.labels(self.model_label(model), outcome).inc()
+        if outcome == "loaded":
+            self._load_seconds.labels(self.model_label(model)).observe(seconds)
+
+    def model_unload(self, model: str, reason: str) -> None:
+        self._unloads.labels(self.model_label(model), reason).inc()
+
+    def load_queue_wait(self, model: str, seconds: float) -> None:
+        self._queue_wait.labels(self.model_label(model)).observe(seconds)
+
+    def load_queue_refusal(self, model: str, reason: str) -> None:
+        self._queue_refusals.labels(self.model_label(model), reason).inc()
 
     # -- batches -------------------------------------------------------------------------------
 

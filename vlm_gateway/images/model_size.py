@@ -79,8 +79,17 @@ def _sides(width: object, height: object) -> tuple[int, int] | None:
     return None
 
 
-def _hub_cache_snapshot(model: str) -> Path | None:
-    """The cached snapshot of hub id `model` ("org/name") at its main revision, if present."""
+def local_model_dir(model: str, revision: str | None = None) -> Path | None:
+    """Where `model`'s files are on this machine without a download: the directory itself, or
+    the hub id's snapshot in the local Hugging Face cache; None when neither is here."""
+    if os.path.isdir(model):
+        return Path(model)
+    return _hub_cache_snapshot(model, revision or "main")
+
+
+def _hub_cache_snapshot(model: str, revision: str = "main") -> Path | None:
+    """The cached snapshot of hub id `model` ("org/name") at `revision` (a branch or tag the
+    cache has a ref for, or a commit), if present."""
     if model.count("/") != 1 or model.startswith((".", "/")):
         return None
     hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
@@ -89,11 +98,11 @@ def _hub_cache_snapshot(model: str) -> Path | None:
     )
     repo = Path(hub) / ("models--" + model.replace("/", "--"))
     try:
-        revision = (repo / "refs" / "main").read_text().strip()
+        commit = (repo / "refs" / revision).read_text().strip()
     except OSError:
-        return None
-    snapshot = repo / "snapshots" / revision
-    return snapshot if revision and snapshot.is_dir() else None
+        commit = revision  # a commit hash names its snapshot directly
+    snapshot = repo / "snapshots" / commit
+    return snapshot if commit and snapshot.is_dir() else None
 
 
 # Model types vLLM takes video for although their config names no video token.
@@ -114,13 +123,8 @@ def model_modalities(model: str) -> tuple[str, ...] | None:
     (`vision_config`, or an image processor beside it), video and audio for their tokens or
     towers (an omni model's thinker included); None when there is no local config to read."""
     directory = Path(model) if os.path.isdir(model) else _hub_cache_snapshot(model)
-    if directory is None:
-        return None
-    try:
-        config = json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
+    config = _config_in(directory) if directory is not None else None
+    if directory is None or config is None:
         return None
     parts = [config, *(v for v in config.values() if isinstance(v, dict))]  # thinker_config
 
@@ -136,3 +140,18 @@ def model_modalities(model: str) -> tuple[str, ...] | None:
     if has(_AUDIO_KEYS):
         found.append("audio")
     return tuple(found)
+
+
+def model_config(model: str) -> dict[str, Any] | None:
+    """The model's config.json (a local directory, or a hub id in the local Hugging Face
+    cache); None when there is none to read."""
+    directory = Path(model) if os.path.isdir(model) else _hub_cache_snapshot(model)
+    return _config_in(directory) if directory is not None else None
+
+
+def _config_in(directory: Path) -> dict[str, Any] | None:
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None

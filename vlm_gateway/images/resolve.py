@@ -154,7 +154,7 @@ class ImageResolver:
             raise TooManyImagesError(
                 f"The model '{request.model}' accepts at most {limits.max_images} image(s) per "
                 f"request; this request has {len(parts)}.",
-                param="messages",
+                param=parts[limits.max_images][0].removesuffix(".image_url"),  # the first extra
             )
         results = await asyncio.gather(
             *(self._resolve_part(request.model, param, part, limits) for param, part in parts),

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from vlm_gateway.backends.base import Backend
 from vlm_gateway.backends.ejection import OutlierEjector
 from vlm_gateway.backends.kinds import build_backends
+from vlm_gateway.backends.ondemand.manager import OnDemandLoader
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.backends.retry_budget import RetryBudgets
 from vlm_gateway.config.settings import GatewaySettings
@@ -112,8 +113,11 @@ async def _running(
         registry = BackendRegistry(
             build(settings, client), ejector, budgets, settings.routing, settings.failover_on
         )
+        loader = OnDemandLoader.from_settings(settings, registry, app_metrics)
         for backend in registry.backends():
-            await backend.start()
+            if not loader.manages(backend.name):  # on-demand models start on a request
+                await backend.start()
+        await loader.start()
         store = build_store(settings)  # batch.store: SQLite, or PostgreSQL shared by gateways
         await store.open()
         runner = BatchRunner(
@@ -122,12 +126,13 @@ async def _running(
             settings.batch,
             resolver.resolve,
             metrics=app_metrics,
+            loader=loader,
             # Each batch runs as its owner: the models that key may call.
             callers=KeyRing.from_settings(settings.security).caller_named,
         )
         await runner.start()
         state = GatewayState(
-            settings, started_at, registry, resolver, store, runner, app_metrics, tracer
+            settings, started_at, registry, loader, resolver, store, runner, app_metrics, tracer
         )
         log.info("%s", startup_summary(settings, registry))
         try:
@@ -135,6 +140,7 @@ async def _running(
         finally:
             await runner.stop()
             await store.close()
+            await loader.stop()  # loads under way stopped (their processes too)
             for backend in registry.backends():
                 await backend.stop()
             # The spans still buffered go out last; in a thread, since an exporter may

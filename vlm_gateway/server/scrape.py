@@ -72,6 +72,18 @@ class LiveState:
             "Restarts of a managed vLLM process after it died or wedged.",
             labels=labels,
         )
+        self._batch_cap = GaugeMetricFamily(
+            "vlmgw_batch_cap",
+            "Rows an in-process replica batches now: max_batch_size, less for a while after an "
+            "out-of-memory.",
+            labels=labels,
+        )
+        self._out_of_memory = CounterMetricFamily(
+            "vlmgw_out_of_memory",
+            "Batches of an in-process replica that ran out of device memory (their requests "
+            "got 503).",
+            labels=labels,
+        )
         self._ejected = GaugeMetricFamily(
             "vlmgw_replica_ejected",
             "1 while outlier ejection keeps the replica out of rotation (docs/reliability.md).",
@@ -94,12 +106,17 @@ class LiveState:
             self._state.add_metric(
                 [model, replica, backend.kind, state.value], 1 if state is current else 0
             )
-        restarts = backend.describe().get("restarts")
+        card = backend.describe()
+        restarts = card.get("restarts")
         if isinstance(restarts, int):  # only the kinds that run a process report it
             self._restarts.add_metric([model, replica], restarts)
+        if isinstance(card.get("batch_cap"), int):  # only in-process kinds batch themselves
+            self._batch_cap.add_metric([model, replica], card["batch_cap"])
+            self._out_of_memory.add_metric([model, replica], card["out_of_memory"])
 
     def collect(self) -> Iterator[Metric]:
         yield from (self._in_flight, self._state, self._restarts, self._ejected, self._batches)
+        yield from (self._batch_cap, self._out_of_memory)
 
 
 @dataclass(frozen=True)

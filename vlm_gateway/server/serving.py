@@ -9,7 +9,8 @@ request's metrics tracker, the model) and is the one place that serves it:
 2. `resolve_images`: every image, video and audio part checked and made a data URL
    (media/resolve.py, images/resolve.py), traced,
    counted, and its time kept for `Server-Timing`;
-3. `answer` or `stream`: the loop in `_failing_over` picks a replica (backends/registry.py),
+3. `answer` or `stream`: the loop in `_failing_over` picks a replica (backends/registry.py;
+   a model loaded on demand is loaded first, backends/ondemand/),
    traces the call (server/tracing.py), and runs one attempt: `_answer_from` (a JSON answer,
    abandoned if the client leaves first) or `_stream_from` (the stream opened before the route
    commits to a 200, so an early error is a plain JSON error). An attempt that fails before
@@ -47,6 +48,11 @@ from vlm_gateway.server.state import gateway_state
 from vlm_gateway.server.tracing import BackendCall
 
 log = logging.getLogger(__name__)
+
+
+class _ClientLeft(GatewayError):
+    status_code = CLIENT_CLOSED_REQUEST  # nobody reads it: the access line and metrics do
+
 
 JsonCall = Callable[[Backend], Coroutine[Any, Any, dict[str, Any]]]
 StreamOpening = Callable[[Backend], Awaitable[AsyncIterator[bytes]]]
@@ -96,12 +102,13 @@ class ModelRequest:
         told to the registry (outlier ejection)."""
         registry, metrics, model = self.state.registry, self.state.metrics, self.model
         registry.retry_budgets.requested(model)
-        deadline = deadline_for(self.state.settings.request_timeout(model))
         key = current_affinity_key()  # its images' digest (images/resolve.py), for `affinity`
+        # A model loaded on demand is loaded first; its deadline runs from its first attempt.
+        backend = await self._first_pick(key)
+        deadline = deadline_for(self.state.settings.request_timeout(model))
         tried: list[Backend] = []
         failures: list[GatewayError] = []  # of this request's attempts, for the failover rule
         while True:
-            backend = registry.pick(model, avoid=tried, key=key)
             tried.append(backend)
             try:
                 traced = self.state.tracer.backend_call(backend, registry)
@@ -120,6 +127,7 @@ class ModelRequest:
                     registry.replica_index(backend),
                     exc.message,
                 )
+                backend = registry.pick(model, avoid=tried, key=key)
                 continue
             if response.status_code < 500:  # a 499 (the client left) says nothing of the replica
                 registry.succeeded(backend)
@@ -127,6 +135,28 @@ class ModelRequest:
                 response.headers[ATTEMPTS_HEADER] = str(len(tried))
                 metrics.failover(model, served=True)
             return response
+
+    async def _first_pick(self, key: int | None) -> Backend:
+        """The first replica. A model loaded on demand is loaded first (backends/ondemand/);
+        a client that leaves meanwhile leaves the load's queue, and its request ends (499)."""
+        loader = self.state.loader
+        if not loader.must_load(self.model):
+            return loader.pick_now(self.model, key)
+        task = asyncio.current_task()
+        assert task is not None  # a request is always served in a task
+        client, stop_watching = client_gone(self.request)
+        unhook = client.when_gone(task.cancel)
+        try:
+            return await loader.pick(self.model, key=key)
+        except asyncio.CancelledError:
+            if not client.gone:
+                raise
+            task.uncancel()  # our own cancel: the request ends here
+            log.info("client left while model %s was loading: request abandoned", self.model)
+            raise _ClientLeft("The client left before the model was loaded.") from None
+        finally:
+            unhook()
+            stop_watching()
 
     def _served_by(self, backend: Backend) -> None:
         """Label the request's metrics with the replica that serves it."""

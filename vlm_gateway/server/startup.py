@@ -5,6 +5,7 @@ lines of a managed vLLM follow in the log)."""
 from __future__ import annotations
 
 from vlm_gateway.backends.registry import BackendRegistry
+from vlm_gateway.config.load_budget import load_plan_lines
 from vlm_gateway.config.settings import GatewaySettings
 
 
@@ -16,6 +17,7 @@ def startup_summary(settings: GatewaySettings, registry: BackendRegistry) -> str
         f"GET /ready: ready_policy {settings.ready_policy}, GET /ready?model=NAME for one model"
     ]
     lines += [_model_line(registry, name) for name in names]
+    lines += load_plan_lines(settings)  # which models load at startup, which on demand
     return "\n".join(lines)
 
 

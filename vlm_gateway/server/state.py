@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import Request
 
+from vlm_gateway.backends.ondemand.manager import OnDemandLoader
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.core.metrics import Metrics
@@ -22,6 +23,7 @@ class GatewayState:
     settings: GatewaySettings
     started_at: int  # unix time: `created` of every model card
     registry: BackendRegistry
+    loader: OnDemandLoader  # requests pick their replica here: on-demand models load first
     resolver: RequestResolver  # images, video and audio (media/resolve.py)
     batch_store: BatchStore
     batch_runner: BatchRunner

@@ -14,6 +14,7 @@ from tests.support.polling import until
 from vlm_gateway.backends.base import State
 from vlm_gateway.backends.inprocess.backend import InProcessBackend
 from vlm_gateway.backends.inprocess.batcher import Prepared, RowResult
+from vlm_gateway.backends.inprocess.loading import ModelFacts
 from vlm_gateway.core.errors import ServiceUnavailableError
 from vlm_gateway.core.protocol import ChatCompletionRequest
 
@@ -29,7 +30,15 @@ class GatedKind(InProcessBackend[dict, str]):
     kind = "gated"
 
     def __init__(self, *, loadable: bool = True, failing_loads: int = 0) -> None:
-        super().__init__("m", "weights/m", max_batch_size=4, batch_wait_ms=0, loadable=loadable)
+        super().__init__(
+            "m",
+            "weights/m",
+            max_batch_size=4,
+            batch_wait_ms=0,
+            device="cpu",
+            dtype="float32",
+            loadable=loadable,
+        )
         self.loads = 0
         self.failing_loads = failing_loads
         self.gate = threading.Event()
@@ -50,8 +59,8 @@ class GatedKind(InProcessBackend[dict, str]):
         self.gate.wait()
         return [RowResult(f"{spec} from load {model['load']}", "stop", 1) for spec in specs]
 
-    def _loaded_line(self, model: dict) -> str:
-        return "gated model loaded"
+    def _model_facts(self, model: dict) -> ModelFacts:
+        return ModelFacts("Gated", "cpu", "float32", parameters=1)
 
     async def _prepare(self, request: ChatCompletionRequest, model: dict) -> Prepared[str]:
         return Prepared(1, 1, lambda index, hooks: "answer")

@@ -39,6 +39,18 @@ def test_models_the_supervisor_runs_become_one_upstream_each_at_the_backplane():
     assert workers.data_dir == "/tmp/w0"
 
 
+def test_a_worker_waits_for_an_on_demand_model_as_long_as_its_load_timeout():
+    models = [
+        {"name": "v", "backend": "vllm", "model": "org/m", "timeout": 30},
+        {"name": "w", "backend": "vllm", "model": "org/m", "load": "on_demand", "timeout": 30,
+         "load_timeout": 900},
+    ]  # fmt: skip
+    workers = worker_settings(settings_model().model_validate({"models": models}), LINK, "/w")
+    timeouts = {entry.name: entry.timeout for entry in workers.models}
+    assert timeouts == {"v": 35, "w": 905}  # past the backplane's own 503 `load_timeout`
+    assert all(entry.load == "startup" for entry in workers.models)  # the supervisor loads
+
+
 def test_a_postgresql_batch_store_is_the_supervisors_alone():
     pg = "postgresql://gw@db.internal/batches"
     settings = _settings(batch={"store": pg, "concurrency_per_model": 3})

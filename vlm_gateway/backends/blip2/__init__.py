@@ -8,7 +8,6 @@ from __future__ import annotations
 from vlm_gateway.backends.base import Backend, BackendKind, BuildContext
 from vlm_gateway.backends.blip2.backend import Blip2Backend
 from vlm_gateway.backends.blip2.settings import Blip2BackendSettings
-from vlm_gateway.backends.inprocess.backend import loads_on_demand
 
 
 def build(entry: Blip2BackendSettings, context: BuildContext) -> list[Backend]:
@@ -22,7 +21,7 @@ def build(entry: Blip2BackendSettings, context: BuildContext) -> list[Backend]:
             batch_wait_ms=entry.batch_wait_ms,
             context_length=entry.context_length,
             default_max_tokens=entry.default_max_tokens,
-            loadable=loads_on_demand(entry),
+            loadable=entry.load == "on_demand",
         )
     ]
 

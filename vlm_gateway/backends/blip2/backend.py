@@ -26,7 +26,9 @@ from vlm_gateway.backends.blip2.request import (
 )
 from vlm_gateway.backends.inprocess.backend import GenerateBatch, InProcessBackend
 from vlm_gateway.backends.inprocess.batcher import Prepared, RowHooks
-from vlm_gateway.core.errors import ContextLengthExceededError, InvalidRequestError
+from vlm_gateway.backends.inprocess.budget import token_budget
+from vlm_gateway.backends.inprocess.loading import ModelFacts
+from vlm_gateway.core.errors import InvalidRequestError
 from vlm_gateway.core.protocol import ChatCompletionRequest
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ class Blip2Backend(InProcessBackend["LoadedBlip2", "RowSpec"]):
             model,
             max_batch_size=max_batch_size,
             batch_wait_ms=batch_wait_ms,
+            device=device,
+            dtype=dtype,
             loadable=loadable,
         )
         self._device, self._dtype = device, dtype
@@ -81,21 +85,12 @@ class Blip2Backend(InProcessBackend["LoadedBlip2", "RowSpec"]):
         )
         return loaded, blip2_generate.generate_batch
 
-    def _loaded_line(self, model: LoadedBlip2) -> str:
-        dtype = str(model.dtype).removeprefix("torch.")
-        return (
-            f"BLIP-2 loaded from {self.model_ref} on {model.device} ({dtype}), "
-            f"batches of up to {self.max_batch_size}"
-        )
+    def _model_facts(self, model: LoadedBlip2) -> ModelFacts:
+        return ModelFacts.of(model.model, model.device, model.dtype, model.parameters)
 
     def describe(self) -> dict[str, Any]:
-        info = super().describe()
         loaded = self._loaded
-        info.update(
-            device=str(loaded.device) if loaded else self._device,
-            context_length=loaded.context_length if loaded else None,
-        )
-        return info
+        return super().describe() | {"context_length": loaded.context_length if loaded else None}
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -140,20 +135,10 @@ class Blip2Backend(InProcessBackend["LoadedBlip2", "RowSpec"]):
         )
 
     def _token_budget(self, loaded: LoadedBlip2, prompt_tokens: int, requested: int | None) -> int:
-        room = loaded.context_length - prompt_tokens
-        if requested is None and room >= 1:
-            return min(self._default_max_tokens, room)
-        requested = requested or self._default_max_tokens
-        if requested > room:
-            raise ContextLengthExceededError(
-                f"This model's maximum context length is {loaded.context_length} tokens. However, "
-                f"you requested {prompt_tokens + requested} tokens ({prompt_tokens} in the "
-                f"messages, including the image's {loaded.num_query_tokens} query tokens, and "
-                f"{requested} in the completion). Please reduce the length of the messages or "
-                "completion.",
-                param="messages",
-            )
-        return requested
+        counted = f"including the image's {loaded.num_query_tokens} query tokens"
+        return token_budget(
+            loaded.context_length, prompt_tokens, requested, self._default_max_tokens, counted
+        )
 
     def _note_ignored_system(self, prompt: Blip2Prompt) -> None:
         if prompt.ignored_system:

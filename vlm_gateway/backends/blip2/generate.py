@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from vlm_gateway.backends.inprocess.batcher import RowResult
+from vlm_gateway.backends.inprocess.loading import LOAD_LOCK
 from vlm_gateway.backends.inprocess.rowtext import RowText
 
 if TYPE_CHECKING:  # at run time transformers is imported by load_blip2 only, under its lock
@@ -48,6 +49,7 @@ class LoadedBlip2:
     eos_token_ids: frozenset[int]
     context_length: int
     vocab_size: int
+    parameters: int
 
     def prompt_ids(self, text: str) -> list[int]:
         """Query-token placeholders, then BOS and the text (BLIP-2 puts the image first)."""
@@ -81,20 +83,13 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-# One load at a time: replicas load in their own worker threads, and transformers 5 is not
-# thread-safe there. Its lazy module can fail with "cannot import name 'AutoProcessor'"
-# (vectorize-io/hindsight#994), and two concurrent from_pretrained calls can leave weights on
-# the meta device ("Cannot copy out of meta tensor"). Both seen here, about 1 start in 4.
-_LOAD_LOCK = threading.Lock()
-
-
 def load_blip2(model_ref: str, device: str, dtype: str, context_length: int | None) -> LoadedBlip2:
     """Load processor and model once. Raises with a readable reason on any failure."""
     torch_device = resolve_device(device)
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")
     torch_dtype = resolve_dtype(dtype, torch_device)
-    with _LOAD_LOCK:
+    with LOAD_LOCK:  # one load at a time, whatever the kind (inprocess/loading.py)
         from transformers import AutoProcessor, Blip2ForConditionalGeneration, PreTrainedConfig
 
         # transformers leaves AutoProcessor.from_pretrained unannotated.
@@ -128,6 +123,7 @@ def load_blip2(model_ref: str, device: str, dtype: str, context_length: int | No
         eos_token_ids=frozenset(int(t) for t in eos),
         context_length=min(context_length or max_positions, max_positions),
         vocab_size=int(text_config.vocab_size),
+        parameters=model.num_parameters(),
     )
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from vlm_gateway.backends.inprocess import weight_files
 from vlm_gateway.config.settings import GatewaySettings, ModelEntry
 from vlm_gateway.images.model_size import model_input_size
 
@@ -44,5 +45,6 @@ class Blip2BackendSettings(ModelEntry):
         return [
             f"replica {index}: backend blip2, in this process -> {self.model}",
             f"  device: {self.device}, dtype: {self.dtype}, context: {context}",
+            "  " + weight_files.plan_line(self.model, None, self.dtype),
             f"  batches of up to {self.max_batch_size}, gathered for {self.batch_wait_ms:g} ms",
         ]

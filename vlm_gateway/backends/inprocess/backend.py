@@ -9,7 +9,8 @@ A kind supplies three things:
 - `_load_blocking()`, in the model thread: the loaded model and the kind's
   `generate_batch(model, specs, should_stop) -> [RowResult]` (blocking; a row per spec, in order;
   it stops when `should_stop` is set and may end a row early once its `is_cancelled()`);
-- `_loaded_line(model)`: the start-up line that says what was loaded;
+- `_model_facts(model)`: what was loaded (device, dtype, parameters), for the start-up line,
+  `/ready` and `/v1/models`;
 - `_prepare(request, model)`: the request checked (its 400s) and turned into a `Prepared`.
 """
 
@@ -19,12 +20,13 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
 from vlm_gateway.backends.base import Backend, State
-from vlm_gateway.backends.inprocess import output
+from vlm_gateway.backends.inprocess import loading, output
 from vlm_gateway.backends.inprocess.batcher import (
     Batcher,
     Event,
@@ -37,8 +39,8 @@ from vlm_gateway.backends.inprocess.batcher import (
     Stats,
 )
 from vlm_gateway.backends.inprocess.memory import release_memory
-from vlm_gateway.backends.inprocess.worker import ModelThread, threadsafe
-from vlm_gateway.config.settings import ModelEntry
+from vlm_gateway.backends.inprocess.oom import run_freeing_on_oom
+from vlm_gateway.backends.inprocess.worker import ModelThread, first_line, threadsafe
 from vlm_gateway.core.errors import GatewayError, ServiceUnavailableError
 from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.core.sse import DONE
@@ -51,6 +53,9 @@ GenerateBatch = Callable[[ModelT, list[SpecT], threading.Event], list[RowResult]
 class InProcessBackend(Backend, Generic[ModelT, SpecT]):
     label = "in-process"  # the model family, as errors name it (e.g. "BLIP-2")
 
+    # How often a load still running says so (the log, `/ready`'s reason).
+    load_progress_every_s = loading.PROGRESS_EVERY_S
+
     def __init__(
         self,
         name: str,
@@ -58,11 +63,15 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
         *,
         max_batch_size: int,
         batch_wait_ms: float,
+        device: str,
+        dtype: str,
         loadable: bool = False,
     ) -> None:
         super().__init__(name)
         self.model_ref = model_ref
         self.loadable = loadable  # on demand: start() loads nothing; load() and unload() do
+        self._planned = loading.planned(device, dtype)  # what /ready says until loaded
+        self._facts: loading.ModelFacts | None = None
         # The kind's own logger, so its lines keep the names they had before the engine.
         self._log = logging.getLogger(type(self).__module__)
         self._batcher: Batcher[SpecT] = Batcher(
@@ -89,16 +98,19 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
         return self._batcher.stats
 
     def describe(self) -> dict[str, Any]:
-        """The base fields, then what every in-process kind reports: its model and batching
-        (a kind adds its device, dtype, ...)."""
+        """The base fields, then what every in-process kind reports: its model (device, dtype
+        and parameters once loaded), batching and batch cap (a kind adds its own)."""
         info = super().describe()
         info.update(
             model=self.model_ref,
+            **(self._facts.describe() if self._facts else self._planned),
             max_batch_size=self.max_batch_size,
             batch_wait_ms=self.batch_wait_ms,
             batches=self.stats.batches,
             sequences=self.stats.sequences,
             largest_batch=self.stats.largest_batch,
+            queued=self._batcher.queued,
+            **self._batcher.cap.describe(),
         )
         return info
 
@@ -109,8 +121,12 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
         """In the model thread: load the model; raise with a readable reason on failure."""
 
     @abstractmethod
-    def _loaded_line(self, model: ModelT) -> str:
-        """What was loaded, for the start-up log line."""
+    def _model_facts(self, model: ModelT) -> loading.ModelFacts:
+        """What was loaded: for the start-up line, /ready and /v1/models."""
+
+    def _how_served(self, model: ModelT) -> str:
+        """The start-up line's end: how requests reach the model."""
+        return f"batches of up to {self.max_batch_size}"
 
     @abstractmethod
     async def _prepare(self, request: ChatCompletionRequest, model: ModelT) -> Prepared[SpecT]:
@@ -195,10 +211,31 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
 
     async def _bring_in(self) -> None:
         """Load the model in the model thread (started here when there is none), then serve."""
+        planned, started = self._planned, time.monotonic()
+        self._log.info(
+            "model %s: loading weights from %s (device %s, dtype %s)",
+            self.name,
+            self.model_ref,
+            planned["device"],
+            planned["dtype"],
+        )
         worker = self._worker = self._worker or ModelThread(f"{self.kind}-{self.name}")
-        model, self._generate = await worker.submit(self._load_blocking)
-        self._loaded = model
-        self._log.info("model %s: %s", self.name, self._loaded_line(model))
+        load = worker.submit(self._load_blocking)
+        loaded = await loading.reporting_progress(
+            load, self._still_loading, self.load_progress_every_s
+        )
+        model, self._generate = loaded
+        self._loaded, facts = model, self._model_facts(model)
+        self._facts = facts
+        self._log.info(
+            "model %s: %s loaded from %s in %.1f s: %s, %s",
+            self.name,
+            facts.architecture,
+            self.model_ref,
+            time.monotonic() - started,
+            facts.summary(),
+            self._how_served(model),
+        )
         self._serving = asyncio.create_task(
             self._batcher.serve(worker, self._generate_blocking), name=f"{self.kind}-{self.name}"
         )
@@ -214,22 +251,32 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
 
     def _abandon_worker(self) -> ModelThread | None:
         worker, self._worker = self._worker, None
-        self._loaded = self._generate = None
+        self._loaded = self._generate = self._facts = None
         if worker is not None:
             worker.close()
         return worker
 
     def _load_failed(self, exc: Exception) -> str:
-        reason = f"cannot load {self.model_ref}: {_short(exc)}"
+        reason = f"cannot load {self.model_ref}: {first_line(exc)}"
         self._log.error("model %s: %s", self.name, reason)
         return reason
+
+    def _still_loading(self, seconds: float) -> None:
+        self._log.info(
+            "model %s: still loading weights from %s (%.0f s so far)",
+            self.name,
+            self.model_ref,
+            seconds,
+        )
+        # STARTING at start, LOADING on demand: only the reason moves on.
+        self.set_status(self.status.state, f"loading {self.model_ref} ({seconds:.0f} s so far)")
 
     def _generate_blocking(self, specs: list[SpecT]) -> list[RowResult]:
         """In the model thread: one batch, with the functions the load brought in."""
         generate, model = self._generate, self._loaded
         if generate is None or model is None:  # stopped while the batch waited for the thread
             raise RuntimeError("the model is not loaded")
-        return generate(model, specs, self._stopping)
+        return run_freeing_on_oom(lambda: generate(model, specs, self._stopping))
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -291,20 +338,8 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
         return pending
 
 
-def loads_on_demand(entry: ModelEntry) -> bool:
-    """Whether the entry says `load: on_demand` (the on-demand manager's setting; an entry
-    without it loads at start)."""
-    return getattr(entry, "load", "startup") == "on_demand"
-
-
 def _on_text(events: asyncio.Queue[Event] | None, index: int) -> Callable[[str], None] | None:
     """Choice `index`'s new text onto its request's queue, from the model thread."""
     if events is None:
         return None
     return threadsafe(lambda text: events.put_nowait((index, text)))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    return first if len(first) <= 300 else first[:297] + "..."

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from vlm_gateway.backends.inprocess.oom import BatchCap, DeviceOutOfMemory, out_of_memory_error
 from vlm_gateway.backends.inprocess.worker import ModelThread
 from vlm_gateway.core.errors import GatewayError, ServiceUnavailableError
 
@@ -101,6 +102,7 @@ class Batcher(Generic[SpecT]):
     ) -> None:
         self.name, self.label, self.log = name, label, log
         self.max_batch_size = max_batch_size
+        self.cap = BatchCap(max_batch_size)  # smaller for a while after an out-of-memory
         self.batch_wait = batch_wait_ms / 1000
         self.stats = Stats()
         self._queue: asyncio.Queue[Row[SpecT]] = asyncio.Queue()
@@ -135,6 +137,11 @@ class Batcher(Generic[SpecT]):
             self._unfinished = 0
             self._idle.set()
 
+    @property
+    def queued(self) -> int:
+        """Rows waiting for a batch."""
+        return self._queue.qsize()
+
     async def serve(
         self, worker: ModelThread, generate: Callable[[list[SpecT]], list[RowResult]]
     ) -> None:
@@ -157,7 +164,8 @@ class Batcher(Generic[SpecT]):
         """Wait for one row, then gather more for up to `batch_wait_ms`, up to the limit."""
         batch.append(await self._queue.get())
         deadline = asyncio.get_running_loop().time() + self.batch_wait
-        while len(batch) < self.max_batch_size:
+        limit = self.cap.limit
+        while len(batch) < limit:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
@@ -178,6 +186,9 @@ class Batcher(Generic[SpecT]):
         specs = [row.spec for row in batch]
         try:
             results = await worker.submit(lambda: generate(specs))
+        except DeviceOutOfMemory as exc:
+            self._out_of_memory(batch, exc.reason)
+            return
         except Exception as exc:
             self.log.exception(
                 "model %s: generation failed for a batch of %d", self.name, len(batch)
@@ -192,6 +203,21 @@ class Batcher(Generic[SpecT]):
         self._count(len(batch))
         for row, result in zip(batch, results, strict=True):
             row.pending.deliver(row.index, result)
+
+    def _out_of_memory(self, batch: list[Row[SpecT]], reason: str) -> None:
+        """Only this batch's requests fail (a 503 to retry); later batches are smaller."""
+        cap = self.cap.shrink(len(batch))
+        self.log.warning(
+            "model %s: out of memory in a batch of %d (%s): its requests get 503; batches of "
+            "up to %d for the next %g s",
+            self.name,
+            len(batch),
+            reason,
+            cap,
+            self.cap.recovery_s,
+        )
+        for row in batch:
+            row.pending.deliver(row.index, out_of_memory_error(self.name, len(batch), cap))
 
     def _count(self, size: int) -> None:
         stats = self.stats

@@ -83,6 +83,12 @@ class RowText:
         self.finish = reason
         self._emit(len(self.text))
 
+    def close(self, reason: str) -> None:
+        """The generation ended without this row finishing on its own (a model's own loop
+        stopped it): finish with `reason`, sending what was held back."""
+        if self.finish is None:
+            self._finish(reason)
+
     def result(self) -> RowResult:
         # The EOS token or the token that completed a stop string counts as generated, as
         # OpenAI and vLLM count it.

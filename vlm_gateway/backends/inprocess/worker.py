@@ -68,3 +68,11 @@ def threadsafe(callback: Callable[[str], None]) -> Callable[[str], None]:
             loop.call_soon_threadsafe(callback, text)
 
     return call
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error raised in the model thread, for logs and `/ready` (a
+    loader's or allocator's message can run to pages)."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    return first if len(first) <= 300 else first[:297] + "..."

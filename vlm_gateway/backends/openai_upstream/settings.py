@@ -25,6 +25,7 @@ class OpenAIBackendSettings(ModelEntry):
 
     # Forwarded as they are: a remote vLLM honours them, another server answers for itself.
     kind_takes_media_kwargs: ClassVar[bool] = True
+    kind_loads_on_demand: ClassVar[bool] = False  # its server holds the model, not the gateway
 
     @field_validator("base_url")
     @classmethod

@@ -2,23 +2,26 @@
 with dynamic micro-batching by the shared in-process engine (`vlm_gateway.backends.inprocess`).
 
 What is this kind's own: the request mapped onto the processor's chat template (`request.py`)
-and the loading and batched `generate()` (`generate.py`, which alone imports torch and
-transformers, in the model thread)."""
+and the loading and batched `generate()` (`generate.py`, which imports torch and transformers,
+in the model thread). A custom-code model outside transformers' image-text-to-text mapping is
+served through its own `chat(msgs=..., tokenizer=...)` instead (`custom_chat.py`, and
+`custom_chat_model.py` in the model thread), one answer at a time."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from vlm_gateway.backends.inprocess.backend import (
-    GenerateBatch,
-    InProcessBackend,
-    loads_on_demand,
-)
+from vlm_gateway.backends.inprocess.backend import GenerateBatch, InProcessBackend
 from vlm_gateway.backends.inprocess.batcher import Prepared, RowHooks
+from vlm_gateway.backends.inprocess.budget import token_budget
+from vlm_gateway.backends.inprocess.loading import ModelFacts
+from vlm_gateway.backends.transformers import custom_chat, generation
 from vlm_gateway.backends.transformers import request as req
-from vlm_gateway.core.errors import InvalidRequestError
+from vlm_gateway.backends.transformers.custom_chat import ChatModel, ChatRow
+from vlm_gateway.backends.transformers.limits import context_length
+from vlm_gateway.backends.transformers.refusals import refusal
 from vlm_gateway.core.protocol import ChatCompletionRequest
 
 if TYPE_CHECKING:
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
     from vlm_gateway.backends.transformers.settings import TransformersBackendSettings
 
 
-class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
+class TransformersBackend(InProcessBackend["LoadedModel | ChatModel", "RowSpec | ChatRow"]):
     kind = "transformers"
     label = "transformers"
 
@@ -36,49 +39,74 @@ class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
             entry.model,
             max_batch_size=entry.max_batch_size,
             batch_wait_ms=entry.batch_wait_ms,
-            loadable=loads_on_demand(entry),
+            device=entry.device,
+            dtype=entry.dtype,
+            loadable=entry.load == "on_demand",
         )
         self._entry = entry
         self._row_spec: type[RowSpec] | None = None
 
-    def _load_blocking(self) -> tuple[LoadedModel, GenerateBatch[LoadedModel, RowSpec]]:
+    def _load_blocking(
+        self,
+    ) -> tuple[LoadedModel | ChatModel, GenerateBatch[LoadedModel | ChatModel, RowSpec | ChatRow]]:
         try:
-            from vlm_gateway.backends.transformers import generate
+            from vlm_gateway.backends.transformers import custom_chat_model, generate
         except ImportError as exc:
             raise RuntimeError(
                 f"torch and transformers are needed ({exc.name} is missing): "
                 "pip install 'vlm-gateway[blip2]'"
             ) from None
+        chat_model = custom_chat_model.load(self._entry) if self._entry.trust_remote_code else None
+        if chat_model is not None:
+            return chat_model, cast("GenerateBatch[Any, Any]", custom_chat_model.generate_rows)
         self._row_spec = generate.RowSpec
-        return generate.load(self._entry), generate.generate_batch
-
-    def _loaded_line(self, model: LoadedModel) -> str:
-        dtype = str(model.dtype).removeprefix("torch.")
-        return (
-            f"{type(model.model).__name__} loaded from {self.model_ref} on {model.device} "
-            f"({dtype}, {model.parameters:,} parameters), batches of up to {self.max_batch_size}"
+        loaded = generate.load(self._entry)
+        defaults = generation.with_defaults(
+            loaded.generation_config, self._entry.generation, self._entry.entry_max_new_tokens
         )
+        loaded.generation_config = loaded.model.generation_config = defaults
+        return loaded, cast("GenerateBatch[Any, Any]", generate.generate_batch)
+
+    def _model_facts(self, model: LoadedModel | ChatModel) -> ModelFacts:
+        quantization = self._entry.quantization
+        return ModelFacts.of(model.model, model.device, model.dtype, model.parameters, quantization)
+
+    def _how_served(self, model: LoadedModel | ChatModel) -> str:
+        if isinstance(model, ChatModel):
+            return "served through its chat(), one answer at a time"
+        return super()._how_served(model)
 
     def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        loaded = self._loaded
-        info.update(
-            device=str(loaded.device) if loaded else self._entry.device,
-            dtype=str(loaded.dtype).removeprefix("torch.") if loaded else self._entry.dtype,
-            parameters=loaded.parameters if loaded else None,
-        )
-        return info
+        loaded = self._loaded  # the defaults in force, once loaded; a chat() model keeps its own
+        defaults = None
+        if loaded is not None and not isinstance(loaded, ChatModel):
+            defaults = generation.describe(loaded.generation_config)
+        return super().describe() | {"generation": defaults}
 
     # -- requests ---------------------------------------------------------------------------
 
     async def _prepare(
+        self, request: ChatCompletionRequest, model: LoadedModel | ChatModel
+    ) -> Prepared[RowSpec | ChatRow]:
+        if isinstance(model, ChatModel):
+            prepared = await custom_chat.prepare(request, model, self._entry)
+            return cast("Prepared[RowSpec | ChatRow]", prepared)  # Prepared is invariant
+        return await self._prepare_template(request, model)
+
+    async def _prepare_template(
         self, request: ChatCompletionRequest, model: LoadedModel
-    ) -> Prepared[RowSpec]:
+    ) -> Prepared[RowSpec | ChatRow]:
         req.check(request)
-        turns, _ = req.conversation(request, self._entry.system_prompt)
+        turns, images = req.conversation(request, self._entry.system_prompt)
         samplings = req.sampling(request)
-        turns, prompt_tokens = await asyncio.to_thread(_prepare, model, turns)
-        max_tokens = request.output_token_limit or self._entry.default_max_tokens
+        params = [image.param for image in images]
+        turns, prompt_tokens = await asyncio.to_thread(_prepare, model, turns, params)
+        max_tokens = token_budget(
+            context_length(model.model.config),
+            prompt_tokens,
+            request.output_token_limit,
+            _default_max_tokens(model),
+        )
         row = functools.partial(self._row, turns, samplings, req.stops(request), max_tokens)
         return Prepared(prompt_tokens, len(samplings), row)
 
@@ -103,16 +131,19 @@ class TransformersBackend(InProcessBackend["LoadedModel", "RowSpec"]):
         )
 
 
-def _prepare(loaded: LoadedModel, turns: req.Conversation) -> tuple[req.Conversation, int]:
+def _default_max_tokens(loaded: LoadedModel) -> int:
+    """The request's token limit when it sets none: `generation.with_defaults` made it."""
+    return int(loaded.generation_config.max_new_tokens or generation.FALLBACK_MAX_NEW_TOKENS)
+
+
+def _prepare(
+    loaded: LoadedModel, turns: req.Conversation, image_params: list[str]
+) -> tuple[req.Conversation, int]:
     """Blocking: decode the images and run the processor once, alone, to check the request and
     count its prompt tokens (image tokens included)."""
     turns = req.with_images(turns)
     try:
         inputs = loaded.inputs([turns])
     except Exception as exc:
-        raise InvalidRequestError(
-            f"The messages could not be prepared for this model ({type(exc).__name__}: "
-            f"{str(exc)[:200]}).",
-            param="messages",
-        ) from None
+        raise refusal(loaded.processor, turns, image_params, exc) from None
     return turns, int(inputs["attention_mask"].sum())

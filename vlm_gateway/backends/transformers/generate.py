@@ -22,7 +22,9 @@ import torch
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 from vlm_gateway.backends.inprocess.batcher import RowResult
+from vlm_gateway.backends.inprocess.loading import LOAD_LOCK
 from vlm_gateway.backends.inprocess.rowtext import RowText
+from vlm_gateway.backends.transformers import quantization
 from vlm_gateway.backends.transformers.request import Conversation, Sampling
 
 if TYPE_CHECKING:
@@ -30,9 +32,6 @@ if TYPE_CHECKING:
     from vlm_gateway.backends.transformers.settings import TransformersBackendSettings
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# One load at a time: transformers' lazy imports and from_pretrained are not thread-safe
-# (see blip2/generate.py).
-_LOAD_LOCK = threading.Lock()
 
 
 @dataclass
@@ -97,7 +96,7 @@ def load(entry: TransformersBackendSettings) -> LoadedModel:
     common: dict[str, Any] = {"revision": entry.revision}
     if entry.trust_remote_code:
         common["trust_remote_code"] = True
-    with _LOAD_LOCK:
+    with LOAD_LOCK:  # one load at a time, whatever the kind (inprocess/loading.py)
         from transformers import AutoModelForImageTextToText
         from vlm_gateway.backends.transformers.processor import load_processor
 
@@ -105,8 +104,12 @@ def load(entry: TransformersBackendSettings) -> LoadedModel:
         model_kwargs = dict(common, dtype=dtype)
         if entry.attn_implementation:
             model_kwargs["attn_implementation"] = entry.attn_implementation
+        if entry.quantization:  # placed on the device as it loads
+            model_kwargs.update(quantization.load_kwargs(entry.quantization, device, dtype))
         model = AutoModelForImageTextToText.from_pretrained(entry.model, **model_kwargs)
-    model.to(device).eval()  # type: ignore[arg-type]
+    if not entry.quantization:
+        model = model.to(device)  # type: ignore[arg-type]
+    model.eval()  # type: ignore[no-untyped-call]  # transformers wraps it untyped
     tokenizer: Any = getattr(processor, "tokenizer", None)
     if tokenizer is None:
         raise RuntimeError("the processor has no tokenizer")
@@ -124,7 +127,7 @@ def load(entry: TransformersBackendSettings) -> LoadedModel:
         eos_token_ids=eos_ids,
         pad_token_id=int(pad),
         generation_config=config,
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=model.num_parameters(),  # 4-bit weights counted unpacked
     )
 
 

@@ -4,10 +4,14 @@ process (docs/transformers.md)."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from vlm_gateway.backends.inprocess import weight_files
+from vlm_gateway.backends.transformers import quantization
+from vlm_gateway.backends.transformers.generation import GenerationDefaults
+from vlm_gateway.backends.transformers.limits import model_max_images
 from vlm_gateway.config.settings import GatewaySettings, ModelEntry
 
 
@@ -25,7 +29,31 @@ class TransformersBackendSettings(ModelEntry):
     batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 5.0
     chat_template: str | None = None  # a Jinja template replacing the processor's own
     system_prompt: str | None = None  # the system message of requests that send none
-    default_max_tokens: Annotated[int, Field(ge=1)] = 256
+    # Tokens when the request sets none; the same as `generation.max_new_tokens` (set one).
+    # Unset: the model's generation_config, else 256.
+    default_max_tokens: Annotated[int, Field(ge=1)] | None = None
+    generation: GenerationDefaults | None = None  # over the model's own generation_config
+    quantization: Literal["4bit", "8bit"] | None = None  # bitsandbytes, on a CUDA GPU
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.default_max_tokens is not None and self.generation_max_new_tokens is not None:
+            raise ValueError(
+                "default_max_tokens and generation.max_new_tokens are the same setting: set one"
+            )
+        problem = quantization.setting_problem(self.quantization, self.device)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def generation_max_new_tokens(self) -> int | None:
+        return self.generation.max_new_tokens if self.generation else None
+
+    @property
+    def entry_max_new_tokens(self) -> int | None:
+        """The entry's default for requests without max tokens (None: the model's own)."""
+        return self.generation_max_new_tokens or self.default_max_tokens
 
     @field_validator("device")
     @classmethod
@@ -34,14 +62,21 @@ class TransformersBackendSettings(ModelEntry):
             return value
         raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
 
+    def known_max_images(self) -> int | None:
+        return model_max_images(self.model) or self.kind_max_images
+
     def plan_lines(self, index: int, settings: GatewaySettings) -> list[str]:
         revision = f" @ {self.revision}" if self.revision else ""
+        quantized = f", quantization: {self.quantization}" if self.quantization else ""
         lines = [
             f"replica {index}: backend transformers, in this process -> {self.model}{revision}",
-            f"  device: {self.device}, dtype: {self.dtype}, "
+            f"  device: {self.device}, dtype: {self.dtype}{quantized}, "
             f"attention: {self.attn_implementation or 'the model default'}",
+            "  " + weight_files.plan_line(self.model, self.revision, self.dtype, self.quantization),
             f"  batches of up to {self.max_batch_size}, gathered for {self.batch_wait_ms:g} ms",
         ]
+        if self.generation is not None:
+            lines.append("  " + self.generation.plan_line() + " (over the model's own)")
         if self.trust_remote_code:
             lines.append(
                 "  warning: trust_remote_code is true: the model directory's Python code runs "

@@ -116,13 +116,18 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
             self._fail(f"supervision failed: {exc!r}")
 
     async def stop(self) -> None:
+        await self._halt()
+        self.set_status(State.STOPPED)
+
+    async def _halt(self) -> None:
+        """Supervision and the process group stopped; nothing of ours is left running."""
         self._stopping = True
         if self._supervisor:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
+            self._supervisor = None
         await self._stop_process()
-        self.set_status(State.STOPPED)
 
     async def _stop_process(self) -> None:
         process, self._process = self._process, None
@@ -271,7 +276,8 @@ class ManagedVllmBackend(OpenAIUpstreamBackend):
 
     def _on_exit(self, exited: asyncio.Future[int]) -> None:
         """Runs the moment the process exits: not ready at once, so requests get 503."""
-        if exited.cancelled() or self._stopping or self.status.state is State.STARTING:
+        starting = self.status.state in (State.STARTING, State.LOADING)
+        if exited.cancelled() or self._stopping or starting:
             return  # a start that fails is reported by the start itself, with its log tail
         self.set_status(State.UNAVAILABLE, f"vLLM exited with code {exited.result()}; restarting")
         self._wake.set()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlm_gateway.backends.vllm.backend import ManagedVllmBackend, Supervision
+from vlm_gateway.backends.vllm.on_demand import LoadableVllmBackend
 from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.launch.vllm_command import VllmCommand, first_max_model_len
 from vlm_gateway.launch.vllm_sleep import with_sleep_mode
@@ -141,8 +142,10 @@ def build_managed_vllm(
     # The entry's keys of the same names (startup_timeout, liveness_*, restart_*, ...).
     keys = {field.name for field in dataclass_fields(Supervision)}
     supervision = Supervision(**entry.model_dump(include=keys))
+    # `load: on_demand`: launched by the on-demand manager, not with the gateway.
+    kind = LoadableVllmBackend if entry.load == "on_demand" else ManagedVllmBackend
     return [
-        ManagedVllmBackend(
+        kind(
             entry.name,
             process.command,
             context.client,

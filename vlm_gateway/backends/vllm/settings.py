@@ -97,7 +97,9 @@ class VllmBackendSettings(ModelEntry):
         """One claim per replica process, for splitting shared GPUs (launch.gpu_sharing)."""
         gpus = tuple(self.gpus) if self.gpus is not None else None
         return [
-            GpuClaim((self.name, index), gpus, self.gpu_memory_utilization)
+            GpuClaim(
+                (self.name, index), gpus, self.gpu_memory_utilization, self.load == "on_demand"
+            )
             for index in range(self.replicas)
         ]
 

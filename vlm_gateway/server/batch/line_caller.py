@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from vlm_gateway.backends.base import State
+from vlm_gateway.backends.ondemand.manager import OnDemandLoader
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.core.errors import GatewayError, ServiceUnavailableError
 from vlm_gateway.core.metrics import Metrics
@@ -78,8 +79,10 @@ class LineCaller:
         slots: ModelSlots,
         prepare_chat: Prepare | None,
         metrics: Metrics | None,
+        loader: OnDemandLoader | None = None,
     ) -> None:
         self._registry = registry
+        self._loader = loader or OnDemandLoader(registry)
         self.slots = slots
         self._prepare_chat = prepare_chat
         self._metrics = metrics
@@ -140,7 +143,9 @@ class LineCaller:
         request = line.request
         if isinstance(request, ChatCompletionRequest) and self._prepare_chat is not None:
             await self._prepare_chat(request)
-        backend = self._registry.pick(line.model, key=current_affinity_key())
+        # A model loaded on demand is loaded first (within its budget: one in use by live
+        # traffic is never unloaded for a batch).
+        backend = await self._loader.pick(line.model, key=current_affinity_key())
         backend.in_flight += 1  # so the registry spreads live requests around ours
         self.slots.calling[line.model] += 1
         try:

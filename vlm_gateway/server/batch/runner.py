@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from vlm_gateway.backends.ondemand.manager import OnDemandLoader
 from vlm_gateway.backends.registry import BackendRegistry
 from vlm_gateway.config.settings import BatchSettings
 from vlm_gateway.core.metrics import Metrics
@@ -58,13 +59,14 @@ class BatchRunner:
         *,
         metrics: Metrics | None = None,
         callers: Callers = Caller,  # by default every owner may call every model
+        loader: OnDemandLoader | None = None,  # loads on-demand models for their lines
     ) -> None:
         self._store = store
         self._callers = callers
         self._registry = registry
         self._settings = settings
         self._slots = ModelSlots(registry, settings.concurrency_per_model)
-        self._lines = LineCaller(registry, self._slots, prepare_chat, metrics)
+        self._lines = LineCaller(registry, self._slots, prepare_chat, metrics, loader)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         queue = store.queue()
         self._worker = (

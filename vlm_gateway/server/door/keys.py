@@ -25,7 +25,7 @@ class Caller:
     """A tenant: the name its files, batches, logs and metrics carry, and what it may do."""
 
     name: str
-    admin: bool = False  # sees every tenant's files and batches
+    admin: bool = False  # sees every tenant's files and batches; loads and unloads models
     models: frozenset[str] | None = None  # the models it may call; None: all
     requests_per_minute: int | None = None
     max_in_flight: int | None = None

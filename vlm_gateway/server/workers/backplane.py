@@ -3,8 +3,9 @@ models the gateway runs itself, plus what workers ask of it.
 
 - `/backplane/m<i>/v1/...`: model number i as an OpenAI upstream of its own. Requests are the
   gateway's own `/v1/...` routes (the path is rewritten); `GET .../v1/models` lists the model
-  only while one of its replicas is ready, and answers 503 with the reason otherwise, which is
-  how each worker's readiness probe learns the supervisor's view.
+  only while one of its replicas is ready (or, for `load: on_demand`, may be loaded for a
+  request), and answers 503 with the reason otherwise, which is how each worker's readiness
+  probe learns the supervisor's view. Requests for an on-demand model wait here for its load.
 - `GET /backplane/live-metrics`: the live state only the supervisor knows (replica states,
   requests in flight at its backends, batches, vLLM's own series) for workers' /metrics.
 """
@@ -21,6 +22,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from vlm_gateway.backends.registry import SERVES_ON_REQUEST
 from vlm_gateway.core.errors import GatewayError
 from vlm_gateway.core.metrics import CONTENT_TYPE, CollectorChain
 from vlm_gateway.server.extension import AppExtension
@@ -32,8 +34,16 @@ from vlm_gateway.server.workers.plan import BACKPLANE_PREFIX
 LIVE_METRICS_PATH = f"{BACKPLANE_PREFIX}/live-metrics"
 _READY_PATH = f"{BACKPLANE_PREFIX}/ready"
 _MODEL_PATH = re.compile(rf"^{BACKPLANE_PREFIX}/m(\d+)(/v1/.*)$")
-# Counted by the supervisor alone (the batch runner runs there): workers show its counts.
-_SUPERVISOR_COUNTERS = ("vlmgw_batch_requests",)
+# Counted by the supervisor alone (the batch runner and loading on demand run there): workers
+# show its counts.
+_SUPERVISOR_COUNTERS = (
+    "vlmgw_batch_requests",
+    "vlmgw_model_loads",
+    "vlmgw_model_load_seconds",
+    "vlmgw_model_unloads",
+    "vlmgw_load_queue_wait_seconds",
+    "vlmgw_load_queue_refusals",
+)
 
 
 def backplane_extension() -> AppExtension:
@@ -70,7 +80,8 @@ def _router() -> APIRouter:
         if not 0 <= index < len(names):
             raise GatewayError(f"No model number {index}.", status_code=404)
         replicas = state.registry.replicas(names[index])
-        if any(backend.status.ready for backend in replicas):
+        # A model loaded on demand serves workers' requests while unloaded: they wait here.
+        if any(backend.status.state in SERVES_ON_REQUEST for backend in replicas):
             return json_response({"object": "list", "data": [{"id": names[index]}]})
         reasons = "; ".join(
             f"replica {i}: {b.status.state.value} ({b.status.reason or 'no reason given'})"

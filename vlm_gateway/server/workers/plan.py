@@ -126,7 +126,10 @@ def _backplane_upstream(
         max_image_side=limits.max_side,
         resize=f"{limits.resize[0]}x{limits.resize[1]}" if limits.resize else "none",
     )
-    timeout = float(getattr(entry, "timeout", 600.0)) + _WORKER_TIMEOUT_MARGIN_S
+    timeout = float(getattr(entry, "timeout", 600.0))
+    if entry.load == "on_demand":  # the backplane answers once the model is loaded
+        timeout = max(timeout, entry.load_timeout)
+    timeout += _WORKER_TIMEOUT_MARGIN_S
     return OpenAIBackendSettings(
         name=entry.name,
         backend="openai",

@@ -3,6 +3,9 @@
 - The Files and Batch API is forwarded to the supervisor's backplane, which alone owns the
   store and runs the batches (one runner, one SQLite writer). The caller's own key travels
   with the request, so the backplane answers as that tenant.
+- `/v1/models` (the list, each card, and the admin-only `POST .../load` and `.../unload`) is
+  forwarded too: the supervisor runs the models and owns their loading on demand
+  (backends/ondemand/), so its cards say how they are, not how the worker reaches them.
 - `GET /metrics` answers for the whole gateway: every worker's counters and histograms (their
   prometheus_client multiprocess files, summed) and the live state the supervisor reports
   (replica states, requests in flight at its backends, batches, vLLM's series).
@@ -34,7 +37,7 @@ from vlm_gateway.server.workers.plan import BackplaneLink
 
 log = logging.getLogger(__name__)
 
-_FORWARDED = ("/v1/files", "/v1/batches")
+_FORWARDED = ("/v1/files", "/v1/batches", "/v1/models")
 # Hop-by-hop, or set again by the side that sends: never copied across.
 _NOT_COPIED = frozenset(
     {
