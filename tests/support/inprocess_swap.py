@@ -27,15 +27,6 @@ def rss_mib() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def on_demand(settings: type) -> type:
-    """The kind's entry settings with `load: on_demand` (the on-demand manager's setting)."""
-    return type(
-        "OnDemand" + settings.__name__,
-        (settings,),
-        {"__annotations__": {"load": str}, "load": "on_demand"},
-    )
-
-
 def build(kind: str, model_dir: str, dtype: str) -> Any:
     if kind == "blip2":
         from vlm_gateway.backends import blip2 as package
@@ -45,8 +36,8 @@ def build(kind: str, model_dir: str, dtype: str) -> Any:
         from vlm_gateway.backends.transformers.settings import (
             TransformersBackendSettings as settings,
         )
-    entry = on_demand(settings)(
-        name="swap", backend=kind, model=model_dir, device="cpu", dtype=dtype
+    entry = settings(
+        name="swap", backend=kind, model=model_dir, device="cpu", dtype=dtype, load="on_demand"
     )
     # The in-process builders use nothing from the build context.
     [backend] = package.build(entry, None)

@@ -10,8 +10,11 @@ that glibc serves from its arenas; only `malloc_trim` gives those pages back.
 
 The first load imports torch, transformers and the model's code (about 430 MiB here) that no
 unload can give back, so memory is compared from the second load on: the level before each load
-against the level after its unload. Measured on the shared 2-core box: 0 to 36 MiB apart with
-the trim, 150 to 180 MiB without it; the tolerance is 20% of the weights' size (54 to 60 MiB).
+against the level after its unload. Measured on the shared 2-core box: 0 to 61 MiB apart with
+the trim, 120 to 245 MiB without it. What stays is glibc's per-thread arenas: each load's new
+model thread may be given another arena, and up to one arena heap (64 MiB) of its touched pages
+can stay (with MALLOC_ARENA_MAX=1 the difference is 0 in every cycle). The tolerance: one arena
+heap plus 5% of the weights' size (78 to 80 MiB).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from tests.support.processes import REPO
 pytest.importorskip("torch")
 
 CYCLES = 3  # the first imports what stays; the second and third are measured
-TOLERANCE = 0.2  # of the weights' size: what may stay behind after an unload
+ARENA_HEAP_MIB = 64  # glibc's largest arena heap on 64-bit (HEAP_MAX_SIZE)
+TOLERANCE = 0.05  # of the weights' size, beyond one arena heap, may stay after an unload
 
 
 @pytest.fixture(scope="module")
@@ -73,4 +77,4 @@ def test_unload_gives_the_memory_back_and_reload_answers_alike(big_models, kind)
         added = cycle["loaded"] - cycle["before_load"]
         left = cycle["after_unload"] - cycle["before_load"]
         assert added > 0.8 * weights, cycle  # the model really was in this process's memory
-        assert left < TOLERANCE * weights, cycle
+        assert left < ARENA_HEAP_MIB + TOLERANCE * weights, cycle
