@@ -13,6 +13,10 @@ request counter counts the chats served). Faults, set by environment variables:
                          each phase for as long as it needs to
   FAKE_VLLM_STARTUP_FAIL=1     with the above: a CUDA out-of-memory traceback and exit 1
                          instead of the last step
+  FAKE_VLLM_REQUEST_LOG=F      append "METHOD PATH" of every request it gets to file F
+Sleep mode as vLLM 0.32 has it: with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1 both (else
+404, as vLLM without them), POST /sleep?level=N, POST /wake_up and GET /is_sleeping answer in
+vLLM's shapes, and chats are refused with 503 while it sleeps.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ def _options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-model-len", type=int, default=512)
+    parser.add_argument("--enable-sleep-mode", action="store_true")
     options, _ = parser.parse_known_args(argv)
     return options
 
@@ -50,10 +55,19 @@ def _handler(options: argparse.Namespace) -> type[BaseHTTPRequestHandler]:
 
     served = {"chats": 0}
     lock = threading.Lock()
+    sleep = _SleepMode(options.enable_sleep_mode and os.environ.get("VLLM_SERVER_DEV_MODE") == "1")
+    request_log = os.environ.get("FAKE_VLLM_REQUEST_LOG")
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:
             pass
+
+        def parse_request(self) -> bool:
+            parsed = super().parse_request()
+            if parsed and request_log:
+                with lock, open(request_log, "a") as log:
+                    log.write(f"{self.command} {self.path}\n")
+            return parsed
 
         def _send(self, payload: dict) -> None:
             self._send_bytes(json.dumps(payload).encode(), "application/json")
@@ -65,7 +79,17 @@ def _handler(options: argparse.Namespace) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
+        def _send_status(self, status: int, payload: dict) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_GET(self) -> None:
+            if sleep.answers(self.path):
+                return self._send_status(*sleep.answer("GET", self.path))
             if self.path == "/health":
                 return self._send({})
             if self.path == "/metrics":
@@ -75,6 +99,10 @@ def _handler(options: argparse.Namespace) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("content-length", 0)))
+            if sleep.answers(self.path):
+                return self._send_status(*sleep.answer("POST", self.path))
+            if sleep.sleeping:
+                return self._send_status(503, {"error": {"message": "the model is sleeping"}})
             wedge = os.environ.get("FAKE_VLLM_WEDGE_FILE")
             while wedge and os.path.exists(wedge):
                 time.sleep(0.05)
@@ -98,6 +126,32 @@ def _handler(options: argparse.Namespace) -> type[BaseHTTPRequestHandler]:
             )
 
     return Handler
+
+
+class _SleepMode:
+    """vLLM's development sleep routes (vllm/entrypoints/serve/dev/sleep/api_router.py)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.sleeping = False
+
+    def answers(self, path: str) -> bool:
+        return path.split("?")[0] in ("/sleep", "/wake_up", "/is_sleeping")
+
+    def answer(self, method: str, path: str) -> tuple[int, dict]:
+        route, _, query = path.partition("?")
+        if not self.enabled:
+            return 404, {"detail": "Not Found"}
+        if (method, route) == ("GET", "/is_sleeping"):
+            return 200, {"is_sleeping": self.sleeping}
+        if (method, route) == ("POST", "/sleep"):
+            self.sleeping = True
+            level = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+            return 200, {"status": "sleeping", "level": int(level.get("level", 1))}
+        if (method, route) == ("POST", "/wake_up"):
+            self.sleeping = False
+            return 200, {"status": "awake", "tags": None}
+        return 405, {"detail": "Method Not Allowed"}
 
 
 # What `vllm serve` prints while it starts (vLLM 0.11 on a GPU, a first start from the hub),

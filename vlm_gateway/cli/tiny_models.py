@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
@@ -70,6 +71,19 @@ class _TokenIds(TypedDict):
 
 _SMALL: _Small = {"hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS}
 
+
+@dataclass(frozen=True)
+class TextSize:
+    """The text model's depth and feed-forward width: the tiny defaults, or larger for a model
+    of a chosen size (tests that measure memory widen and deepen it)."""
+
+    layers: int = LAYERS
+    ffn_dim: int = 2 * HIDDEN
+
+    def small(self) -> _Small:
+        return {**_SMALL, "num_hidden_layers": self.layers}
+
+
 # LLaVA-1.5 style, as JoyCaption's base uses. Accepts both a plain string content and the
 # OpenAI list-of-parts form, because vLLM picks the form by inspecting the template.
 LLAVA_CHAT_TEMPLATE = (
@@ -112,7 +126,7 @@ def _image_token_id(tokenizer: PreTrainedTokenizerFast) -> int:
     return token_id
 
 
-def _blip2_config(tokenizer: PreTrainedTokenizerFast) -> Blip2Config:
+def _blip2_config(tokenizer: PreTrainedTokenizerFast, size: TextSize) -> Blip2Config:
     from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, OPTConfig
 
     vision = Blip2VisionConfig(
@@ -121,9 +135,9 @@ def _blip2_config(tokenizer: PreTrainedTokenizerFast) -> Blip2Config:
     # The Q-Former's own vocabulary is only used by the retrieval heads, never here.
     qformer = Blip2QFormerConfig(**_SMALL, intermediate_size=2 * HIDDEN, vocab_size=len(tokenizer))
     text = OPTConfig(
-        **_SMALL,
+        **size.small(),
         **_token_ids(tokenizer),
-        ffn_dim=2 * HIDDEN,
+        ffn_dim=size.ffn_dim,
         word_embed_proj_dim=HIDDEN,
         max_position_embeddings=MAX_POSITIONS,
     )
@@ -137,10 +151,9 @@ def _blip2_config(tokenizer: PreTrainedTokenizerFast) -> Blip2Config:
     )
 
 
-def build_tiny_blip2(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random Blip2ForConditionalGeneration (OPT text model) to `out_dir`.
-
-    Anything already at `out_dir` is removed first; the marker file is written last.
+def build_tiny_blip2(out_dir: str | Path, seed: int = 0, *, text: TextSize = TextSize()) -> Path:
+    """Write a tiny random Blip2ForConditionalGeneration (OPT text model of size `text`) to
+    `out_dir`. Anything already at `out_dir` is removed first; the marker file is written last.
     """
     # The PIL image processors: the torchvision ones warn and fall back where torchvision is
     # missing (the gateway's venv), and both save the same config.
@@ -150,7 +163,7 @@ def build_tiny_blip2(out_dir: str | Path, seed: int = 0) -> Path:
     tokenizer = build_tokenizer(named_image_token=False, max_length=MAX_POSITIONS)
     with _seeded(seed):
         # PreTrainedModel.eval (and the processors' constructors) are unannotated in transformers.
-        model = Blip2ForConditionalGeneration(_blip2_config(tokenizer))
+        model = Blip2ForConditionalGeneration(_blip2_config(tokenizer, text))
         model.eval()  # type: ignore[no-untyped-call]
     size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     processor = Blip2Processor(  # type: ignore[no-untyped-call]
@@ -159,22 +172,22 @@ def build_tiny_blip2(out_dir: str | Path, seed: int = 0) -> Path:
     return _save(out, model, processor, seed, rename=None)
 
 
-def tiny_llama(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+def tiny_llama(tokenizer: PreTrainedTokenizerFast, size: TextSize = TextSize()) -> LlamaConfig:
     """The tiny Llama text model of the LLaVA and Idefics3 builders (head size 32: vLLM's CPU
     attention takes no smaller)."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        **_SMALL,
+        **size.small(),
         **_token_ids(tokenizer),
         num_key_value_heads=HEADS,
-        intermediate_size=2 * HIDDEN,
+        intermediate_size=size.ffn_dim,
         max_position_embeddings=MAX_POSITIONS,
         tie_word_embeddings=False,
     )
 
 
-def _llava_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
+def _llava_config(tokenizer: PreTrainedTokenizerFast, size: TextSize) -> LlavaConfig:
     from transformers import CLIPVisionConfig, LlavaConfig
 
     vision = CLIPVisionConfig(
@@ -184,7 +197,7 @@ def _llava_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
     )
-    text = tiny_llama(tokenizer)
+    text = tiny_llama(tokenizer, size)
     return LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -206,11 +219,13 @@ def build_tiny_llava(
     *,
     chat_template: str = LLAVA_CHAT_TEMPLATE,
     extra_special_tokens: Sequence[str] = (),
+    text: TextSize = TextSize(),
 ) -> Path:
     """Write a tiny random LlavaForConditionalGeneration (CLIP + Llama) to `out_dir`.
 
     `chat_template` and `extra_special_tokens` (the template's own markers) make variants such
     as the JoyCaption-style one in `tiny_hf_models`; the defaults give the USER/ASSISTANT model.
+    `text` sizes the Llama (a model of a chosen size).
     Anything already at `out_dir` is removed first; the marker file is written last.
     """
     from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, LlavaProcessor
@@ -220,7 +235,7 @@ def build_tiny_llava(
         named_image_token=True, max_length=MAX_POSITIONS, extra_special_tokens=extra_special_tokens
     )
     with _seeded(seed):
-        model = LlavaForConditionalGeneration(_llava_config(tokenizer))
+        model = LlavaForConditionalGeneration(_llava_config(tokenizer, text))
         model.eval()  # type: ignore[no-untyped-call]
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}

@@ -21,6 +21,7 @@ def build(entry: Blip2BackendSettings, context: BuildContext) -> list[Backend]:
             batch_wait_ms=entry.batch_wait_ms,
             context_length=entry.context_length,
             default_max_tokens=entry.default_max_tokens,
+            loadable=entry.load == "on_demand",
         )
     ]
 

@@ -54,6 +54,7 @@ class Blip2Backend(InProcessBackend["LoadedBlip2", "RowSpec"]):
         batch_wait_ms: float = 5.0,
         context_length: int | None = None,
         default_max_tokens: int = 64,
+        loadable: bool = False,
     ) -> None:
         super().__init__(
             name,
@@ -62,6 +63,7 @@ class Blip2Backend(InProcessBackend["LoadedBlip2", "RowSpec"]):
             batch_wait_ms=batch_wait_ms,
             device=device,
             dtype=dtype,
+            loadable=loadable,
         )
         self._device, self._dtype = device, dtype
         self._context_length = context_length

@@ -38,6 +38,7 @@ from vlm_gateway.backends.inprocess.batcher import (
     SpecT,
     Stats,
 )
+from vlm_gateway.backends.inprocess.memory import release_memory
 from vlm_gateway.backends.inprocess.oom import run_freeing_on_oom
 from vlm_gateway.backends.inprocess.worker import ModelThread, first_line, threadsafe
 from vlm_gateway.core.errors import GatewayError, ServiceUnavailableError
@@ -64,9 +65,11 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
         batch_wait_ms: float,
         device: str,
         dtype: str,
+        loadable: bool = False,
     ) -> None:
         super().__init__(name)
         self.model_ref = model_ref
+        self.loadable = loadable  # on demand: start() loads nothing; load() and unload() do
         self._planned = loading.planned(device, dtype)  # what /ready says until loaded
         self._facts: loading.ModelFacts | None = None
         # The kind's own logger, so its lines keep the names they had before the engine.
@@ -75,7 +78,9 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
             name, self.label, max_batch_size, batch_wait_ms, self._log
         )
         self._stopping = threading.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loading: asyncio.Task[None] | None = None  # the load at start
+        self._serving: asyncio.Task[None] | None = None  # the batcher, while loaded
+        self._swapping = asyncio.Lock()  # one load or unload at a time
         self._worker: ModelThread | None = None
         self._loaded: ModelT | None = None
         self._generate: GenerateBatch[ModelT, SpecT] | None = None
@@ -130,25 +135,82 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.loadable:
+            self.set_status(State.UNLOADED, "loads on its first request")
+            return
         self.set_status(State.STARTING, f"loading {self.model_ref}")
-        worker = self._worker = ModelThread(f"{self.kind}-{self.name}")
-        self._task = asyncio.create_task(
-            self._load_then_serve(worker), name=f"{self.kind}-{self.name}"
-        )
+        self._loading = asyncio.create_task(self._load_at_start(), name=f"{self.kind}-{self.name}")
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._loading, self._serving):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._batcher.fail_queued(self._batcher.shutting_down())
         if self._worker is not None:
             self._worker.close()
-        self._loaded = None
+        self._loaded = self._generate = None
         await super().stop()
 
-    async def _load_then_serve(self, worker: ModelThread) -> None:
+    async def load(self) -> None:
+        """On demand: load the weights (in the model thread, as at start) and serve."""
+        async with self._swapping:
+            await self._start_load_done()
+            if self._loaded is not None:
+                return
+            self.set_status(State.LOADING, f"loading {self.model_ref}")
+            try:
+                await self._bring_in()
+            except Exception as exc:
+                await self._release()
+                reason = self._load_failed(exc)
+                self.set_status(State.UNLOADED, reason)
+                raise ServiceUnavailableError(
+                    f"The model '{self.name}' could not be loaded: {reason}.", code="load_failed"
+                ) from None
+            except asyncio.CancelledError:
+                self._abandon_worker()  # the thread ends after the load; nothing keeps it
+                self.set_status(State.UNLOADED, "the load was cancelled")
+                raise
+
+    async def unload(self) -> None:
+        """Free the model: wait for the rows already taken (a caller should unload only an
+        idle model, but one that does not loses no answer), stop the model thread, drop every
+        reference and give the memory back to the device and the OS."""
+        async with self._swapping:
+            await self._start_load_done()
+            if self._loaded is None:
+                return
+            self.set_status(State.UNAVAILABLE, "unloading: finishing the requests in flight")
+            try:
+                await self._batcher.drained()
+            except asyncio.CancelledError:  # the unload was called off: still loaded, serving
+                self.set_status(State.READY)
+                raise
+            if self._serving is not None:
+                self._serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._serving
+                self._serving = None
+            await self._release()
+            self._log.info("model %s: unloaded; it loads again on its next request", self.name)
+            self.set_status(State.UNLOADED, "unloaded; loads on its next request")
+
+    async def _load_at_start(self) -> None:
+        try:
+            await self._bring_in()
+        except Exception as exc:
+            self.set_status(State.FAILED, self._load_failed(exc))
+
+    async def _start_load_done(self) -> None:
+        """Wait for the load `start` began, if it still runs: one load at a time."""
+        if self._loading is not None and not self._loading.done():
+            await asyncio.shield(self._loading)
+
+    async def _bring_in(self) -> None:
+        """Load the model in the model thread (started here when there is none), then serve."""
         planned, started = self._planned, time.monotonic()
         self._log.info(
             "model %s: loading weights from %s (device %s, dtype %s)",
@@ -157,16 +219,11 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
             planned["device"],
             planned["dtype"],
         )
+        worker = self._worker = self._worker or ModelThread(f"{self.kind}-{self.name}")
         load = worker.submit(self._load_blocking)
-        try:
-            loaded = await loading.reporting_progress(
-                load, self._still_loading, self.load_progress_every_s
-            )
-        except Exception as exc:
-            reason = f"cannot load {self.model_ref}: {first_line(exc)}"
-            self._log.error("model %s: %s", self.name, reason)
-            self.set_status(State.FAILED, reason)
-            return
+        loaded = await loading.reporting_progress(
+            load, self._still_loading, self.load_progress_every_s
+        )
         model, self._generate = loaded
         self._loaded, facts = model, self._model_facts(model)
         self._facts = facts
@@ -179,8 +236,30 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
             facts.summary(),
             self._how_served(model),
         )
+        self._serving = asyncio.create_task(
+            self._batcher.serve(worker, self._generate_blocking), name=f"{self.kind}-{self.name}"
+        )
         self.set_status(State.READY)
-        await self._batcher.serve(worker, self._generate_blocking)
+
+    async def _release(self) -> None:
+        """Drop the model and its thread (a thread's intra-op pool and thread-locals go with
+        it), then collect and trim, so the process's memory goes back to its level before."""
+        worker = self._abandon_worker()
+        if worker is not None:
+            await asyncio.to_thread(worker.join)
+        await asyncio.to_thread(release_memory)
+
+    def _abandon_worker(self) -> ModelThread | None:
+        worker, self._worker = self._worker, None
+        self._loaded = self._generate = self._facts = None
+        if worker is not None:
+            worker.close()
+        return worker
+
+    def _load_failed(self, exc: Exception) -> str:
+        reason = f"cannot load {self.model_ref}: {first_line(exc)}"
+        self._log.error("model %s: %s", self.name, reason)
+        return reason
 
     def _still_loading(self, seconds: float) -> None:
         self._log.info(
@@ -189,7 +268,8 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
             self.model_ref,
             seconds,
         )
-        self.set_status(State.STARTING, f"loading {self.model_ref} ({seconds:.0f} s so far)")
+        # STARTING at start, LOADING on demand: only the reason moves on.
+        self.set_status(self.status.state, f"loading {self.model_ref} ({seconds:.0f} s so far)")
 
     def _generate_blocking(self, specs: list[SpecT]) -> list[RowResult]:
         """In the model thread: one batch, with the functions the load brought in."""
@@ -244,16 +324,17 @@ class InProcessBackend(Backend, Generic[ModelT, SpecT]):
         model = self._loaded
         if model is None or not self.status.ready:
             raise ServiceUnavailableError(f"The model '{self.name}' is not ready.")
-        prepared = await self._prepare(request, model)
-        loop = asyncio.get_running_loop()
-        pending = Pending(
-            futures=[loop.create_future() for _ in range(prepared.choices)],
-            prompt_tokens=prepared.prompt_tokens,
-            events=events,
-        )
-        for index in range(prepared.choices):
-            hooks = RowHooks(_on_text(events, index), lambda: pending.cancelled)
-            self._batcher.put(Row(prepared.row(index, hooks), pending, index))
+        with self._batcher.preparing():  # an unload waits for this request's rows too
+            prepared = await self._prepare(request, model)
+            loop = asyncio.get_running_loop()
+            pending = Pending(
+                futures=[loop.create_future() for _ in range(prepared.choices)],
+                prompt_tokens=prepared.prompt_tokens,
+                events=events,
+            )
+            for index in range(prepared.choices):
+                hooks = RowHooks(_on_text(events, index), lambda: pending.cancelled)
+                self._batcher.put(Row(prepared.row(index, hooks), pending, index))
         return pending
 
 

@@ -8,8 +8,9 @@ batch's specs to the kind's generation and delivers what comes back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -105,9 +106,36 @@ class Batcher(Generic[SpecT]):
         self.batch_wait = batch_wait_ms / 1000
         self.stats = Stats()
         self._queue: asyncio.Queue[Row[SpecT]] = asyncio.Queue()
+        # Rows queued, being gathered or being generated: an unload waits until none is left.
+        self._unfinished = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def put(self, row: Row[SpecT]) -> None:
+        self._unfinished += 1
+        self._idle.clear()
         self._queue.put_nowait(row)
+
+    @contextlib.contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Counts a request whose rows are being prepared as unfinished, so that `drained`
+        cannot return between its admission and its `put`."""
+        self._unfinished += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._finished(1)
+
+    async def drained(self) -> None:
+        """Return once every row put so far has been answered (or dropped as cancelled)."""
+        await self._idle.wait()
+
+    def _finished(self, rows: int) -> None:
+        self._unfinished -= rows
+        if self._unfinished <= 0:
+            self._unfinished = 0
+            self._idle.set()
 
     @property
     def queued(self) -> int:
@@ -119,13 +147,22 @@ class Batcher(Generic[SpecT]):
     ) -> None:
         """Forever: gather a batch, run `generate` (blocking) on it in the model thread."""
         while True:
-            batch = await self._next_batch()
-            if batch:
-                await self._run_batch(worker, batch, generate)
+            gathered: list[Row[SpecT]] = []
+            try:
+                await self._gather(gathered)
+                batch = [row for row in gathered if not row.pending.cancelled]
+                if batch:
+                    await self._run_batch(worker, batch, generate)
+            except asyncio.CancelledError:
+                for row in gathered:  # stopped: every row taken from the queue is answered
+                    row.pending.deliver(row.index, self.shutting_down())
+                raise
+            finally:
+                self._finished(len(gathered))
 
-    async def _next_batch(self) -> list[Row[SpecT]]:
+    async def _gather(self, batch: list[Row[SpecT]]) -> None:
         """Wait for one row, then gather more for up to `batch_wait_ms`, up to the limit."""
-        batch = [await self._queue.get()]
+        batch.append(await self._queue.get())
         deadline = asyncio.get_running_loop().time() + self.batch_wait
         limit = self.cap.limit
         while len(batch) < limit:
@@ -139,7 +176,6 @@ class Batcher(Generic[SpecT]):
                 batch.append(await asyncio.wait_for(self._queue.get(), left))
             except TimeoutError:
                 break
-        return [row for row in batch if not row.pending.cancelled]
 
     async def _run_batch(
         self,
@@ -150,10 +186,6 @@ class Batcher(Generic[SpecT]):
         specs = [row.spec for row in batch]
         try:
             results = await worker.submit(lambda: generate(specs))
-        except asyncio.CancelledError:
-            for row in batch:
-                row.pending.deliver(row.index, self.shutting_down())
-            raise
         except DeviceOutOfMemory as exc:
             self._out_of_memory(batch, exc.reason)
             return
@@ -200,3 +232,4 @@ class Batcher(Generic[SpecT]):
         while not self._queue.empty():
             row = self._queue.get_nowait()
             row.pending.deliver(row.index, error)
+            self._finished(1)

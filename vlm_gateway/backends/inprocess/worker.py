@@ -33,7 +33,12 @@ class ModelThread:
         return future
 
     def close(self) -> None:
+        """The thread ends once the jobs already submitted are done."""
         self._jobs.put(None)
+
+    def join(self) -> None:
+        """Blocking: wait for the thread to end (after `close`)."""
+        self._thread.join()
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -44,6 +49,9 @@ class ModelThread:
                 outcome = (False, exc)
             with contextlib.suppress(RuntimeError):  # the loop closed while we worked
                 loop.call_soon_threadsafe(_settle, future, *outcome)
+            # The last job's result (a loaded model) must not live on in this frame while the
+            # thread waits for the next: an unload could not give its memory back.
+            del job, future, fn, outcome
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

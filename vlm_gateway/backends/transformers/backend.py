@@ -41,6 +41,7 @@ class TransformersBackend(InProcessBackend["LoadedModel | ChatModel", "RowSpec |
             batch_wait_ms=entry.batch_wait_ms,
             device=entry.device,
             dtype=entry.dtype,
+            loadable=entry.load == "on_demand",
         )
         self._entry = entry
         self._row_spec: type[RowSpec] | None = None

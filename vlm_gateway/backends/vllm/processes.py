@@ -12,6 +12,7 @@ from vlm_gateway.backends.vllm.backend import ManagedVllmBackend, Supervision
 from vlm_gateway.backends.vllm.on_demand import LoadableVllmBackend
 from vlm_gateway.config.settings import GatewaySettings
 from vlm_gateway.launch.vllm_command import VllmCommand, first_max_model_len
+from vlm_gateway.launch.vllm_sleep import with_sleep_mode
 from vlm_gateway.media.settings import MODALITIES, media_limits_for, video_sampling
 
 if TYPE_CHECKING:  # the settings module imports this one for its plan lines
@@ -51,6 +52,8 @@ def planned_processes(
             extra_args=tuple(entry.extra_args),
             env=tuple(entry.env.items()),
         )
+        if entry.swap == "sleep":
+            command = with_sleep_mode(command)
         log_path = log_dir / f"vllm-{_safe(entry.name)}-{replica}.log"
         processes.append(PlannedProcess(replica, command, log_path))
     return processes

@@ -11,6 +11,7 @@ from vlm_gateway.config.settings import GatewaySettings, ModelEntry
 from vlm_gateway.images.model_size import model_input_size, model_modalities
 from vlm_gateway.launch.gpu_sharing import GpuClaim
 from vlm_gateway.launch.vllm_command import GATEWAY_OWNED_FLAGS, MEDIA_FLAGS, flag_name
+from vlm_gateway.launch.vllm_sleep import SLEEP_MODE_FLAG, sleep_mode_unavailable
 
 # What to set instead of a flag the gateway writes itself (extra_args may not repeat them).
 _INSTEAD = {
@@ -27,6 +28,7 @@ _INSTEAD = {
         "media.video.num_frames or media.video.fps (per model or gateway-wide); "
         "a request may still send its own media_io_kwargs"
     ),
+    SLEEP_MODE_FLAG: "swap: sleep (it also switches on the routes sleep mode needs)",
 }
 
 
@@ -58,6 +60,9 @@ class VllmBackendSettings(ModelEntry):
     max_restarts: Annotated[int, Field(ge=0)] = 10  # failed restarts in a row, then `failed`
     stop_grace: Annotated[float, Field(gt=0)] = 10.0
     progress_interval: Annotated[float, Field(gt=0)] = 5.0  # a log line while it starts
+    # How an on-demand unload frees the GPU: stop the process (a load starts it again), or
+    # vLLM's sleep mode (weights parked in host memory; CUDA/ROCm only; docs/on-demand.md).
+    swap: Literal["stop", "sleep"] = "stop"
 
     kind_image_resize: ClassVar[str] = "auto"
     kind_takes_media_kwargs: ClassVar[bool] = True
@@ -65,7 +70,7 @@ class VllmBackendSettings(ModelEntry):
 
     @model_validator(mode="after")
     def _no_flags_the_gateway_sets(self) -> VllmBackendSettings:
-        owned = {*GATEWAY_OWNED_FLAGS, *MEDIA_FLAGS}
+        owned = {*GATEWAY_OWNED_FLAGS, *MEDIA_FLAGS, SLEEP_MODE_FLAG}
         if self.max_model_len:
             owned.add("--max-model-len")
         for arg in self.extra_args:
@@ -103,4 +108,21 @@ class VllmBackendSettings(ModelEntry):
             f"replica {index}: backend vllm, managed by the gateway "
             f"({self.replicas} process(es), model {self.model})"
         )
-        return [header] + ["  " + line for line in describe_processes(settings, self)]
+        lines = [header] + ["  " + line for line in describe_processes(settings, self)]
+        return lines + self._swap_lines()
+
+    def _swap_lines(self) -> list[str]:
+        if self.swap == "stop":
+            return []
+        lines = [
+            "  swap: sleep: an unload parks the weights in host memory (vLLM sleep mode, "
+            "level 1) and a load wakes them; its development routes answer on 127.0.0.1 only "
+            "and the gateway never forwards them"
+        ]
+        unavailable = sleep_mode_unavailable(self.env)
+        if unavailable:
+            lines.append(
+                f"  warning: swap: sleep needs a CUDA or ROCm GPU, and {unavailable}: vLLM "
+                "refuses to start with sleep mode there (use swap: stop)"
+            )
+        return lines
