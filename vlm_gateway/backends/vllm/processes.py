@@ -143,7 +143,9 @@ def build_managed_vllm(
     keys = {field.name for field in dataclass_fields(Supervision)}
     supervision = Supervision(**entry.model_dump(include=keys))
     # `load: on_demand`: launched by the on-demand manager, not with the gateway.
-    kind = LoadableVllmBackend if entry.load == "on_demand" else ManagedVllmBackend
+    on_demand = entry.load == "on_demand"
+    kind = LoadableVllmBackend if on_demand else ManagedVllmBackend
+    swap = {"swap": entry.swap} if on_demand else {}  # how an on-demand unload frees the GPU
     return [
         kind(
             entry.name,
@@ -156,6 +158,7 @@ def build_managed_vllm(
             timeout=entry.timeout,
             replica=process.replica,
             max_connections=context.settings.max_upstream_connections,
+            **swap,
         )
         for process in planned_processes(context.settings, entry)
     ]
