@@ -149,3 +149,15 @@ def test_the_startup_lines_say_which_models_load_on_demand(tmp_path):
         "claim it" in lines
     )
     assert "  loaded together at most: {a}; {b}" in lines
+
+
+def test_the_one_gpu_example_loads_the_seed_s_three_models_one_at_a_time():
+    """examples/one-gpu-three-models.yaml: BLIP-2, JoyCaption and MiniCPM-o on demand, one
+    loaded at a time, MiniCPM-o swapped by vLLM's sleep mode."""
+    repo = Path(__file__).resolve().parents[2]
+    settings = load_settings(settings_model(), repo / "examples" / "one-gpu-three-models.yaml")
+    plan = "\n".join(describe_plan(settings))
+    assert "loaded together at most: {blip2}; {joycaption}; {minicpm-o}" in plan
+    assert [m.backend for m in settings.models] == ["blip2", "transformers", "vllm"]
+    assert all(m.load == "on_demand" for m in settings.models)
+    assert "--enable-sleep-mode" in plan and "VLLM_SERVER_DEV_MODE=1" in plan
