@@ -27,7 +27,7 @@ from transformers.generation.streamers import BaseStreamer
 from vlm_gateway.backends.inprocess.batcher import RowResult
 from vlm_gateway.backends.inprocess.loading import LOAD_LOCK
 from vlm_gateway.backends.inprocess.rowtext import RowText
-from vlm_gateway.backends.transformers import quantization
+from vlm_gateway.backends.transformers import batch_inputs, quantization
 from vlm_gateway.backends.transformers.request import Conversation, Sampling
 from vlm_gateway.backends.transformers.row_sampling import (
     NEUTRAL_GENERATE_KWARGS,
@@ -95,6 +95,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def use_cpu_threads(count: int) -> None:
+    """torch's CPU threads for every batch (call it in the model thread, before the load).
+    torch's default, a thread per core, left no core for the gateway's own threads (requests,
+    image decoding, the processor): on 2 busy cores the OpenMP workers waited on each other
+    behind them, and a tiny model's batches took 5-10x longer."""
+    torch.set_num_threads(count)
+
+
 def load(entry: TransformersBackendSettings) -> LoadedModel:
     """Load processor and model once. Raises with a readable reason on any failure."""
     device = resolve_device(entry.device)
@@ -144,6 +152,7 @@ class RowSpec:
     """One sequence to generate (one choice of one request)."""
 
     conversation: Conversation  # images decoded
+    inputs: BatchFeature  # the processor's output for this conversation alone
     max_new_tokens: int
     sampling: Sampling
     stop: tuple[str, ...] = ()
@@ -163,7 +172,10 @@ def generate_batch(
     ]
     plans = [RowPlan.of(spec.sampling, loaded.generation_config) for spec in specs]
     with torch.inference_mode():
-        inputs = loaded.inputs([s.conversation for s in specs]).to(loaded.device)
+        inputs = batch_inputs.join([s.inputs for s in specs], loaded.pad_token_id)
+        if inputs is None:  # rows that do not simply join (e.g. text-only beside images)
+            inputs = loaded.inputs([s.conversation for s in specs])
+        inputs = inputs.to(loaded.device)
         if loaded.dtype != torch.float32:
             inputs = inputs.to(loaded.dtype)  # floating tensors only (pixel values)
         loaded.model.generate(  # type: ignore[operator]
