@@ -152,12 +152,13 @@ class RowSpec:
     """One sequence to generate (one choice of one request)."""
 
     conversation: Conversation  # images decoded
-    inputs: BatchFeature  # the processor's output for this conversation alone
     max_new_tokens: int
     sampling: Sampling
     stop: tuple[str, ...] = ()
     on_text: Callable[[str], None] | None = None  # called from the model thread
     is_cancelled: Callable[[], bool] = lambda: False
+    # The processor's output for this conversation alone (None: the batch runs the processor).
+    inputs: BatchFeature | None = None
 
 
 def generate_batch(
@@ -172,9 +173,7 @@ def generate_batch(
     ]
     plans = [RowPlan.of(spec.sampling, loaded.generation_config) for spec in specs]
     with torch.inference_mode():
-        inputs = batch_inputs.join([s.inputs for s in specs], loaded.pad_token_id)
-        if inputs is None:  # rows that do not simply join (e.g. text-only beside images)
-            inputs = loaded.inputs([s.conversation for s in specs])
+        inputs = _joined_inputs(loaded, specs)
         inputs = inputs.to(loaded.device)
         if loaded.dtype != torch.float32:
             inputs = inputs.to(loaded.dtype)  # floating tensors only (pixel values)
@@ -190,6 +189,15 @@ def generate_batch(
     if stopping.is_set():
         raise RuntimeError("the backend is stopping")
     return [row.result() for row in rows]
+
+
+def _joined_inputs(loaded: LoadedModel, specs: list[RowSpec]) -> BatchFeature:
+    """Each row's own processor output joined; the processor on the whole batch where a row
+    has none or the rows do not join that way (e.g. text-only beside images)."""
+    rows = [spec.inputs for spec in specs]
+    present = [row for row in rows if row is not None]
+    joined = batch_inputs.join(present, loaded.pad_token_id) if len(present) == len(rows) else None
+    return joined if joined is not None else loaded.inputs([s.conversation for s in specs])
 
 
 class _RowsStreamer(BaseStreamer):
