@@ -35,13 +35,19 @@ import json
 import os
 import queue
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.bench.bench_caption_vs_seed import QUESTION, caption, interleave, make_images, table
+from tests.bench.bench_caption_vs_seed import (
+    QUESTION,
+    caption,
+    image_sets,
+    interleave,
+    table,
+    work_directory,
+)
 from tests.bench.process_cpu import children_cpu, tree_cpu
 from tests.bench.seed_script import EXTENSIONS
 
@@ -270,25 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
 
-    import shutil
-
-    work = Path(tempfile.mkdtemp(prefix="bench-tf-vs-seed-"))
-    try:
-        started = time.monotonic()
-        sets = {
-            "warm": make_images(work / "warm", 32, 224, 224, 10_000_000),
-            f"{args.small} x 224x224 JPEG": make_images(work / "small", args.small, 224, 224, 0),
-            f"{args.photos} x 1600x1200 photo-like JPEG": make_images(
-                work / "photos", args.photos, 1600, 1200, 1_000_000
-            ),
-        }
-        print(f"images generated in {time.monotonic() - started:.1f} s; load {os.getloadavg()}")
-        bench(args, work, sets)
-    finally:
-        if args.keep:
-            print(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with work_directory("bench-tf-vs-seed-", args.keep) as work:
+        bench(args, work, image_sets(work, args.small, args.photos, (1600, 1200)))
 
 
 if __name__ == "__main__":

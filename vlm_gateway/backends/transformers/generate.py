@@ -96,7 +96,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def use_cpu_threads(count: int) -> None:
-    """torch's CPU threads for every batch (call it in the model thread, before the load).
+    """torch's CPU threads for every batch (the process's setting: called in the model thread,
+    before the load).
     torch's default, a thread per core, left no core for the gateway's own threads (requests,
     image decoding, the processor): on 2 busy cores the OpenMP workers waited on each other
     behind them, and a tiny model's batches took 5-10x longer."""
