@@ -31,14 +31,17 @@ excluded on both sides).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +99,35 @@ def make_images(folder: Path, count: int, width: int, height: int, seed0: int) -
     with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
         list(pool.map(_write_image, jobs, chunksize=8))
     return folder
+
+
+@contextlib.contextmanager
+def work_directory(prefix: str, keep: bool) -> Iterator[Path]:
+    """A scratch directory for one run, removed afterwards unless `keep`."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def image_sets(work: Path, small: int, photos: int, photo: tuple[int, int]) -> dict[str, Path]:
+    """The folders a run captions: a warm-up set, `small` 224x224 JPEGs and `photos`
+    photo-like JPEGs of `photo` (width, height), by label."""
+    started = time.monotonic()
+    width, height = photo
+    sets = {
+        "warm": make_images(work / "warm", 32, 224, 224, 10_000_000),
+        f"{small} x 224x224 JPEG": make_images(work / "small", small, 224, 224, 0),
+        f"{photos} x {width}x{height} photo-like JPEG": make_images(
+            work / "photos", photos, width, height, 1_000_000
+        ),
+    }
+    print(f"images generated in {time.monotonic() - started:.1f} s; load {os.getloadavg()}")
+    return sets
 
 
 # -- tables ----------------------------------------------------------------------------------
@@ -349,22 +381,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
 
-    import shutil
-
     from vlm_gateway.cli.tiny_models import ensure_tiny_models
 
-    work = Path(tempfile.mkdtemp(prefix="bench-vs-seed-"))
-    try:
+    with work_directory("bench-vs-seed-", args.keep) as work:
         model = ensure_tiny_models(work / "models")["blip2"]
-        started = time.monotonic()
-        sets = {
-            "warm": make_images(work / "warm", 32, 224, 224, 10_000_000),
-            f"{args.small} x 224x224 JPEG": make_images(work / "small", args.small, 224, 224, 0),
-            f"{args.photos} x 2400x1600 photo-like JPEG": make_images(
-                work / "photos", args.photos, 2400, 1600, 1_000_000
-            ),
-        }
-        print(f"images generated in {time.monotonic() - started:.1f} s; load {os.getloadavg()}")
+        sets = image_sets(work, args.small, args.photos, (2400, 1600))
         tables = []
         meters: dict[str, Any] = {}
         if not args.skip_vllm:
@@ -384,11 +405,6 @@ def main(argv: list[str] | None = None) -> None:
             from tests.bench.process_cpu import print_cpu
 
             print_cpu("vLLM table", meters)
-    finally:
-        if args.keep:
-            print(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

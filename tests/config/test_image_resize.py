@@ -21,6 +21,12 @@ def test_defaults_per_kind(tiny_models, tmp_path):
     assert resize_of({"backend": "blip2", "model": "Salesforce/blip2-opt-2.7b"}) == (224, 224)
     assert resize_of({"backend": "vllm", "model": str(tiny_models["llava"])}) == (30, 30)
     assert resize_of({"backend": "vllm", "model": str(tmp_path)}) is None  # no processor config
+    transformers = {"backend": "transformers"}
+    joycaption = str(tiny_models["llava-joycaption"])
+    assert resize_of({**transformers, "model": joycaption}) == (30, 30)  # CLIP's shortest edge
+    # Variable-resolution and tiling processors get images at their own size.
+    assert resize_of({**transformers, "model": str(tiny_models["qwen2vl"])}) is None
+    assert resize_of({**transformers, "model": str(tiny_models["idefics3"])}) is None
 
 
 def test_explicit_settings_override_the_kind():

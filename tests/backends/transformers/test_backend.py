@@ -72,15 +72,16 @@ class SeedRecipe:
         self.model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
         self.system = system
 
-    def inputs(self, image_seed: int, text: str = QUESTION):
+    def inputs(self, image_seeds: int | tuple[int, ...], text: str = QUESTION):
         from PIL import Image
 
-        image = Image.open(io.BytesIO(png_bytes(seed=image_seed))).convert("RGB")
+        seeds = image_seeds if isinstance(image_seeds, tuple) else (image_seeds,)
+        images = [
+            {"type": "image", "image": Image.open(io.BytesIO(png_bytes(seed=s))).convert("RGB")}
+            for s in seeds
+        ]
         messages = [{"role": "system", "content": [{"type": "text", "text": self.system}]}]
-        user = {
-            "role": "user",
-            "content": [{"type": "image", "image": image}, {"type": "text", "text": text}],
-        }
+        user = {"role": "user", "content": [*images, {"type": "text", "text": text}]}
         conversation = ([*messages] if self.system else []) + [user]
         return self.processor.apply_chat_template(
             conversation,
@@ -90,10 +91,10 @@ class SeedRecipe:
             return_tensors="pt",
         )
 
-    def answer(self, image_seed: int) -> str:
+    def answer(self, image_seeds: int | tuple[int, ...], text: str = QUESTION) -> str:
         import torch
 
-        inputs = self.inputs(image_seed)
+        inputs = self.inputs(image_seeds, text)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
         new = out[0, inputs["input_ids"].shape[1] :]
@@ -139,17 +140,36 @@ def test_streamed_answer_comes_in_pieces_and_equals_the_json_one(client, key):
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
 
 
+# Prompts of different lengths and image counts in one batch: each row's tensors are padded
+# and joined as the processor would batch them.
+BATCH = [
+    ((3,), QUESTION),
+    ((4,), "Describe the picture in many more words, please."),
+    ((5, 6), QUESTION),
+    ((7,), "Hi."),
+]
+
+
 @pytest.mark.parametrize("key", MODELS)
 def test_concurrent_greedy_answers_are_batched_and_equal_one_at_a_time(
     gateway, client, reference, key
 ):
     name = MODELS[key]
     before = replica(gateway, name)["largest_batch"]
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda seed: ask(client, name, image_seed=seed), range(3, 7)))
+
+    def send(request):
+        seeds, text = request
+        parts = [image_message(None, png_data_url(seed=s))["content"][0] for s in seeds]
+        messages = [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+        return ask(client, name, messages=messages)
+
+    with ThreadPoolExecutor(len(BATCH)) as pool:
+        answers = list(pool.map(send, BATCH))
     assert replica(gateway, name)["largest_batch"] > max(before, 1)
-    expected = [reference[key].answer(seed) for seed in range(3, 7)]
+    expected = [reference[key].answer(seeds, text) for seeds, text in BATCH]
     assert [a.choices[0].message.content for a in answers] == expected
+    prompt_tokens = [int(reference[key].inputs(*r)["attention_mask"].sum()) for r in BATCH]
+    assert [a.usage.prompt_tokens for a in answers] == prompt_tokens
 
 
 @pytest.mark.parametrize(

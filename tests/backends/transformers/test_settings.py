@@ -23,6 +23,16 @@ def test_check_config_prints_the_plan(tmp_path):
     assert "backend transformers, in this process -> org/some-vlm @ v2" in result.stdout
     assert "device: cuda:1, dtype: float16" in result.stdout
     assert "trust_remote_code" not in result.stdout
+    assert "batches of up to 16" in result.stdout
+
+
+def test_check_config_says_the_model_s_cpu_threads(tmp_path):
+    result = check_config(tmp_path, {"device": "cpu", "cpu_threads": 3})
+    assert result.returncode == 0, result.stderr
+    assert "CPU threads: 3" in result.stdout
+    refused = check_config(tmp_path, {"cpu_threads": 0})
+    assert refused.returncode != 0
+    assert "models[0].cpu_threads" in refused.stdout + refused.stderr
 
 
 def test_check_config_warns_about_remote_code(tmp_path):

@@ -25,6 +25,7 @@ from vlm_gateway.backends.transformers.refusals import refusal
 from vlm_gateway.core.protocol import ChatCompletionRequest
 
 if TYPE_CHECKING:
+    from transformers import BatchFeature
     from vlm_gateway.backends.transformers.generate import LoadedModel, RowSpec
     from vlm_gateway.backends.transformers.settings import TransformersBackendSettings
 
@@ -56,6 +57,7 @@ class TransformersBackend(InProcessBackend["LoadedModel | ChatModel", "RowSpec |
                 f"torch and transformers are needed ({exc.name} is missing): "
                 "pip install 'vlm-gateway[blip2]'"
             ) from None
+        generate.use_cpu_threads(self._entry.threads())
         chat_model = custom_chat_model.load(self._entry) if self._entry.trust_remote_code else None
         if chat_model is not None:
             return chat_model, cast("GenerateBatch[Any, Any]", custom_chat_model.generate_rows)
@@ -100,19 +102,21 @@ class TransformersBackend(InProcessBackend["LoadedModel | ChatModel", "RowSpec |
         turns, images = req.conversation(request, self._entry.system_prompt)
         samplings = req.sampling(request)
         params = [image.param for image in images]
-        turns, prompt_tokens = await asyncio.to_thread(_prepare, model, turns, params)
+        turns, inputs = await asyncio.to_thread(_prepare, model, turns, params)
+        prompt_tokens = int(inputs["attention_mask"].sum())
         max_tokens = token_budget(
             context_length(model.model.config),
             prompt_tokens,
             request.output_token_limit,
             _default_max_tokens(model),
         )
-        row = functools.partial(self._row, turns, samplings, req.stops(request), max_tokens)
+        row = functools.partial(self._row, turns, inputs, samplings, req.stops(request), max_tokens)
         return Prepared(prompt_tokens, len(samplings), row)
 
     def _row(
         self,
         turns: req.Conversation,
+        inputs: BatchFeature,
         samplings: list[req.Sampling],
         stop: tuple[str, ...],
         max_tokens: int,
@@ -123,6 +127,7 @@ class TransformersBackend(InProcessBackend["LoadedModel | ChatModel", "RowSpec |
         assert row_spec is not None  # the load sets it before `_loaded`, checked by _submit
         return row_spec(
             conversation=turns,
+            inputs=inputs,
             max_new_tokens=max_tokens,
             sampling=samplings[index],
             stop=stop,
@@ -138,12 +143,13 @@ def _default_max_tokens(loaded: LoadedModel) -> int:
 
 def _prepare(
     loaded: LoadedModel, turns: req.Conversation, image_params: list[str]
-) -> tuple[req.Conversation, int]:
-    """Blocking: decode the images and run the processor once, alone, to check the request and
-    count its prompt tokens (image tokens included)."""
+) -> tuple[req.Conversation, BatchFeature]:
+    """Blocking: decode the images and run the processor, once, on this request alone: that
+    checks it, counts its prompt tokens (image tokens included) and gives the tensors its rows
+    join a batch with."""
     turns = req.with_images(turns)
     try:
         inputs = loaded.inputs([turns])
     except Exception as exc:
         raise refusal(loaded.processor, turns, image_params, exc) from None
-    return turns, int(inputs["attention_mask"].sum())
+    return turns, inputs

@@ -27,7 +27,7 @@ from transformers.generation.streamers import BaseStreamer
 from vlm_gateway.backends.inprocess.batcher import RowResult
 from vlm_gateway.backends.inprocess.loading import LOAD_LOCK
 from vlm_gateway.backends.inprocess.rowtext import RowText
-from vlm_gateway.backends.transformers import quantization
+from vlm_gateway.backends.transformers import batch_inputs, quantization
 from vlm_gateway.backends.transformers.request import Conversation, Sampling
 from vlm_gateway.backends.transformers.row_sampling import (
     NEUTRAL_GENERATE_KWARGS,
@@ -95,6 +95,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def use_cpu_threads(count: int) -> None:
+    """torch's CPU threads for every batch (the process's setting: called in the model thread,
+    before the load).
+    torch's default, a thread per core, left no core for the gateway's own threads (requests,
+    image decoding, the processor): on 2 busy cores the OpenMP workers waited on each other
+    behind them, and a tiny model's batches took 5-10x longer."""
+    torch.set_num_threads(count)
+
+
 def load(entry: TransformersBackendSettings) -> LoadedModel:
     """Load processor and model once. Raises with a readable reason on any failure."""
     device = resolve_device(entry.device)
@@ -149,6 +158,8 @@ class RowSpec:
     stop: tuple[str, ...] = ()
     on_text: Callable[[str], None] | None = None  # called from the model thread
     is_cancelled: Callable[[], bool] = lambda: False
+    # The processor's output for this conversation alone (None: the batch runs the processor).
+    inputs: BatchFeature | None = None
 
 
 def generate_batch(
@@ -163,7 +174,8 @@ def generate_batch(
     ]
     plans = [RowPlan.of(spec.sampling, loaded.generation_config) for spec in specs]
     with torch.inference_mode():
-        inputs = loaded.inputs([s.conversation for s in specs]).to(loaded.device)
+        inputs = _joined_inputs(loaded, specs)
+        inputs = inputs.to(loaded.device)
         if loaded.dtype != torch.float32:
             inputs = inputs.to(loaded.dtype)  # floating tensors only (pixel values)
         loaded.model.generate(  # type: ignore[operator]
@@ -178,6 +190,15 @@ def generate_batch(
     if stopping.is_set():
         raise RuntimeError("the backend is stopping")
     return [row.result() for row in rows]
+
+
+def _joined_inputs(loaded: LoadedModel, specs: list[RowSpec]) -> BatchFeature:
+    """Each row's own processor output joined; the processor on the whole batch where a row
+    has none or the rows do not join that way (e.g. text-only beside images)."""
+    rows = [spec.inputs for spec in specs]
+    present = [row for row in rows if row is not None]
+    joined = batch_inputs.join(present, loaded.pad_token_id) if len(present) == len(rows) else None
+    return joined if joined is not None else loaded.inputs([s.conversation for s in specs])
 
 
 class _RowsStreamer(BaseStreamer):
