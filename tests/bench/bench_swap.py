@@ -246,12 +246,23 @@ def main(argv: list[str] | None = None) -> None:
         "--gpu-share", type=float, help="gpu_memory_utilization of each process (GPU: 0.4)"
     )
     parser.add_argument(
+        "--gateway",
+        action="store_true",
+        help="through `vlm-gateway serve`: what the gateway adds to a swap (swap_gateway.py)",
+    )
+    parser.add_argument(
         "--sleep-without-gpu",
         action="store_true",
         help="measure sleep-wake anyway (for trying the script on tests/support/fake_vllm.py)",
     )
     args = parser.parse_args(argv)
-    asyncio.run(measure(args, Path(tempfile.mkdtemp(prefix="vlmgw-swap-"))))
+    work = Path(tempfile.mkdtemp(prefix="vlmgw-swap-"))
+    if args.gateway:
+        from tests.bench.swap_gateway import measure_gateway
+
+        measure_gateway(args, work)
+    else:
+        asyncio.run(measure(args, work))
 
 
 if __name__ == "__main__":
