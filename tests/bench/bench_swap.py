@@ -16,9 +16,13 @@ served again: listed in /v1/models, or awake), and the first 1-token chat after 
 then medians and each way's ratio to the first.
 
 A `Swap` is four coroutines (`bring_up`, `unload`, `load`, `close`) plus the root URL its chat
-goes to. Measuring the gateway's own added time is one more `Swap` in `ways()` that drives
-`vlm-gateway serve` with the same model on demand (its admin `POST /v1/models/{id}/unload` and
-`/load`, chats through the gateway): its figures minus `stop-start`'s, in the same rounds.
+goes to.
+
+    .venv/bin/python -m tests.bench.bench_swap --gateway --rounds 3
+
+measures instead what the gateway adds to a swap beyond these (issue 26: at most 50 ms):
+`vlm-gateway serve` with two models on demand under `max_loaded_models: 1`, the backend's own
+stop, start and chat measured from outside it in the same swaps (swap_gateway.py).
 """
 
 from __future__ import annotations
@@ -258,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="vlmgw-swap-"))
     if args.gateway:
+        if args.model or args.gpu_share:
+            parser.error("--gateway swaps two tiny models of its own: no --model, --gpu-share")
         from tests.bench.swap_gateway import measure_gateway
 
         measure_gateway(args, work)

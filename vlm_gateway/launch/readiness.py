@@ -1,6 +1,6 @@
 """Readiness of a freshly launched OpenAI-compatible server, by plain HTTP polling: the
-process is alive, then `/health` answers 200, then `/v1/models` lists the served name, all
-under a deadline. The log is never read to decide readiness.
+process is alive, `/health` answers 200 and `/v1/models` lists the served name (both asked at
+once), all under a deadline. The log is never read to decide readiness.
 
 Seen promptly, because an on-demand swap waits for it (docs/on-demand.md): while nothing
 accepts connections on the port, a bare TCP connect is tried every 10 ms (on loopback the
@@ -140,17 +140,28 @@ def _connect_result(sock: socket.socket, sockaddr: Any) -> bool | None:
 async def _served_card(
     client: aiohttp.ClientSession, root_url: str, served_name: str, timeout: aiohttp.ClientTimeout
 ) -> dict[str, Any] | None:
+    # Both asked at once: a swap waits for the slower answer, not for two in a row.
+    health, models = await asyncio.gather(
+        _body_if_ok(client, root_url + "/health", timeout),
+        _body_if_ok(client, root_url + "/v1/models", timeout),
+    )
+    if health is None or models is None:
+        return None
     try:
-        async with client.get(root_url + "/health", timeout=timeout) as health:
-            if health.status != 200:
-                return None
-        async with client.get(root_url + "/v1/models", timeout=timeout) as models:
-            if models.status != 200:
-                return None
-            listed = orjson.loads(await models.read())
+        listed = orjson.loads(models)
         for card in listed.get("data", []):
             if isinstance(card, dict) and card.get("id") == served_name:
                 return card
-    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+    except (ValueError, AttributeError):
         return None
     return None
+
+
+async def _body_if_ok(
+    client: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout
+) -> bytes | None:
+    try:
+        async with client.get(url, timeout=timeout) as response:
+            return await response.read() if response.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError):
+        return None
