@@ -255,6 +255,12 @@ def main(argv: list[str] | None = None) -> None:
         help="through `vlm-gateway serve`: what the gateway adds to a swap (swap_gateway.py)",
     )
     parser.add_argument(
+        "--compare-source",
+        type=Path,
+        help="with --gateway: a directory with another vlm_gateway/ (an older commit's export) "
+        "whose gateway swaps in the same rounds",
+    )
+    parser.add_argument(
         "--sleep-without-gpu",
         action="store_true",
         help="measure sleep-wake anyway (for trying the script on tests/support/fake_vllm.py)",

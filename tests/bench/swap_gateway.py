@@ -39,7 +39,7 @@ import openai
 from tests.bench.bench_swap import NAME, LaunchedVllm, launch_command
 from tests.bench.swap_watch import SwapWatch, stop_signal_time, vllm_leader, wait_armed
 from tests.support.managed import stop_gateway, vllm_entry
-from tests.support.processes import VLLM_SMALL_ARGS, GatewayProcess
+from tests.support.processes import REPO, VLLM_SMALL_ARGS, GatewayProcess
 
 MODELS = ("blip2", "llava")
 TARGET_MS = 50.0
@@ -78,9 +78,10 @@ def tiny_models(work: Path) -> dict[str, Path]:
     }
 
 
-def gateway_config(args: argparse.Namespace, models: dict[str, Path], work: Path) -> dict:
+def gateway_config(args: argparse.Namespace, models: dict[str, Path], data_dir: Path) -> dict:
     """Both models on demand under a budget of one; each vLLM launched with the sidecar."""
-    sidecar = shlex.join([sys.executable, str(STAMP_SCRIPT), str(work / "stop-stamps")])
+    stamps = data_dir.parent / "stop-stamps"
+    sidecar = shlex.join([sys.executable, str(STAMP_SCRIPT), str(stamps)])
     command = ["sh", "-c", f'{sidecar} & exec "$0" "$@"', *shlex.split(args.vllm)]
     entries = [
         vllm_entry(
@@ -93,7 +94,7 @@ def gateway_config(args: argparse.Namespace, models: dict[str, Path], work: Path
         )
         for name in MODELS
     ]
-    return {"data_dir": str(work / "gateway"), "max_loaded_models": 1, "models": entries}
+    return {"data_dir": str(data_dir), "max_loaded_models": 1, "models": entries}
 
 
 def chat(client: openai.OpenAI, model: str) -> float:
@@ -159,19 +160,30 @@ def first_chats(args: argparse.Namespace, model: Path, work: Path) -> tuple[floa
 
 
 def measure_gateway(args: argparse.Namespace, work: Path) -> None:
+    """Each gateway (this tree's, and --compare-source's) swaps in turn in every round."""
     models = tiny_models(work)
-    gateway = GatewayProcess(gateway_config(args, models, work), work).start()
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0, timeout=600)
-    taken: list[SwapTimes] = []
+    sources = {"this tree": REPO}
+    if args.compare_source:
+        sources[args.compare_source.name] = args.compare_source
+    gateways = {
+        label: GatewayProcess(
+            gateway_config(args, models, work / f"gateway-{index}"), work, source=source
+        )
+        for index, (label, source) in enumerate(sources.items())
+    }
+    taken: dict[str, list[SwapTimes]] = {label: [] for label in gateways}
     penalties: list[float] = []
     try:
-        print(f"first load of {MODELS[0]} through the gateway: {ms(chat(client, MODELS[0]))}")
-        warm = one_swap(gateway, client, MODELS[1], work)
-        print(f"warm-up swap → {MODELS[1]} (not counted): {warm.line()}")
+        clients = {
+            label: warmed_up(label, gateway.start(), work) for label, gateway in gateways.items()
+        }
         for index in range(args.rounds):
-            for new in (MODELS[0], MODELS[1]):
-                taken.append(one_swap(gateway, client, new, work))
-                print(f"round {index + 1} → {new}: {taken[-1].line()}", flush=True)
+            for label, gateway in gateways.items():
+                for new in MODELS:
+                    taken[label].append(one_swap(gateway, clients[label], new, work))
+                    print(
+                        f"round {index + 1} {label} → {new}: {taken[label][-1].line()}", flush=True
+                    )
             first, second = first_chats(args, models["blip2"], work)
             penalties.append(first - second)
             print(
@@ -180,25 +192,37 @@ def measure_gateway(args: argparse.Namespace, work: Path) -> None:
                 flush=True,
             )
     finally:
-        stop_gateway(gateway)
-    report(taken, penalties)
+        for gateway in gateways.values():
+            if gateway.proc is not None:
+                stop_gateway(gateway)
+    for label, swaps in taken.items():
+        report(label, swaps, penalties)
 
 
-def report(taken: list[SwapTimes], penalties: list[float]) -> None:
+def warmed_up(label: str, gateway: GatewayProcess, work: Path) -> openai.OpenAI:
+    """The gateway's client, after its first load and a first swap (not counted)."""
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0, timeout=600)
+    print(f"{label}: first load of {MODELS[0]} through the gateway: {ms(chat(client, MODELS[0]))}")
+    warm = one_swap(gateway, client, MODELS[1], work)  # leaves MODELS[1] loaded
+    print(f"{label}: warm-up swap → {MODELS[1]}: {warm.line()}")
+    return client
+
+
+def report(label: str, taken: list[SwapTimes], penalties: list[float]) -> None:
     def spread(values: list[float]) -> str:
         return f"median {ms(statistics.median(values))} ({ms(min(values))} to {ms(max(values))})"
 
-    print(f"{len(taken)} swaps:")
+    print(f"{label}, {len(taken)} swaps:")
     for part in ("client", "stop", "start", "direct_chat", "to_signal", "to_spawn", "to_answer"):
         print(f"  {part:<12} {spread([getattr(swap, part) for swap in taken])}")
     penalty = statistics.median(penalties)
     print(f"  vLLM's first chat less its second, without the gateway: {spread(penalties)}")
-    for label, less in (("as measured", 0.0), ("less vLLM's first-chat cost", penalty)):
+    for less_what, less in (("as measured", 0.0), ("less vLLM's first-chat cost", penalty)):
         added = [swap.added - less for swap in taken]
         within = sum(value * 1000 <= TARGET_MS for value in added)
         print(
-            f"  gateway added, {label}: {spread(added)}; within the {TARGET_MS:g} ms target "
-            f"in {within} of {len(added)} swaps"
+            f"  gateway added, {less_what}: {spread(added)}; within the {TARGET_MS:g} ms "
+            f"target in {within} of {len(added)} swaps"
         )
 
 
