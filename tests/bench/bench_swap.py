@@ -16,9 +16,13 @@ served again: listed in /v1/models, or awake), and the first 1-token chat after 
 then medians and each way's ratio to the first.
 
 A `Swap` is four coroutines (`bring_up`, `unload`, `load`, `close`) plus the root URL its chat
-goes to. Measuring the gateway's own added time is one more `Swap` in `ways()` that drives
-`vlm-gateway serve` with the same model on demand (its admin `POST /v1/models/{id}/unload` and
-`/load`, chats through the gateway): its figures minus `stop-start`'s, in the same rounds.
+goes to.
+
+    .venv/bin/python -m tests.bench.bench_swap --gateway --rounds 3
+
+measures instead what the gateway adds to a swap beyond these (issue 26: at most 50 ms):
+`vlm-gateway serve` with two models on demand under `max_loaded_models: 1`, the backend's own
+stop, start and chat measured from outside it in the same swaps (swap_gateway.py).
 """
 
 from __future__ import annotations
@@ -246,12 +250,31 @@ def main(argv: list[str] | None = None) -> None:
         "--gpu-share", type=float, help="gpu_memory_utilization of each process (GPU: 0.4)"
     )
     parser.add_argument(
+        "--gateway",
+        action="store_true",
+        help="through `vlm-gateway serve`: what the gateway adds to a swap (swap_gateway.py)",
+    )
+    parser.add_argument(
+        "--compare-source",
+        type=Path,
+        help="with --gateway: a directory with another vlm_gateway/ (an older commit's export) "
+        "whose gateway swaps in the same rounds",
+    )
+    parser.add_argument(
         "--sleep-without-gpu",
         action="store_true",
         help="measure sleep-wake anyway (for trying the script on tests/support/fake_vllm.py)",
     )
     args = parser.parse_args(argv)
-    asyncio.run(measure(args, Path(tempfile.mkdtemp(prefix="vlmgw-swap-"))))
+    work = Path(tempfile.mkdtemp(prefix="vlmgw-swap-"))
+    if args.gateway:
+        if args.model or args.gpu_share:
+            parser.error("--gateway swaps two tiny models of its own: no --model, --gpu-share")
+        from tests.bench.swap_gateway import measure_gateway
+
+        measure_gateway(args, work)
+    else:
+        asyncio.run(measure(args, work))
 
 
 if __name__ == "__main__":

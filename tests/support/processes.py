@@ -99,7 +99,10 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 class GatewayProcess:
     """`vlm-gateway serve --config FILE` on a free loopback port."""
 
-    def __init__(self, config: dict, workdir: Path, env: dict | None = None) -> None:
+    def __init__(
+        self, config: dict, workdir: Path, env: dict | None = None, source: Path = REPO
+    ) -> None:
+        self.source = source  # the directory whose vlm_gateway/ runs (the cwd leads sys.path)
         self.port = free_port()
         self.config_path = workdir / f"gateway-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -132,7 +135,7 @@ class GatewayProcess:
                 argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=REPO,
+                cwd=self.source,
                 env=self._env,
                 start_new_session=True,
             )

@@ -19,6 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+# How often a stopped group is looked at until its last member is gone: an on-demand swap
+# launches the next model only then (a look reads /proc: about 1 ms for a hundred processes).
+_GONE_POLL_S = 0.005
 
 
 def _terminate_with_parent_hook() -> Callable[[], object] | None:
@@ -149,4 +152,4 @@ async def _wait_group_gone(pgid: int, timeout_s: float) -> None:
         and asyncio.get_running_loop().time() < deadline
     ):
         _signal_group(pgid, signal.SIGKILL)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(_GONE_POLL_S)
