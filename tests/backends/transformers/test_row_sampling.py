@@ -27,6 +27,7 @@ from vlm_gateway.backends.transformers.request import Sampling  # noqa: E402
 from vlm_gateway.backends.transformers.row_sampling import (  # noqa: E402
     RowPlan,
     RowSampler,
+    Settings,
     penalized,
     warped,
 )
@@ -48,15 +49,15 @@ def test_penalty_and_warpers_compute_what_transformers_computes():
     logits = torch.randn(1, 200, generator=generator)
     seen = torch.randint(0, 200, (1, 30), generator=generator)
     hf = RepetitionPenaltyLogitsProcessor(1.3)(seen, logits.clone())
-    assert torch.allclose(penalized(logits[0], seen[0], 1.3), hf[0])
+    assert torch.allclose(penalized(logits, seen, torch.tensor([[1.3]])), hf)
     plan = RowPlan(True, 0.7, 0.8, 40, 1.0, 0)
     expected = logits.clone()
     for warper in (TemperatureLogitsWarper(0.7), TopKLogitsWarper(40), TopPLogitsWarper(0.8)):
         expected = warper(seen, expected)
-    ours = warped(logits[0], plan)
-    assert torch.equal(torch.isinf(ours), torch.isinf(expected[0]))
+    ours = warped(logits, Settings.of([plan], torch.device("cpu")))
+    assert torch.equal(torch.isinf(ours), torch.isinf(expected))
     finite = ~torch.isinf(ours)
-    assert torch.allclose(ours[finite], expected[0][finite])
+    assert torch.allclose(ours[finite], expected[finite])
 
 
 def test_a_rows_draws_follow_its_seed_whatever_shares_the_batch():

@@ -74,56 +74,86 @@ NEUTRAL_GENERATE_KWARGS: dict[str, Any] = {
 
 
 class RowSampler(LogitsProcessor):
+    """Runs at every decoding step: the rows' settings are tensors built once, so a step costs
+    one set of batched operations, not one per row. Each sampled row draws a uniform number from
+    its own CPU generator (the same draws on any device) and takes the token where its
+    cumulative probability passes it."""
+
     def __init__(self, plans: list[RowPlan], device: torch.device) -> None:
-        self.plans = plans
-        self.generators = [
-            torch.Generator(device=device).manual_seed(plan.seed) if plan.sample else None
-            for plan in plans
-        ]
+        self.untouched = all(plan.untouched for plan in plans)
+        self.touched = torch.tensor([not p.untouched for p in plans], device=device)
+        self.sampled = [row for row, plan in enumerate(plans) if plan.sample]
+        self.generators = {
+            row: torch.Generator().manual_seed(plans[row].seed) for row in self.sampled
+        }
+        self.settings = Settings.of(plans, device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
-        if all(plan.untouched for plan in self.plans):
+        if self.untouched:
             return scores
-        out = scores.clone()
-        for row, plan in enumerate(self.plans):
-            if plan.untouched:
-                continue
-            logits = scores[row].float()
-            if plan.repetition_penalty != 1.0:
-                logits = penalized(logits, input_ids[row], plan.repetition_penalty)
-            if not plan.sample:
-                out[row] = logits.to(out.dtype)
-                continue
-            token = _draw(logits, plan, self.generators[row])
-            out[row] = float("-inf")
-            out[row, token] = 0.0
+        logits = penalized(scores.float(), input_ids, self.settings.penalty)
+        out = torch.where(self.touched[:, None], logits.to(scores.dtype), scores)
+        if not self.sampled:
+            return out
+        rows = torch.tensor(self.sampled, device=scores.device)
+        probs = warped(logits[rows], self.settings.subset(rows)).softmax(dim=-1)
+        cumulative = probs.cumsum(dim=-1)
+        # In (0, 1]: a token of zero probability is never where the sum first reaches it.
+        uniform = [
+            1.0 - torch.rand(1, generator=self.generators[row]).item() for row in self.sampled
+        ]
+        reach = torch.tensor(uniform, device=scores.device)[:, None] * cumulative[:, -1:]
+        tokens = torch.searchsorted(cumulative, reach).clamp(max=probs.shape[-1] - 1)
+        chosen = torch.full_like(out[rows], float("-inf")).scatter(1, tokens, 0.0)
+        out[rows] = chosen
         return out
 
 
-def penalized(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """transformers' repetition penalty: tokens already in the row are made less likely."""
+@dataclass(frozen=True)
+class Settings:
+    """The rows' penalty, temperature, top-k and top-p as columns (neutral where unused)."""
+
+    penalty: torch.Tensor
+    temperature: torch.Tensor
+    top_k: torch.Tensor  # 0: no cut
+    top_p: torch.Tensor
+
+    @classmethod
+    def of(cls, plans: list[RowPlan], device: torch.device) -> Settings:
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+
+        return cls(
+            penalty=column([p.repetition_penalty for p in plans]),
+            temperature=column([p.temperature if p.temperature > 0 else 1.0 for p in plans]),
+            top_k=torch.tensor([p.top_k for p in plans], device=device),
+            top_p=column([p.top_p for p in plans]),
+        )
+
+    def subset(self, rows: torch.Tensor) -> Settings:
+        return Settings(
+            self.penalty[rows], self.temperature[rows], self.top_k[rows], self.top_p[rows]
+        )
+
+
+def penalized(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """transformers' repetition penalty, a factor per row (1: none): tokens already in a row
+    are made less likely."""
     seen = seen.clamp(max=logits.shape[-1] - 1)
-    score = logits.gather(0, seen)
+    score = logits.gather(1, seen)
     score = torch.where(score < 0, score * penalty, score / penalty)
-    return logits.scatter(0, seen, score)
+    return logits.scatter(1, seen, score)
 
 
-def _draw(logits: torch.Tensor, plan: RowPlan, generator: torch.Generator | None) -> int:
-    probs = warped(logits, plan).softmax(dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
-
-
-def warped(logits: torch.Tensor, plan: RowPlan) -> torch.Tensor:
-    """Temperature, top-k, top-p, each as transformers' warper computes it (one row)."""
-    if plan.temperature > 0 and plan.temperature != 1.0:
-        logits = logits / plan.temperature
-    if 0 < plan.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, plan.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if plan.top_p < 1.0:
-        ordered, order = torch.sort(logits, descending=False)
-        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative <= (1 - plan.top_p)
-        drop[-1] = False  # the likeliest token always stays
-        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
-    return logits
+def warped(logits: torch.Tensor, settings: Settings) -> torch.Tensor:
+    """Temperature, top-k, top-p per row, each as transformers' warper computes it."""
+    logits = logits / settings.temperature
+    vocab = logits.shape[-1]
+    k = torch.where((settings.top_k > 0) & (settings.top_k < vocab), settings.top_k, vocab)
+    kth = torch.sort(logits, descending=True).values.gather(1, (k - 1)[:, None])
+    logits = logits.masked_fill(logits < kth, float("-inf"))
+    ordered, order = torch.sort(logits, descending=False)
+    cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+    drop = cumulative <= (1 - settings.top_p)
+    drop[:, -1] = False  # the likeliest token always stays
+    return logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
