@@ -150,9 +150,11 @@ def test_swap_sleep_unloads_by_sleeping_and_loads_by_waking_the_same_process(tmp
             assert _sleep_calls(log) == ["POST /sleep?level=1", "POST /wake_up"]
             answer = await backend.chat(_chat())
             assert answer["choices"][0]["message"]["content"] == "a"
+            await backend.unload()  # asleep again, then the gateway stops
         finally:
             await backend.stop()
         assert process_group_members(pid) == []
+        assert backend.status.state is State.STOPPED
 
     _run(scenario)
 

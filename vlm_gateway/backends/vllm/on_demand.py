@@ -42,8 +42,10 @@ class LoadableVllmBackend(ManagedVllmBackend):
         self.set_status(State.UNLOADED, "loads on its first request")
 
     def set_status(self, state: State, reason: str | None = None) -> None:
-        if self._asleep and state is not State.SLEEPING:
-            return  # the supervision's "answers again" must not wake it in the router's eyes
+        if self._asleep:
+            if state in (State.READY, State.UNAVAILABLE):
+                return  # the supervision's verdicts must not wake it in the router's eyes
+            self._asleep = state is State.SLEEPING  # stopped or unloaded: no longer asleep
         if self._loading and state is State.STARTING:
             state = State.LOADING  # a start on demand: a request waits for it
         super().set_status(state, reason)
@@ -119,7 +121,7 @@ class LoadableVllmBackend(ManagedVllmBackend):
         return await super()._liveness_problem()
 
     def _on_exit(self, exited: asyncio.Future[int]) -> None:
-        if not self._asleep:
+        if not self._asleep or self._stopping:  # a stop we asked for is no death
             super()._on_exit(exited)
             return
         # Died asleep: not restarted behind the manager's back (it would take GPU memory the
