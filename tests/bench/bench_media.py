@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from tests.bench.overhead_matrix import start_bare_proxy
+from tests.bench.overhead_matrix import Server, start_bare_proxy
 from tests.support.media import data_url, video_bytes, wav_bytes
 from tests.support.processes import (
     VLLM_AUDIO_ARGS,
@@ -109,8 +109,9 @@ def compare(client: httpx.Client, label: str, sides: list[Side], rounds: int, pa
     for _ in range(3):  # warm every path
         for side in sides:
             side.post(client, pace)
-            side.seconds.clear()
-            side.own_ms.clear()
+    for side in sides:
+        side.seconds.clear()
+        side.own_ms.clear()
     for turn in range(rounds):
         # Each side goes first in turn: whatever the model server leaves running after an
         # answer (freeing frames, a collection, its spinning worker) lands on all alike.
@@ -152,12 +153,13 @@ def main() -> None:
     for label, mp4 in clips.values():
         print(f"{label}: {len(mp4) / 1e6:.2f} MB (1280x720, 2 s)")
     print(f"audio: {len(wav) / 1e6:.2f} MB WAV (30 s, 16 kHz); pace {args.pace} s")
-    servers = {
+    servers = {}
+    if clips:
         # vLLM samples 4 frames (its default is 32): the same for both sides, and its own
         # time, hence the noise the added figure must be read through, is smaller.
-        "video": VllmServer(models["qwen2vl"], "tiny-qwen2vl", work, VIDEO_ARGS),
-        "audio": VllmServer(models["audio"], "tiny-audio", work, VLLM_AUDIO_ARGS),
-    }
+        servers["video"] = VllmServer(models["qwen2vl"], "tiny-qwen2vl", work, VIDEO_ARGS)
+    if not args.no_audio:
+        servers["audio"] = VllmServer(models["audio"], "tiny-audio", work, VLLM_AUDIO_ARGS)
     parts = [
         (label, "video", {"type": "video_url", "video_url": {"url": data_url(mp4, "video/mp4")}})
         for label, mp4 in clips.values()
@@ -180,12 +182,12 @@ def main() -> None:
             ],
         }
         gateway = GatewayProcess(config, work).start()
-        floors = {
-            name: start_bare_proxy(urlparse(server.base_url).port or 0, "proxy", work)
-            for name, server in servers.items()
-            if args.floor
-        }
+        floors: dict[str, Server] = {}
         try:
+            if args.floor:
+                for name, server in servers.items():
+                    port = urlparse(server.base_url).port or 0
+                    floors[name] = start_bare_proxy(port, "proxy", work)
             with httpx.Client(timeout=300) as client:
                 for label, name, part in parts:
                     server = servers[name]
